@@ -1,0 +1,28 @@
+"""The Serve application builder: ``import_path: deployments.app:build_app`` in serve_config.yaml."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve.deployment import Application
+
+from deployments.experts import build_expert
+from deployments.ingress import RouterIngress
+from router.config import AppConfig, ConfigError
+from router.policy import build_policy
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Validate the config, then bind one LLMServer deployment per expert into the router ingress."""
+    config = AppConfig.parse(args)
+    try:
+        build_policy(config.policy, config.expert_names)
+    except ValueError as exc:
+        raise ConfigError(f"invalid expert-router configuration:\n  policy: {exc}") from None
+    experts = {expert.name: build_expert(expert) for expert in config.experts}
+    ingress = config.ingress
+    return RouterIngress.options(
+        ray_actor_options={"num_cpus": ingress.num_cpus},
+        max_ongoing_requests=ingress.max_ongoing_requests,
+        autoscaling_config=ingress.autoscaling.model_dump(exclude_none=True),
+    ).bind(config.model_dump(mode="json"), experts)

@@ -1,0 +1,54 @@
+"""One Ray Serve deployment per expert: ``ray.serve.llm``'s LLMServer running vLLM."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve.deployment import Application
+from ray.serve.llm import LLMConfig, build_llm_deployment
+
+from deployments.model_store import resolve_model
+from router.config import ExpertConfig
+
+# Engine environment every expert gets unless its config says otherwise.
+_BASE_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+_CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+EXPERT_PREFIX = "expert:"
+"""Deployment names are ``expert:<name>``."""
+
+
+def _autoscaling(expert: ExpertConfig) -> dict[str, Any]:
+    return expert.autoscaling.model_dump(exclude_none=True)
+
+
+def expert_llm_config(expert: ExpertConfig) -> LLMConfig:
+    """The ray.serve.llm configuration of one expert (CPU: vllm-cpu; GPU: CUDA vLLM)."""
+    on_cpu = expert.accelerator == "cpu"
+    env = {**_BASE_ENV, **(_CPU_ENV if on_cpu else {}), **expert.env_vars}
+    deployment_config: dict[str, Any] = {
+        "autoscaling_config": _autoscaling(expert),
+        "max_ongoing_requests": expert.max_ongoing_requests,
+        # On CPU the engine's placement bundle carries the expert's CPUs; the replica adds none.
+        "ray_actor_options": {"num_cpus": 0 if on_cpu else expert.num_cpus},
+    }
+    engine_kwargs = {"enforce_eager": on_cpu, **expert.engine_kwargs}
+    kwargs: dict[str, Any] = {}
+    if on_cpu:
+        kwargs["accelerator_config"] = {"kind": "cpu"}
+        kwargs["placement_group_config"] = {"bundles": [{"CPU": expert.num_cpus}]}
+    else:
+        kwargs["accelerator_type"] = expert.accelerator_type
+        if expert.num_gpus:
+            kwargs["placement_group_config"] = {"bundle_per_worker": {"GPU": expert.num_gpus}}
+    return LLMConfig(
+        model_loading_config={"model_id": expert.name, "model_source": resolve_model(expert.model)},
+        engine_kwargs=engine_kwargs,
+        deployment_config=deployment_config,
+        runtime_env={"env_vars": env},
+        **kwargs,
+    )
+
+
+def build_expert(expert: ExpertConfig) -> Application:
+    """The bound LLMServer deployment of one expert, named ``expert:<name>``."""
+    return build_llm_deployment(expert_llm_config(expert), name_prefix=EXPERT_PREFIX)

