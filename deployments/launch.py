@@ -54,3 +54,44 @@ def stop_local() -> None:
     import ray
 
     ray.shutdown()
+
+
+def serve_until_stopped(config_path: str) -> int:
+    """``serve run CONFIG`` in a child process; print when it answers; stop it on Ctrl-C/SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+
+    doc = yaml.safe_load(Path(config_path).read_text())
+    port = (doc.get("http_options") or {}).get("port", 8000)
+    serve_bin = Path(sys.executable).with_name("serve")
+    env = {**QUIET_RAY_ENV, **os.environ}
+    child = subprocess.Popen([str(serve_bin), "run", config_path], env=env, start_new_session=True)
+
+    def stop(*_: object) -> None:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGTERM)  # `serve run` ignores SIGINT in the background
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    started = time.monotonic()
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}", timeout_s=900)
+    except TimeoutError as exc:
+        print(f"expert-router did not become ready: {exc}", file=sys.stderr, flush=True)
+        stop()
+    else:
+        print(
+            f"\nexpert-router is READY on http://0.0.0.0:{port} ({time.monotonic() - started:.0f}s). Try:\n"
+            f"  curl -XPOST http://0.0.0.0:{port}/predict -H 'Content-Type: application/json' "
+            """-d '{"messages":[{"role":"user","content":"Test"}]}'\n"""
+            "Ctrl-C stops it.\n",
+            flush=True,
+        )
+    return child.wait()
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(serve_until_stopped(sys.argv[1] if len(sys.argv) > 1 else "serve_config.yaml"))

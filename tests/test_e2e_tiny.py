@@ -1,0 +1,162 @@
+"""End to end: real Ray Serve, real vLLM engines on CPU (tiny model), spoken to over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from router.config import load_serve_config
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+CONFIG = load_serve_config(Path(__file__).resolve().parent.parent / "configs/tiny_cpu.yaml")
+SEED_KEYS = {"id", "object", "created", "choices", "usage", "expert"}
+
+
+def direct_expert_answer(name: str, content: str) -> dict:
+    """What the expert deployment itself answers, called by handle with no router in between."""
+    from ray import serve
+    from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+    from deployments.ingress import _expert_messages, _sampling
+    from router.schemas import ChatRequest
+
+    expert = CONFIG.expert(name)
+    request = ChatRequest.model_validate({"messages": [{"role": "user", "content": content}]})
+    handle = serve.get_deployment_handle(f"expert:{name}", app_name="expert-router").options(stream=True)
+    llm_request = ChatCompletionRequest(
+        model=name, messages=_expert_messages(expert, request), stream=False, **_sampling(expert, request)
+    )
+
+    async def call():
+        async for reply in handle.chat.remote(llm_request):
+            return reply
+
+    reply = asyncio.run(call())
+    return {"content": reply.choices[0].message.content, "prompt_tokens": reply.usage.prompt_tokens}
+
+
+def assert_chat_completion(body: dict) -> None:
+    assert body["object"] == "chat.completion" and body["id"] and body["created"] > 0
+    [choice] = body["choices"]
+    assert choice["index"] == 0 and choice["message"]["role"] == "assistant"
+    assert isinstance(choice["message"]["content"], str) and choice["finish_reason"] in {"stop", "length"}
+    usage = body["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert body["expert"] in CONFIG.expert_names
+
+
+def test_predict_has_the_seed_shape(tiny_server):
+    r = httpx.post(f"{tiny_server}/predict", json={"messages": [{"role": "user", "content": "Test"}]}, timeout=120)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == SEED_KEYS
+    assert_chat_completion(body)
+    assert r.headers["x-expert"] == body["expert"]
+
+
+def test_the_named_expert_is_the_one_that_answered(tiny_server):
+    """Routed replies match what that expert's own deployment answers (and not the other's)."""
+    prompt = "Which expert are you?"
+    direct = {name: direct_expert_answer(name, prompt) for name in CONFIG.expert_names}
+    # The two experts see different prompts (beta has a profile), so they are told apart.
+    assert direct["alpha"]["prompt_tokens"] != direct["beta"]["prompt_tokens"]
+    seen = Counter()
+    for _ in range(12):
+        r = httpx.post(f"{tiny_server}/predict", json={"messages": [{"role": "user", "content": prompt}]}, timeout=120)
+        body = r.json()
+        name = body["expert"]
+        seen[name] += 1
+        assert body["choices"][0]["message"]["content"] == direct[name]["content"]
+        assert body["usage"]["prompt_tokens"] == direct[name]["prompt_tokens"]
+    assert set(seen) == {"alpha", "beta"}  # the random policy used both
+
+
+@pytest.mark.parametrize("expert", ["alpha", "beta"])
+def test_model_name_bypasses_routing(tiny_server, expert):
+    for _ in range(3):
+        r = httpx.post(
+            f"{tiny_server}/v1/chat/completions",
+            json={"model": expert, "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 4},
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert_chat_completion(body)
+        assert body["expert"] == body["model"] == expert
+        assert body["usage"]["completion_tokens"] <= 4
+        assert r.headers["x-routed"] == "false"
+
+
+def test_chat_completions_routes_multi_turn_with_system_prompt(tiny_server):
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "What is 2+2?"},
+    ]
+    r = httpx.post(f"{tiny_server}/v1/chat/completions", json={"model": "router", "messages": messages}, timeout=120)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert_chat_completion(body)
+    assert body["model"] == body["expert"] and r.headers["x-routed"] == "true"
+    # The whole conversation reached the expert: more prompt tokens than the last turn alone.
+    alone = httpx.post(
+        f"{tiny_server}/v1/chat/completions",
+        json={"model": body["expert"], "messages": messages[-1:]},
+        timeout=120,
+    ).json()
+    assert body["usage"]["prompt_tokens"] > alone["usage"]["prompt_tokens"]
+
+
+def test_models_lists_router_and_experts(tiny_server):
+    r = httpx.get(f"{tiny_server}/v1/models", timeout=30)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["object"] == "list"
+    assert [m["id"] for m in body["data"]] == ["router", *CONFIG.expert_names]
+    beta = next(m for m in body["data"] if m["id"] == "beta")
+    assert beta["price"] == {"input_per_1m": 1.0, "output_per_1m": 2.0}
+
+
+def test_health_and_status(tiny_server):
+    assert httpx.get(f"{tiny_server}/health", timeout=30).json() == {"status": "ok"}
+    status = httpx.get(f"{tiny_server}/status", timeout=30).json()
+    assert [e["name"] for e in status["experts"]] == CONFIG.expert_names
+    assert isinstance(status["gpus"]["available"], bool)  # gpustat: no GPU here degrades cleanly
+
+
+BAD_REQUESTS = [
+    ("/v1/chat/completions", b"{not json", 400, "not valid JSON"),
+    ("/predict", b'{"messages": [{"role": "user", "content": "x"}', 400, "not valid JSON"),
+    ("/v1/chat/completions", b"{}", 400, "messages: Field required"),
+    ("/predict", b'{"messages": []}', 400, "at least 1 item"),
+    ("/predict", b'{"messages": [{"role": "wizard", "content": "x"}]}', 400, "messages.0.role"),
+    ("/predict", b'{"messages": [{"role": "system", "content": "x"}]}', 400, "non-empty user message"),
+    ("/predict", b'{"messages": [{"role": "user", "content": 42}]}', 400, "messages.0.content"),
+    ("/predict", b'[1, 2, 3]', 400, ""),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": -5}', 400, "max_tokens"),
+    ("/v1/chat/completions", b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', 404, "does not exist"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}', 400, "expert"),
+]
+
+
+@pytest.mark.parametrize("path, body, status, message", BAD_REQUESTS)
+def test_bad_input_gets_openai_errors_and_the_server_keeps_serving(tiny_server, path, body, status, message):
+    r = httpx.post(f"{tiny_server}{path}", content=body, headers={"content-type": "application/json"}, timeout=120)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert message in error["message"] and error["type"]
+    ok = httpx.post(f"{tiny_server}/predict", json={"messages": [{"role": "user", "content": "still there?"}]}, timeout=120)
+    assert ok.status_code == 200
+
+
+def test_unknown_route_and_method_are_4xx(tiny_server):
+    assert httpx.get(f"{tiny_server}/nothing-here", timeout=30).status_code == 404
+    r = httpx.get(f"{tiny_server}/predict", timeout=30)
+    assert r.status_code == 405 and "error" in r.json()
