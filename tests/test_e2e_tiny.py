@@ -160,3 +160,18 @@ def test_unknown_route_and_method_are_4xx(tiny_server):
     assert httpx.get(f"{tiny_server}/nothing-here", timeout=30).status_code == 404
     r = httpx.get(f"{tiny_server}/predict", timeout=30)
     assert r.status_code == 405 and "error" in r.json()
+
+
+def test_official_openai_client_works_unchanged(tiny_server):
+    from openai import NotFoundError, OpenAI
+
+    client = OpenAI(base_url=f"{tiny_server}/v1", api_key="unused")
+    completion = client.chat.completions.create(
+        model="router", messages=[{"role": "user", "content": "Hi"}], max_tokens=3
+    )
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.usage.completion_tokens > 0
+    assert completion.model_extra["expert"] in CONFIG.expert_names
+    assert [m.id for m in client.models.list().data] == ["router", *CONFIG.expert_names]
+    with pytest.raises(NotFoundError):
+        client.chat.completions.create(model="gpt-nope", messages=[{"role": "user", "content": "Hi"}])
