@@ -31,6 +31,7 @@ serve: models
 	$(PY) -m deployments.launch serve_config.yaml
 
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -v -rA --durations=15
 
 test-fast: install

@@ -29,8 +29,8 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from deployments.ingress import _expert_messages, _sampling  # noqa: E402
 from deployments.launch import APP_NAME, run_local, stop_local  # noqa: E402
+from deployments.router_core import _expert_messages, _sampling  # noqa: E402
 from router.config import load_serve_config  # noqa: E402
 from router.schemas import ChatRequest  # noqa: E402
 
@@ -69,9 +69,14 @@ async def measure(base_url: str, config_path: Path, n: int, rounds: int) -> dict
     expert = config.experts[0]  # route with the fixed choice below so both paths hit the same expert
     request = ChatRequest.model_validate({**BODY, "model": expert.name})
     llm_request = ChatCompletionRequest(
-        model=expert.name, messages=_expert_messages(expert, request), stream=False, **_sampling(expert, request)
+        model=expert.name,
+        messages=_expert_messages(expert, request),
+        stream=False,
+        **_sampling(expert, request),
     )
-    expert_handle = serve.get_deployment_handle(f"expert:{expert.name}", app_name=APP_NAME).options(stream=True)
+    expert_handle = serve.get_deployment_handle(f"expert:{expert.name}", app_name=APP_NAME).options(
+        stream=True
+    )
     router_handle = serve.get_deployment_handle("router", app_name=APP_NAME)
 
     async def direct():
@@ -96,7 +101,9 @@ async def measure(base_url: str, config_path: Path, n: int, rounds: int) -> dict
             samples: dict[str, list[float]] = {name: [] for name in paths}
             for _ in range(rounds):  # interleave so drift hits every path alike
                 for name, call in paths.items():
-                    samples[name] += await run_concurrently(call, n if concurrency == 1 else n * 2, concurrency)
+                    samples[name] += await run_concurrently(
+                        call, n if concurrency == 1 else n * 2, concurrency
+                    )
             stats = {name: percentiles(s) for name, s in samples.items()}
             d, r, h = (stats[k]["p50_ms"] for k in ("direct", "via_router", "http"))
             stats["router_hop_p50_ms"] = round(r - d, 3)
@@ -107,9 +114,13 @@ async def measure(base_url: str, config_path: Path, n: int, rounds: int) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default=str(REPO / "configs/tiny_cpu.yaml"))
-    parser.add_argument("--requests", type=int, default=200, help="requests per path and round at concurrency 1")
+    parser.add_argument(
+        "--requests", type=int, default=200, help="requests per path and round at concurrency 1"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with socket.socket() as s:

@@ -1,64 +1,28 @@
-"""The router deployment, which is also the FastAPI ingress.
-
-It holds one DeploymentHandle per expert, asks the routing policy (``router/``) for a ranking, calls
-the best expert and answers with that expert's reply and name. Being the ingress itself saves a
-DeploymentHandle hop (~2.5 ms) per request.
+"""The router deployment, which is also the FastAPI ingress (saves a ~2.5 ms handle hop).
 
 Routes: ``POST /predict`` (the seed's shape), ``POST /v1/chat/completions`` (OpenAI; ``model`` =
 ``"router"`` routes, an expert's name bypasses routing), ``GET /v1/models``, ``GET /health``,
-``GET /status`` (experts, policy, GPUs via gpustat).
+``GET /status`` (experts, policy, GPUs via gpustat). Errors are OpenAI-style JSON.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.gpu_status import gpu_status
-from router.config import ROUTER_MODEL_NAME, AppConfig, ExpertConfig
-from router.policy import build_policy, to_messages
-from router.schemas import (
-    AssistantMessage,
-    ChatRequest,
-    ChatResponse,
-    Choice,
-    ErrorBody,
-    ErrorInfo,
-    ModelCard,
-    ModelList,
-    Usage,
-)
-
-logger = logging.getLogger("ray.serve")
+from deployments.router_core import APIError, ExpertRouter
+from router.schemas import ChatRequest, ModelList
 
 app = FastAPI(title="expert-router", version="0.1.0")
 
 SEED_FIELDS = {"id", "object", "created", "choices", "usage", "expert"}
 """``/predict`` answers with exactly the seed's fields."""
-
-
-class APIError(Exception):
-    """An error the client sees as OpenAI-style JSON."""
-
-    def __init__(self, status: int, message: str, type_: str, code: str | None = None, param: str | None = None):
-        super().__init__(message)
-        self.status, self.info = status, ErrorInfo(message=message, type=type_, code=code, param=param)
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(ErrorBody(error=self.info).model_dump(), status_code=self.status)
-
-
-class ExpertFailed(Exception):
-    """An expert could not answer (error, timeout, replica gone); the next one may."""
 
 
 @app.exception_handler(APIError)
@@ -70,12 +34,19 @@ async def _api_error(_: Request, exc: APIError) -> JSONResponse:
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     if any(err.get("type") == "json_invalid" for err in errors):
-        detail = next(err.get("ctx", {}).get("error", "") for err in errors if err.get("type") == "json_invalid")
-        return APIError(400, f"The request body is not valid JSON: {detail}", "invalid_request_error").response()
+        detail = next(
+            err.get("ctx", {}).get("error", "") for err in errors if err.get("type") == "json_invalid"
+        )
+        return APIError(
+            400, f"The request body is not valid JSON: {detail}", "invalid_request_error"
+        ).response()
     wheres = [".".join(str(p) for p in err.get("loc", ()) if p != "body") for err in errors]
     problems = [f"{where}: {err['msg']}" if where else err["msg"] for where, err in zip(wheres, errors)]
     return APIError(
-        400, "; ".join(problems) or "invalid request", "invalid_request_error", param=wheres[0] if wheres else None
+        400,
+        "; ".join(problems) or "invalid request",
+        "invalid_request_error",
+        param=wheres[0] if wheres else None,
     ).response()
 
 
@@ -85,114 +56,10 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return APIError(exc.status_code, str(exc.detail), type_).response()
 
 
-def _expert_messages(expert: ExpertConfig, request: ChatRequest) -> list[dict[str, str]]:
-    """The conversation as the expert gets it: its domain profile merged into the system turn."""
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in request.messages]
-    if expert.system_prompt:
-        if messages[0]["role"] == "system":
-            messages[0] = {"role": "system", "content": f"{expert.system_prompt}\n\n{messages[0]['content']}"}
-        else:
-            messages.insert(0, {"role": "system", "content": expert.system_prompt})
-    return messages
-
-
-def _sampling(expert: ExpertConfig, request: ChatRequest) -> dict[str, Any]:
-    """The expert's defaults overridden by what the client set; stop strings are combined."""
-    defaults = expert.sampling.model_dump()
-    overrides = request.sampling_overrides()
-    stop = list(dict.fromkeys(defaults.pop("stop") + overrides.pop("stop", [])))
-    return {**defaults, **overrides, "stop": stop}
-
-
 @serve.deployment(name="router")
 @serve.ingress(app)
-class RouterIngress:
-    """Routes each chat request to one expert deployment and reports which one answered."""
-
-    def __init__(self, config: dict[str, Any], experts: dict[str, DeploymentHandle]):
-        from ray.serve.llm.openai_api_models import ChatCompletionRequest
-
-        self._request_cls = ChatCompletionRequest
-        self.config = AppConfig.parse(config)
-        self.policy = build_policy(self.config.policy, self.config.expert_names)
-        self.handles = {name: handle.options(stream=True) for name, handle in experts.items()}
-        self.models = ModelList(
-            data=[ModelCard(id=ROUTER_MODEL_NAME, description=f"routes by policy '{self.config.policy.name}'")]
-            + [
-                ModelCard(id=e.name, description=e.description, price=e.price.model_dump())
-                for e in self.config.experts
-            ]
-        )
-
-    async def _call_expert(self, name: str, request: ChatRequest) -> ChatResponse:
-        expert = self.config.expert(name)
-        llm_request = self._request_cls(
-            model=name, messages=_expert_messages(expert, request), stream=False, **_sampling(expert, request)
-        )
-        try:
-            stream = self.handles[name].chat.remote(llm_request)
-            reply = await asyncio.wait_for(stream.__anext__(), self.config.ingress.expert_timeout_s)
-        except asyncio.TimeoutError:
-            raise ExpertFailed(f"{name}: no answer within {self.config.ingress.expert_timeout_s}s") from None
-        except Exception as exc:  # replica died, actor error, engine crash: try the next expert
-            raise ExpertFailed(f"{name}: {type(exc).__name__}: {exc}") from exc
-        if isinstance(reply, list):  # defensive: a batched stream chunk list
-            reply = reply[0]
-        error = getattr(reply, "error", None)
-        if error is not None:
-            code = int(getattr(error, "code", 500) or 500)
-            if 400 <= code < 500:  # the request itself is wrong for this expert (e.g. too long)
-                raise APIError(400, f"expert '{name}': {error.message}", "invalid_request_error")
-            raise ExpertFailed(f"{name}: {error.message}")
-        choice = reply.choices[0]
-        usage = reply.usage
-        return ChatResponse(
-            model=name,
-            expert=name,
-            choices=[
-                Choice(message=AssistantMessage(content=choice.message.content or ""), finish_reason=choice.finish_reason)
-            ],
-            usage=Usage(
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                total_tokens=usage.total_tokens,
-            ),
-        )
-
-    def _candidates(self, request: ChatRequest) -> tuple[list[str], bool]:
-        """Experts to try, best first, and whether they came from the policy (else: bypass)."""
-        if request.model == ROUTER_MODEL_NAME:
-            decision = self.policy.route(to_messages(request.messages))
-            return list(decision.ranking[: self.config.ingress.max_attempts]), True
-        if request.model not in self.handles:
-            known = ", ".join([ROUTER_MODEL_NAME, *self.handles])
-            raise APIError(
-                404, f"The model '{request.model}' does not exist; known: {known}", "invalid_request_error",
-                code="model_not_found", param="model",
-            )
-        return [request.model], False
-
-    async def complete(self, request: ChatRequest) -> tuple[ChatResponse, dict[str, str]]:
-        """Answer one chat request; also the response headers that explain the routing."""
-        started = time.perf_counter()
-        candidates, routed = self._candidates(request)
-        routing_ms = (time.perf_counter() - started) * 1e3
-        failures = []
-        for name in candidates:
-            try:
-                response = await self._call_expert(name, request)
-            except ExpertFailed as exc:
-                logger.warning("expert failed, trying the next one: %s", exc)
-                failures.append(str(exc))
-                continue
-            headers = {
-                "x-expert": name,
-                "x-routing-ms": f"{routing_ms:.3f}",
-                "x-routed": str(routed).lower(),
-                "x-fallbacks": str(len(failures)),
-            }
-            return response, headers
-        raise APIError(503, "no expert could answer: " + " | ".join(failures), "service_unavailable", code="experts_unavailable")
+class RouterIngress(ExpertRouter):
+    """HTTP routes over :class:`ExpertRouter`; one replica holds every expert's handle."""
 
     @app.post("/predict")
     async def predict(self, request: ChatRequest) -> JSONResponse:
@@ -220,7 +87,12 @@ class RouterIngress:
         return {
             "policy": self.config.policy.model_dump(),
             "experts": [
-                {"name": e.name, "model": e.model, "accelerator": e.accelerator, "price": e.price.model_dump()}
+                {
+                    "name": e.name,
+                    "model": e.model,
+                    "accelerator": e.accelerator,
+                    "price": e.price.model_dump(),
+                }
                 for e in self.config.experts
             ],
             "gpus": gpu_status(),

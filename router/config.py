@@ -83,7 +83,9 @@ class ExpertConfig(_Strict):
     accelerator: Literal["cpu", "gpu"] = "cpu"
     accelerator_type: str | None = Field(None, description="Ray accelerator type, e.g. 'A100' (GPU only).")
     num_cpus: float = Field(0.5, gt=0, description="Ray CPUs reserved per replica (logical).")
-    num_gpus: float = Field(0, ge=0, description="GPUs per replica (GPU only; default: tensor parallel size).")
+    num_gpus: float = Field(
+        0, ge=0, description="GPUs per replica (GPU only; default: tensor parallel size)."
+    )
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vLLM engine arguments.")
     env_vars: dict[str, str] = Field(default_factory=dict, description="Environment of the engine process.")
     autoscaling: Autoscaling = Autoscaling()

@@ -86,7 +86,9 @@ class FixedPolicy(RoutingPolicy):
 
     def scores(self, messages: Sequence[Message]) -> dict[str, float]:
         n = len(self.experts)
-        return {name: 1.0 if name == self.expert else (n - i) / (n + 1) for i, name in enumerate(self.experts)}
+        return {
+            name: 1.0 if name == self.expert else (n - i) / (n + 1) for i, name in enumerate(self.experts)
+        }
 
 
 PolicyFactory = Callable[..., RoutingPolicy]

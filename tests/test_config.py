@@ -31,11 +31,21 @@ def test_minimal_config_gets_defaults():
         (minimal(experts=[{"name": "a", "model": "m"}, {"name": "a", "model": "m"}]), "repeated: a"),
         (minimal(experts=[{"name": "router", "model": "m"}]), "'router' is reserved"),
         (minimal(experts=[{"name": "bad name!", "model": "m"}]), "experts[0].name"),
-        (minimal(experts=[{"name": "a", "model": "m", "price": {"input_per_1m": -1}}]), "experts[0].price.input_per_1m"),
-        (minimal(experts=[{"name": "a", "model": "m", "autoscaling": {"min_replicas": 3, "max_replicas": 1}}]),
-         "min_replicas (3) > max_replicas (1)"),
+        (
+            minimal(experts=[{"name": "a", "model": "m", "price": {"input_per_1m": -1}}]),
+            "experts[0].price.input_per_1m",
+        ),
+        (
+            minimal(
+                experts=[{"name": "a", "model": "m", "autoscaling": {"min_replicas": 3, "max_replicas": 1}}]
+            ),
+            "min_replicas (3) > max_replicas (1)",
+        ),
         (minimal(experts=[{"name": "a", "model": "m", "num_gpus": 1}]), "need accelerator: gpu"),
-        (minimal(experts=[{"name": "a", "model": "m", "modle": "typo"}]), "experts[0].modle: Extra inputs are not permitted"),
+        (
+            minimal(experts=[{"name": "a", "model": "m", "modle": "typo"}]),
+            "experts[0].modle: Extra inputs are not permitted",
+        ),
         (minimal(ingress={"max_attempts": 0}), "ingress.max_attempts"),
     ],
 )

@@ -27,7 +27,12 @@ def default_server():
     env = {**os.environ, "RAY_ADDRESS": "local", "RAY_AUTH_MODE": "disabled"}  # a cluster of its own
     proc = subprocess.Popen(
         [sys.executable, "-m", "deployments.launch", "serve_config.yaml"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     started = time.monotonic()
     lines = []
@@ -44,9 +49,7 @@ def default_server():
 
 
 def test_seed_request_gets_a_real_gemma_answer(default_server):
-    r = httpx.post(
-        f"{URL}/predict", json=SEED_BODY, headers={"Accept": "application/json"}, timeout=300
-    )
+    r = httpx.post(f"{URL}/predict", json=SEED_BODY, headers={"Accept": "application/json"}, timeout=300)
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) == {"id", "object", "created", "choices", "usage", "expert"}
@@ -59,7 +62,12 @@ def test_math_profile_solves_simple_arithmetic(default_server):
     """The math expert (Gemma + a step-by-step few-shot profile) gets an easy sum right."""
     r = httpx.post(
         f"{URL}/v1/chat/completions",
-        json={"model": "math", "messages": [{"role": "user", "content": "Sara has 4 cats and gets 3 more. How many cats does she have?"}]},
+        json={
+            "model": "math",
+            "messages": [
+                {"role": "user", "content": "Sara has 4 cats and gets 3 more. How many cats does she have?"}
+            ],
+        },
         timeout=300,
     )
     assert r.status_code == 200, r.text

@@ -22,7 +22,7 @@ def direct_expert_answer(name: str, content: str) -> dict:
     from ray import serve
     from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
-    from deployments.ingress import _expert_messages, _sampling
+    from deployments.router_core import _expert_messages, _sampling
     from router.schemas import ChatRequest
 
     expert = CONFIG.expert(name)
@@ -52,7 +52,9 @@ def assert_chat_completion(body: dict) -> None:
 
 
 def test_predict_has_the_seed_shape(tiny_server):
-    r = httpx.post(f"{tiny_server}/predict", json={"messages": [{"role": "user", "content": "Test"}]}, timeout=120)
+    r = httpx.post(
+        f"{tiny_server}/predict", json={"messages": [{"role": "user", "content": "Test"}]}, timeout=120
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) == SEED_KEYS
@@ -68,7 +70,9 @@ def test_the_named_expert_is_the_one_that_answered(tiny_server):
     assert direct["alpha"]["prompt_tokens"] != direct["beta"]["prompt_tokens"]
     seen = Counter()
     for _ in range(12):
-        r = httpx.post(f"{tiny_server}/predict", json={"messages": [{"role": "user", "content": prompt}]}, timeout=120)
+        r = httpx.post(
+            f"{tiny_server}/predict", json={"messages": [{"role": "user", "content": prompt}]}, timeout=120
+        )
         body = r.json()
         name = body["expert"]
         seen[name] += 1
@@ -100,7 +104,9 @@ def test_chat_completions_routes_multi_turn_with_system_prompt(tiny_server):
         {"role": "assistant", "content": "Hello!"},
         {"role": "user", "content": "What is 2+2?"},
     ]
-    r = httpx.post(f"{tiny_server}/v1/chat/completions", json={"model": "router", "messages": messages}, timeout=120)
+    r = httpx.post(
+        f"{tiny_server}/v1/chat/completions", json={"model": "router", "messages": messages}, timeout=120
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert_chat_completion(body)
@@ -139,20 +145,41 @@ BAD_REQUESTS = [
     ("/predict", b'{"messages": [{"role": "wizard", "content": "x"}]}', 400, "messages.0.role"),
     ("/predict", b'{"messages": [{"role": "system", "content": "x"}]}', 400, "non-empty user message"),
     ("/predict", b'{"messages": [{"role": "user", "content": 42}]}', 400, "messages.0.content"),
-    ("/predict", b'[1, 2, 3]', 400, ""),
-    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": -5}', 400, "max_tokens"),
-    ("/v1/chat/completions", b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', 404, "does not exist"),
-    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}', 400, "expert"),
+    ("/predict", b"[1, 2, 3]", 400, ""),
+    (
+        "/v1/chat/completions",
+        b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": -5}',
+        400,
+        "max_tokens",
+    ),
+    (
+        "/v1/chat/completions",
+        b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}',
+        404,
+        "does not exist",
+    ),
+    (
+        "/v1/chat/completions",
+        b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}',
+        400,
+        "expert",
+    ),
 ]
 
 
 @pytest.mark.parametrize("path, body, status, message", BAD_REQUESTS)
 def test_bad_input_gets_openai_errors_and_the_server_keeps_serving(tiny_server, path, body, status, message):
-    r = httpx.post(f"{tiny_server}{path}", content=body, headers={"content-type": "application/json"}, timeout=120)
+    r = httpx.post(
+        f"{tiny_server}{path}", content=body, headers={"content-type": "application/json"}, timeout=120
+    )
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert message in error["message"] and error["type"]
-    ok = httpx.post(f"{tiny_server}/predict", json={"messages": [{"role": "user", "content": "still there?"}]}, timeout=120)
+    ok = httpx.post(
+        f"{tiny_server}/predict",
+        json={"messages": [{"role": "user", "content": "still there?"}]},
+        timeout=120,
+    )
     assert ok.status_code == 200
 
 

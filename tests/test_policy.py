@@ -82,4 +82,7 @@ def test_to_messages_accepts_dicts_and_objects():
     class Obj:
         role, content, text = "user", ["parts"], "joined"
 
-    assert to_messages([{"role": "system", "content": "s"}, Obj()]) == [Message("system", "s"), Message("user", "joined")]
+    assert to_messages([{"role": "system", "content": "s"}, Obj()]) == [
+        Message("system", "s"),
+        Message("user", "joined"),
+    ]

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from router.schemas import ChatRequest, ChatResponse, Choice, AssistantMessage, Usage
+from router.schemas import AssistantMessage, ChatRequest, ChatResponse, Choice, Usage
 
 
 def test_seed_request_parses_with_routing_defaults():
@@ -15,7 +15,10 @@ def test_openai_extras_are_ignored_and_overrides_collected():
     req = ChatRequest.model_validate(
         {
             "model": "math",
-            "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "2+2?"}]}],
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "2+2?"}]},
+            ],
             "max_tokens": 5,
             "temperature": 0.5,
             "stop": "\n",
@@ -28,7 +31,9 @@ def test_openai_extras_are_ignored_and_overrides_collected():
 
 
 def test_max_completion_tokens_wins():
-    req = ChatRequest.model_validate({"messages": [{"role": "user", "content": "x"}], "max_tokens": 5, "max_completion_tokens": 7})
+    req = ChatRequest.model_validate(
+        {"messages": [{"role": "user", "content": "x"}], "max_tokens": 5, "max_completion_tokens": 7}
+    )
     assert req.token_limit == 7
 
 
@@ -60,6 +65,8 @@ def test_response_has_the_seed_shape():
         usage=Usage(prompt_tokens=3, completion_tokens=1, total_tokens=4),
     ).model_dump()
     assert resp["object"] == "chat.completion" and resp["id"].startswith("chatcmpl-")
-    assert resp["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "4"}, "finish_reason": "stop"}]
+    assert resp["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": "4"}, "finish_reason": "stop"}
+    ]
     assert set(resp["usage"]) == {"prompt_tokens", "total_tokens", "completion_tokens"}
     assert resp["expert"] == "math"

@@ -1,0 +1,170 @@
+"""The router: rank the experts with the policy, call the best one, fall back down the ranking.
+
+Plain Python over DeploymentHandles (``handle.options(stream=True).chat.remote(request)``), so the
+logic is testable without a cluster; ``deployments/ingress.py`` puts HTTP routes on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from router.config import ROUTER_MODEL_NAME, AppConfig, ExpertConfig
+from router.policy import build_policy, to_messages
+from router.schemas import (
+    AssistantMessage,
+    ChatRequest,
+    ChatResponse,
+    Choice,
+    ErrorBody,
+    ErrorInfo,
+    ModelCard,
+    ModelList,
+    Usage,
+)
+
+logger = logging.getLogger("ray.serve")
+
+
+class APIError(Exception):
+    """An error the client sees as OpenAI-style JSON."""
+
+    def __init__(
+        self, status: int, message: str, type_: str, code: str | None = None, param: str | None = None
+    ):
+        super().__init__(message)
+        self.status, self.info = status, ErrorInfo(message=message, type=type_, code=code, param=param)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(ErrorBody(error=self.info).model_dump(), status_code=self.status)
+
+
+class ExpertFailed(Exception):
+    """An expert could not answer (error, timeout, replica gone); the next one may."""
+
+
+def _expert_messages(expert: ExpertConfig, request: ChatRequest) -> list[dict[str, str]]:
+    """The conversation as the expert gets it: its domain profile merged into the system turn."""
+    messages = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in request.messages
+    ]
+    if expert.system_prompt:
+        if messages[0]["role"] == "system":
+            messages[0] = {"role": "system", "content": f"{expert.system_prompt}\n\n{messages[0]['content']}"}
+        else:
+            messages.insert(0, {"role": "system", "content": expert.system_prompt})
+    return messages
+
+
+def _sampling(expert: ExpertConfig, request: ChatRequest) -> dict[str, Any]:
+    """The expert's defaults overridden by what the client set; stop strings are combined."""
+    defaults = expert.sampling.model_dump()
+    overrides = request.sampling_overrides()
+    stop = list(dict.fromkeys(defaults.pop("stop") + overrides.pop("stop", [])))
+    return {**defaults, **overrides, "stop": stop}
+
+
+class ExpertRouter:
+    """Routes each chat request to one expert deployment and reports which one answered."""
+
+    def __init__(self, config: dict[str, Any], experts: dict[str, Any]):
+        from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+        self._request_cls = ChatCompletionRequest
+        self.config = AppConfig.parse(config)
+        self.policy = build_policy(self.config.policy, self.config.expert_names)
+        self.handles = {name: handle.options(stream=True) for name, handle in experts.items()}
+        self.models = ModelList(
+            data=[
+                ModelCard(id=ROUTER_MODEL_NAME, description=f"routes by policy '{self.config.policy.name}'")
+            ]
+            + [
+                ModelCard(id=e.name, description=e.description, price=e.price.model_dump())
+                for e in self.config.experts
+            ]
+        )
+
+    async def _call_expert(self, name: str, request: ChatRequest) -> ChatResponse:
+        expert = self.config.expert(name)
+        llm_request = self._request_cls(
+            model=name, messages=_expert_messages(expert, request), stream=False, **_sampling(expert, request)
+        )
+        try:
+            stream = self.handles[name].chat.remote(llm_request)
+            reply = await asyncio.wait_for(stream.__anext__(), self.config.ingress.expert_timeout_s)
+        except asyncio.TimeoutError:
+            raise ExpertFailed(f"{name}: no answer within {self.config.ingress.expert_timeout_s}s") from None
+        except Exception as exc:  # replica died, actor error, engine crash: try the next expert
+            raise ExpertFailed(f"{name}: {type(exc).__name__}: {exc}") from exc
+        if isinstance(reply, list):  # defensive: a batched stream chunk list
+            reply = reply[0]
+        error = getattr(reply, "error", None)
+        if error is not None:
+            code = int(getattr(error, "code", 500) or 500)
+            if 400 <= code < 500:  # the request itself is wrong for this expert (e.g. too long)
+                raise APIError(400, f"expert '{name}': {error.message}", "invalid_request_error")
+            raise ExpertFailed(f"{name}: {error.message}")
+        choice = reply.choices[0]
+        usage = reply.usage
+        return ChatResponse(
+            model=name,
+            expert=name,
+            choices=[
+                Choice(
+                    message=AssistantMessage(content=choice.message.content or ""),
+                    finish_reason=choice.finish_reason,
+                )
+            ],
+            usage=Usage(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                total_tokens=usage.total_tokens,
+            ),
+        )
+
+    def _candidates(self, request: ChatRequest) -> tuple[list[str], bool]:
+        """Experts to try, best first, and whether they came from the policy (else: bypass)."""
+        if request.model == ROUTER_MODEL_NAME:
+            decision = self.policy.route(to_messages(request.messages))
+            return list(decision.ranking[: self.config.ingress.max_attempts]), True
+        if request.model not in self.handles:
+            known = ", ".join([ROUTER_MODEL_NAME, *self.handles])
+            raise APIError(
+                404,
+                f"The model '{request.model}' does not exist; known: {known}",
+                "invalid_request_error",
+                code="model_not_found",
+                param="model",
+            )
+        return [request.model], False
+
+    async def complete(self, request: ChatRequest) -> tuple[ChatResponse, dict[str, str]]:
+        """Answer one chat request; also the response headers that explain the routing."""
+        started = time.perf_counter()
+        candidates, routed = self._candidates(request)
+        routing_ms = (time.perf_counter() - started) * 1e3
+        failures = []
+        for name in candidates:
+            try:
+                response = await self._call_expert(name, request)
+            except ExpertFailed as exc:
+                logger.warning("expert failed, trying the next one: %s", exc)
+                failures.append(str(exc))
+                continue
+            headers = {
+                "x-expert": name,
+                "x-routing-ms": f"{routing_ms:.3f}",
+                "x-routed": str(routed).lower(),
+                "x-fallbacks": str(len(failures)),
+            }
+            return response, headers
+        raise APIError(
+            503,
+            "no expert could answer: " + " | ".join(failures),
+            "service_unavailable",
+            code="experts_unavailable",
+        )

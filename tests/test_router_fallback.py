@@ -1,0 +1,152 @@
+"""The router's fallback logic, driven directly with in-process expert handles (no cluster).
+
+These are unit tests of the ranking/fallback loop; the real Serve + vLLM path is covered by the
+end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from deployments.router_core import APIError, ExpertRouter
+from router.schemas import ChatRequest
+
+ARGS = {
+    "policy": {"name": "fixed", "args": {"expert": "a"}},
+    "ingress": {"max_attempts": 2, "expert_timeout_s": 0.5},
+    "experts": [{"name": n, "model": "builtin:tiny-llama"} for n in ("a", "b", "c")],
+}
+REQUEST = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}]})
+
+
+def reply(text: str):
+    return SimpleNamespace(
+        error=None,
+        choices=[SimpleNamespace(message=SimpleNamespace(content=text), finish_reason="stop")],
+        usage=SimpleNamespace(prompt_tokens=3, completion_tokens=2, total_tokens=5),
+    )
+
+
+class ExpertHandle:
+    """Behaves like ``handle.options(stream=True).chat.remote(request)`` of one expert."""
+
+    def __init__(self, behaviour):
+        self.behaviour, self.calls = behaviour, 0
+
+    def options(self, **_):
+        return self
+
+    @property
+    def chat(self):
+        return self
+
+    def remote(self, request):
+        self.calls += 1
+
+        async def stream():
+            yield await self.behaviour(request)
+
+        return stream()
+
+
+def ok(text):
+    async def run(_):
+        return reply(text)
+
+    return run
+
+
+async def crash(_):
+    raise RuntimeError("replica died")
+
+
+async def hang(_):
+    await asyncio.sleep(5)
+
+
+async def too_long(_):
+    return SimpleNamespace(error=SimpleNamespace(code=400, message="max_tokens is too large"))
+
+
+def router(**behaviours):
+    handles = {name: ExpertHandle(behaviours.get(name, ok(name))) for name in ("a", "b", "c")}
+    return ExpertRouter(ARGS, handles), handles
+
+
+def complete(ingress, request=REQUEST):
+    return asyncio.run(ingress.complete(request))
+
+
+def test_best_expert_answers():
+    ingress, handles = router()
+    response, headers = complete(ingress)
+    assert response.expert == "a" and response.choices[0].message.content == "a"
+    assert headers["x-fallbacks"] == "0" and headers["x-routed"] == "true"
+    assert handles["b"].calls == 0
+
+
+@pytest.mark.parametrize("failure", [crash, hang])
+def test_a_failed_or_slow_expert_falls_back_to_the_next_in_the_ranking(failure):
+    ingress, handles = router(a=failure)
+    response, headers = complete(ingress)
+    assert response.expert == "b" and headers["x-fallbacks"] == "1"
+
+
+def test_all_attempts_failing_is_a_503():
+    ingress, handles = router(a=crash, b=crash)
+    with pytest.raises(APIError) as info:
+        complete(ingress)
+    assert info.value.status == 503 and "replica died" in info.value.info.message
+    assert handles["c"].calls == 0  # max_attempts = 2
+
+
+def test_a_request_the_engine_refuses_is_a_400_not_a_fallback():
+    ingress, handles = router(a=too_long)
+    with pytest.raises(APIError) as info:
+        complete(ingress)
+    assert info.value.status == 400 and "too large" in info.value.info.message
+    assert handles["b"].calls == 0
+
+
+def test_bypass_calls_only_the_named_expert():
+    ingress, handles = router(c=crash)
+    bypass = ChatRequest.model_validate({"model": "c", "messages": [{"role": "user", "content": "hi"}]})
+    with pytest.raises(APIError) as info:
+        complete(ingress, bypass)
+    assert info.value.status == 503 and handles["a"].calls == 0
+
+
+def test_profile_and_defaults_reach_the_expert():
+    seen = {}
+
+    async def capture(request):
+        seen["request"] = request
+        return reply("ok")
+
+    args = {
+        **ARGS,
+        "experts": [
+            {
+                "name": "a",
+                "model": "m",
+                "system_prompt": "PROFILE",
+                "sampling": {"max_tokens": 7, "stop": ["X"]},
+            },
+            {"name": "b", "model": "m"},
+            {"name": "c", "model": "m"},
+        ],
+    }
+    ingress = ExpertRouter(args, {n: ExpertHandle(capture) for n in "abc"})
+    request = ChatRequest.model_validate(
+        {
+            "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+            "stop": "Y",
+        }
+    )
+    complete(ingress, request)
+    sent = seen["request"]
+    assert sent.messages[0] == {"role": "system", "content": "PROFILE\n\nbe brief"}
+    assert sent.max_tokens == 7 and sent.stop == ["X", "Y"] and sent.stream is False
