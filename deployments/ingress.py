@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -62,16 +62,22 @@ class RouterIngress(ExpertRouter):
     """HTTP routes over :class:`ExpertRouter`; one replica holds every expert's handle."""
 
     @app.post("/predict")
-    async def predict(self, request: ChatRequest) -> JSONResponse:
+    async def predict(self, request: ChatRequest) -> Response:
         """The seed's endpoint: routed chat completion with the answering expert's name."""
-        response, headers = await self.complete(request)
-        return JSONResponse(response.model_dump(include=SEED_FIELDS), headers=headers)
+        return await self._answer(request, fields=SEED_FIELDS)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(self, request: ChatRequest) -> JSONResponse:
+    async def chat_completions(self, request: ChatRequest) -> Response:
         """OpenAI chat completions; ``model`` = "router" (default) routes, an expert name bypasses."""
+        return await self._answer(request)
+
+    async def _answer(self, request: ChatRequest, fields: set[str] | None = None) -> Response:
+        """JSON reply (only ``fields`` if given), or server-sent events when ``stream`` is set."""
+        if request.stream:
+            events, headers = await self.stream(request)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         response, headers = await self.complete(request)
-        return JSONResponse(response.model_dump(), headers=headers)
+        return JSONResponse(response.model_dump(include=fields), headers=headers)
 
     @app.get("/v1/models")
     async def list_models(self) -> ModelList:

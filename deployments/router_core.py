@@ -7,8 +7,10 @@ logic is testable without a cluster; ``deployments/ingress.py`` puts HTTP routes
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -88,43 +90,37 @@ class ExpertRouter:
             ]
         )
 
-    async def _call_expert(self, name: str, request: ChatRequest) -> ChatResponse:
+    async def _open(self, name: str, request: ChatRequest, stream: bool) -> tuple[Any, AsyncIterator[Any]]:
+        """Send the request to expert ``name``; its first reply and the rest of its reply stream.
+
+        Raises ExpertFailed when the expert cannot answer (the next one may), APIError(400) when
+        its engine refuses the request itself.
+        """
         expert = self.config.expert(name)
+        extra = {"stream_options": {"include_usage": True}} if stream else {}
         llm_request = self._request_cls(
-            model=name, messages=_expert_messages(expert, request), stream=False, **_sampling(expert, request)
+            model=name,
+            messages=_expert_messages(expert, request),
+            stream=stream,
+            **extra,
+            **_sampling(expert, request),
         )
+        timeout = self.config.ingress.expert_timeout_s
         try:
-            stream = self.handles[name].chat.remote(llm_request)
-            reply = await asyncio.wait_for(stream.__anext__(), self.config.ingress.expert_timeout_s)
+            replies = self.handles[name].chat.remote(llm_request)
+            first = await asyncio.wait_for(replies.__anext__(), timeout)
         except asyncio.TimeoutError:
-            raise ExpertFailed(f"{name}: no answer within {self.config.ingress.expert_timeout_s}s") from None
-        except Exception as exc:  # replica died, actor error, engine crash: try the next expert
+            raise ExpertFailed(f"{name}: no answer within {timeout}s") from None
+        except Exception as exc:  # replica died, actor error, engine crash, empty stream
             raise ExpertFailed(f"{name}: {type(exc).__name__}: {exc}") from exc
-        if isinstance(reply, list):  # defensive: a batched stream chunk list
-            reply = reply[0]
-        error = getattr(reply, "error", None)
+        head = first[0] if isinstance(first, list) and first else first
+        error = getattr(head, "error", None)
         if error is not None:
             code = int(getattr(error, "code", 500) or 500)
             if 400 <= code < 500:  # the request itself is wrong for this expert (e.g. too long)
                 raise APIError(400, f"expert '{name}': {error.message}", "invalid_request_error")
             raise ExpertFailed(f"{name}: {error.message}")
-        choice = reply.choices[0]
-        usage = reply.usage
-        return ChatResponse(
-            model=name,
-            expert=name,
-            choices=[
-                Choice(
-                    message=AssistantMessage(content=choice.message.content or ""),
-                    finish_reason=choice.finish_reason,
-                )
-            ],
-            usage=Usage(
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                total_tokens=usage.total_tokens,
-            ),
-        )
+        return first, replies
 
     def _candidates(self, request: ChatRequest) -> tuple[list[str], bool]:
         """Experts to try, best first, and whether they came from the policy (else: bypass)."""
@@ -142,15 +138,15 @@ class ExpertRouter:
             )
         return [request.model], False
 
-    async def complete(self, request: ChatRequest) -> tuple[ChatResponse, dict[str, str]]:
-        """Answer one chat request; also the response headers that explain the routing."""
+    async def _route(self, request: ChatRequest, stream: bool) -> tuple[str, Any, AsyncIterator[Any], dict]:
+        """Try the candidates best first; the expert that answered, its reply, and the headers."""
         started = time.perf_counter()
         candidates, routed = self._candidates(request)
         routing_ms = (time.perf_counter() - started) * 1e3
         failures = []
         for name in candidates:
             try:
-                response = await self._call_expert(name, request)
+                first, rest = await self._open(name, request, stream)
             except ExpertFailed as exc:
                 logger.warning("expert failed, trying the next one: %s", exc)
                 failures.append(str(exc))
@@ -161,10 +157,66 @@ class ExpertRouter:
                 "x-routed": str(routed).lower(),
                 "x-fallbacks": str(len(failures)),
             }
-            return response, headers
+            return name, first, rest, headers
         raise APIError(
             503,
             "no expert could answer: " + " | ".join(failures),
             "service_unavailable",
             code="experts_unavailable",
         )
+
+    async def complete(self, request: ChatRequest) -> tuple[ChatResponse, dict[str, str]]:
+        """Answer one chat request; also the response headers that explain the routing."""
+        name, reply, _, headers = await self._route(request, stream=False)
+        choice, usage = reply.choices[0], reply.usage
+        response = ChatResponse(
+            model=name,
+            expert=name,
+            choices=[
+                Choice(
+                    message=AssistantMessage(content=choice.message.content or ""),
+                    finish_reason=choice.finish_reason,
+                )
+            ],
+            usage=Usage(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                total_tokens=usage.total_tokens,
+            ),
+        )
+        return response, headers
+
+    async def stream(self, request: ChatRequest) -> tuple[AsyncIterator[str], dict[str, str]]:
+        """Answer as OpenAI server-sent events; every chunk names the expert. Fallback happens
+        before the first chunk; a failure after it ends the stream with an error event."""
+        name, first, rest, headers = await self._route(request, stream=True)
+        return _sse_events(name, first, rest), headers
+
+
+def _with_expert(batch: Any, name: str) -> str:
+    """SSE text of one batch of engine chunks (``data: {...}``), each JSON chunk tagged with the expert."""
+    events = batch if isinstance(batch, list) else [batch]
+    out = []
+    for event in events:
+        if not isinstance(event, str):  # an ErrorResponse in mid-stream
+            out.append(f"data: {json.dumps({'error': event.error.model_dump(), 'expert': name})}\n\n")
+            continue
+        for line in event.split("\n\n"):
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[len("data: ") :])
+            chunk["expert"] = name
+            out.append(f"data: {json.dumps(chunk)}\n\n")
+    return "".join(out)
+
+
+async def _sse_events(name: str, first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[str]:
+    yield _with_expert(first, name)
+    try:
+        async for batch in rest:
+            yield _with_expert(batch, name)
+    except Exception as exc:  # the expert died mid-answer: say so in the stream
+        logger.warning("expert %s failed mid-stream: %s", name, exc)
+        error = ErrorInfo(message=f"expert '{name}' failed mid-stream: {exc}", type="service_unavailable")
+        yield f"data: {json.dumps({'error': error.model_dump(), 'expert': name})}\n\n"
+    yield "data: [DONE]\n\n"

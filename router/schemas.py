@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from router.config import ROUTER_MODEL_NAME
 
@@ -56,12 +56,6 @@ class ChatRequest(BaseModel):
         if not any(m.role == "user" and m.text.strip() for m in messages):
             raise ValueError("messages must contain at least one non-empty user message")
         return messages
-
-    @model_validator(mode="after")
-    def _no_streaming_yet(self) -> ChatRequest:
-        if self.stream:
-            raise ValueError("stream=true is not supported by this server version")
-        return self
 
     @property
     def token_limit(self) -> int | None:

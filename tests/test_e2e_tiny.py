@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -202,3 +203,34 @@ def test_official_openai_client_works_unchanged(tiny_server):
     assert [m.id for m in client.models.list().data] == ["router", *CONFIG.expert_names]
     with pytest.raises(NotFoundError):
         client.chat.completions.create(model="gpt-nope", messages=[{"role": "user", "content": "Hi"}])
+
+
+def test_streaming_sends_openai_chunks_from_the_expert(tiny_server):
+    body = {"model": "beta", "messages": [{"role": "user", "content": "Stream please"}], "max_tokens": 8}
+    whole = httpx.post(f"{tiny_server}/v1/chat/completions", json=body, timeout=120).json()
+    with httpx.stream(
+        "POST", f"{tiny_server}/v1/chat/completions", json={**body, "stream": True}, timeout=120
+    ) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        assert r.headers["x-expert"] == "beta"
+        events = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["expert"] == "beta" and c["object"] == "chat.completion.chunk" for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == whole["choices"][0]["message"]["content"]  # greedy: the same answer, streamed
+    usage = next(c["usage"] for c in reversed(chunks) if c.get("usage"))
+    assert usage["completion_tokens"] == whole["usage"]["completion_tokens"]
+
+
+def test_openai_client_streams_unchanged(tiny_server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{tiny_server}/v1", api_key="unused")
+    stream = client.chat.completions.create(
+        model="router", messages=[{"role": "user", "content": "Hi"}], max_tokens=5, stream=True
+    )
+    chunks = list(stream)
+    assert chunks and {c.model_extra["expert"] for c in chunks} <= set(CONFIG.expert_names)
+    assert len({c.model_extra["expert"] for c in chunks}) == 1
+    assert any(c.choices and c.choices[0].delta.content for c in chunks)

@@ -7,6 +7,7 @@ end-to-end tests.
 from __future__ import annotations
 
 import asyncio
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -150,3 +151,27 @@ def test_profile_and_defaults_reach_the_expert():
     sent = seen["request"]
     assert sent.messages[0] == {"role": "system", "content": "PROFILE\n\nbe brief"}
     assert sent.max_tokens == 7 and sent.stop == ["X", "Y"] and sent.stream is False
+
+
+def stream_of(*batches):
+    async def run(request):
+        assert request.stream is True
+        return list(batches[0])
+
+    return run
+
+
+def test_streaming_falls_back_before_the_first_chunk_and_tags_every_chunk():
+    chunk = '{"id": "x", "choices": [{"index": 0, "delta": {"content": "hi"}}]}'
+    ingress, _ = router(a=crash, b=stream_of([f"data: {chunk}\n\n"]))
+    request = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}], "stream": True})
+
+    async def collect():
+        events, headers = await ingress.stream(request)
+        return "".join([e async for e in events]), headers
+
+    text, headers = asyncio.run(collect())
+    assert headers["x-expert"] == "b" and headers["x-fallbacks"] == "1"
+    events = [e for e in text.split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    assert json.loads(events[0][len("data: ") :])["expert"] == "b"
