@@ -91,3 +91,10 @@ def test_missing_application_is_a_clear_error(tmp_path):
     path.write_text("applications: []\n")
     with pytest.raises(ConfigError, match="no application"):
         load_serve_config(path)
+
+
+def test_app_builder_rejects_a_policy_that_names_an_unknown_expert():
+    from deployments.app import build_app
+
+    with pytest.raises(ConfigError, match="policy: fixed policy: unknown expert 'art'"):
+        build_app(minimal(policy={"name": "fixed", "args": {"expert": "art"}}))
