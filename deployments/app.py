@@ -22,7 +22,7 @@ def build_app(args: dict[str, Any]) -> Application:
     experts = {expert.name: build_expert(expert) for expert in config.experts}
     ingress = config.ingress
     return RouterIngress.options(
-        ray_actor_options={"num_cpus": ingress.num_cpus},
+        ray_actor_options={"num_cpus": ingress.num_cpus, "runtime_env": {"env_vars": ingress.env_vars}},
         max_ongoing_requests=ingress.max_ongoing_requests,
         autoscaling_config=ingress.autoscaling.model_dump(exclude_none=True),
     ).bind(config.model_dump(mode="json"), experts)
