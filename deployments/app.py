@@ -24,5 +24,6 @@ def build_app(args: dict[str, Any]) -> Application:
     return RouterIngress.options(
         ray_actor_options={"num_cpus": ingress.num_cpus, "runtime_env": {"env_vars": ingress.env_vars}},
         max_ongoing_requests=ingress.max_ongoing_requests,
+        logging_config={"enable_access_log": ingress.access_log},
         autoscaling_config=ingress.autoscaling.model_dump(exclude_none=True),
     ).bind(config.model_dump(mode="json"), experts)

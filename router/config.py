@@ -121,6 +121,7 @@ class IngressConfig(_Strict):
     autoscaling: Autoscaling = Autoscaling()
     expert_timeout_s: float = Field(120.0, gt=0, description="Budget for one expert call.")
     max_attempts: int = Field(2, ge=1, description="Experts tried, best first, before giving up.")
+    access_log: bool = Field(False, description="Log every request in the router replicas (costs latency).")
     env_vars: dict[str, str] = Field(
         default_factory=lambda: {
             # The router does no blocking work: run it on the replica's own event loop and its
