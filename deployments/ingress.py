@@ -85,7 +85,16 @@ class RouterIngress(ExpertRouter):
 
     @app.get("/health")
     async def health(self) -> dict[str, str]:
+        """Liveness of the router itself (cheap; does not ask the experts)."""
         return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready(self) -> JSONResponse:
+        """Readiness: 200 once every expert deployment passes its health check, else 503."""
+        experts = await self.expert_readiness()
+        ready = all(state == "ok" for state in experts.values())
+        body = {"status": "ready" if ready else "not_ready", "experts": experts}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/status")
     async def status(self) -> dict[str, Any]:

@@ -14,11 +14,12 @@ QUIET_RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def wait_until_ready(base_url: str, timeout_s: float = 600.0) -> None:
-    """Poll ``/health`` until 200 (Serve's proxy may answer 404 right after start)."""
+    """Poll ``/ready`` until 200: the ingress serves and every expert passes its health check
+    (Serve's proxy may answer 404 right after start, and the ingress is up before the experts)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{base_url}/health", timeout=5).status_code == 200:
+            if httpx.get(f"{base_url}/ready", timeout=15).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

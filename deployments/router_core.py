@@ -79,6 +79,7 @@ class ExpertRouter:
         self._request_cls = ChatCompletionRequest
         self.config = AppConfig.parse(config)
         self.policy = build_policy(self.config.policy, self.config.expert_names)
+        self._experts = experts
         self.handles = {name: handle.options(stream=True) for name, handle in experts.items()}
         self.models = ModelList(
             data=[
@@ -89,6 +90,22 @@ class ExpertRouter:
                 for e in self.config.experts
             ]
         )
+
+    async def expert_readiness(self, timeout_s: float = 5.0) -> dict[str, str]:
+        """``ok`` per expert whose deployment passes its own health check within ``timeout_s``."""
+
+        async def check(name: str) -> tuple[str, str]:
+            response = self._experts[name].check_health.remote()
+            try:
+                await asyncio.wait_for(_awaited(response), timeout_s)
+                return name, "ok"
+            except asyncio.TimeoutError:
+                response.cancel()
+                return name, f"no replica answered within {timeout_s}s"
+            except Exception as exc:
+                return name, f"unhealthy: {type(exc).__name__}: {exc}"
+
+        return dict(await asyncio.gather(*(check(name) for name in self._experts)))
 
     async def _open(self, name: str, request: ChatRequest, stream: bool) -> tuple[Any, AsyncIterator[Any]]:
         """Send the request to expert ``name``; its first reply and the rest of its reply stream.
@@ -191,6 +208,10 @@ class ExpertRouter:
         before the first chunk; a failure after it ends the stream with an error event."""
         name, first, rest, headers = await self._route(request, stream=True)
         return _sse_events(name, first, rest), headers
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def _with_expert(batch: Any, name: str) -> str:

@@ -133,6 +133,9 @@ def test_models_lists_router_and_experts(tiny_server):
 
 def test_health_and_status(tiny_server):
     assert httpx.get(f"{tiny_server}/health", timeout=30).json() == {"status": "ok"}
+    ready = httpx.get(f"{tiny_server}/ready", timeout=30)
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "experts": {name: "ok" for name in CONFIG.expert_names}}
     status = httpx.get(f"{tiny_server}/status", timeout=30).json()
     assert [e["name"] for e in status["experts"]] == CONFIG.expert_names
     assert isinstance(status["gpus"]["available"], bool)  # gpustat: no GPU here degrades cleanly

@@ -44,6 +44,16 @@ class ExpertHandle:
     def chat(self):
         return self
 
+    @property
+    def check_health(self):
+        return SimpleNamespace(remote=self._health)
+
+    def _health(self):
+        async def probe():
+            await self.behaviour(None)
+
+        return asyncio.ensure_future(probe())
+
     def remote(self, request):
         self.calls += 1
 
@@ -175,3 +185,14 @@ def test_streaming_falls_back_before_the_first_chunk_and_tags_every_chunk():
     events = [e for e in text.split("\n\n") if e]
     assert events[-1] == "data: [DONE]"
     assert json.loads(events[0][len("data: ") :])["expert"] == "b"
+
+
+def test_readiness_reports_each_expert():
+    ingress, _ = router(b=crash)
+
+    async def readiness():
+        return await ingress.expert_readiness(timeout_s=0.2)
+
+    states = asyncio.run(readiness())
+    assert states["a"] == states["c"] == "ok"
+    assert "replica died" in states["b"]
