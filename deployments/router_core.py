@@ -26,6 +26,7 @@ from router.schemas import (
     ErrorInfo,
     ModelCard,
     ModelList,
+    RoutingOptions,
     Usage,
 )
 
@@ -142,7 +143,16 @@ class ExpertRouter:
     def _candidates(self, request: ChatRequest) -> tuple[list[str], bool]:
         """Experts to try, best first, and whether they came from the policy (else: bypass)."""
         if request.model == ROUTER_MODEL_NAME:
-            decision = self.policy.route(to_messages(request.messages))
+            options = request.routing or RoutingOptions()
+            unknown = sorted(set(options.experts or ()) - set(self.handles))
+            if unknown:
+                raise APIError(
+                    400,
+                    f"routing.experts: unknown experts {unknown}",
+                    "invalid_request_error",
+                    param="routing.experts",
+                )
+            decision = self.policy.route(to_messages(request.messages), options.experts, options.cost_weight)
             return list(decision.ranking[: self.config.ingress.max_attempts]), True
         if request.model not in self.handles:
             known = ", ".join([ROUTER_MODEL_NAME, *self.handles])

@@ -52,15 +52,21 @@ class RoutingPolicy(ABC):
         self.experts = tuple(experts)
 
     @abstractmethod
-    def scores(self, messages: Sequence[Message]) -> dict[str, float]:
-        """A score per expert for this conversation (higher is better)."""
+    def scores(self, messages: Sequence[Message], cost_weight: float | None = None) -> dict[str, float]:
+        """A score per expert for this conversation (higher is better); policies that know prices
+        trade quality for cost by ``cost_weight`` (None: their configured default)."""
 
-    def route(self, messages: Sequence[Message], candidates: Sequence[str] | None = None) -> RoutingDecision:
+    def route(
+        self,
+        messages: Sequence[Message],
+        candidates: Sequence[str] | None = None,
+        cost_weight: float | None = None,
+    ) -> RoutingDecision:
         """Rank ``candidates`` (default: all experts) for this conversation."""
         allowed = self.experts if candidates is None else tuple(c for c in self.experts if c in candidates)
         if not allowed:
             raise ValueError("no candidate expert is known to this policy")
-        scores = self.scores(messages)
+        scores = self.scores(messages, cost_weight)
         return RoutingDecision.from_scores({name: scores[name] for name in allowed})
 
 
@@ -71,7 +77,7 @@ class RandomPolicy(RoutingPolicy):
         super().__init__(experts)
         self._rng = random.Random(seed)
 
-    def scores(self, messages: Sequence[Message]) -> dict[str, float]:
+    def scores(self, messages: Sequence[Message], cost_weight: float | None = None) -> dict[str, float]:
         return {name: self._rng.random() for name in self.experts}
 
 
@@ -84,7 +90,7 @@ class FixedPolicy(RoutingPolicy):
             raise ValueError(f"fixed policy: unknown expert '{expert}'; known: {', '.join(self.experts)}")
         self.expert = expert
 
-    def scores(self, messages: Sequence[Message]) -> dict[str, float]:
+    def scores(self, messages: Sequence[Message], cost_weight: float | None = None) -> dict[str, float]:
         n = len(self.experts)
         return {
             name: 1.0 if name == self.expert else (n - i) / (n + 1) for i, name in enumerate(self.experts)
@@ -92,7 +98,24 @@ class FixedPolicy(RoutingPolicy):
 
 
 PolicyFactory = Callable[..., RoutingPolicy]
-_REGISTRY: dict[str, PolicyFactory] = {"random": RandomPolicy, "fixed": FixedPolicy}
+
+
+def _trained(kind: str) -> PolicyFactory:
+    """Trained routers load torch & co. only when configured."""
+
+    def make(experts: Sequence[str], **args: Any) -> RoutingPolicy:
+        from router.trained_policy import factory
+
+        return factory(kind)(experts, **args)
+
+    return make
+
+
+_REGISTRY: dict[str, PolicyFactory] = {
+    "random": RandomPolicy,
+    "fixed": FixedPolicy,
+    **{kind: _trained(kind) for kind in ("mlp", "bert", "knn")},
+}
 
 
 def register_policy(name: str, factory: PolicyFactory) -> None:

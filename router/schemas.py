@@ -34,6 +34,14 @@ class ChatMessage(BaseModel):
         return "".join(p.text for p in self.content)
 
 
+class RoutingOptions(BaseModel):
+    """Per-request routing controls (OpenAI clients send them with ``extra_body={"routing": ...}``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    cost_weight: float | None = Field(None, ge=0, description="Trade quality for price (0: quality only).")
+    experts: list[str] | None = Field(None, min_length=1, description="Route only among these experts.")
+
+
 class ChatRequest(BaseModel):
     """The body of ``/predict`` and ``/v1/chat/completions``. Unknown OpenAI fields are ignored."""
 
@@ -49,6 +57,7 @@ class ChatRequest(BaseModel):
     seed: int | None = None
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
     stream: bool = False
+    routing: RoutingOptions | None = None
 
     @field_validator("messages")
     @classmethod

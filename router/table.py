@@ -13,7 +13,7 @@ One Parquet file (or a folder of Parquet parts), one row per (query, expert):
 | answer | str | the expert's answer ('' if not kept) |
 | nll | float | negative log-likelihood of the reference under the expert (NaN if unknown) |
 | bertsim | float | cosine similarity of answer and reference embeddings (NaN if unknown) |
-| quality | float | the score routers learn and evaluation reports: BERTSim from phase 1, or an outcome (0/1 correctness, judge score) from imported tables |
+| quality | float | what routers learn: BERTSim (phase 1) or an imported outcome (0/1, judge) |
 | inference_s | float | seconds the expert took (NaN if unknown) |
 | input_tokens | int | prompt tokens |
 | output_tokens | int | generated tokens |
@@ -126,7 +126,9 @@ class Matrices:
 _PER_EXPERT = ("quality", "cost", "nll", "bertsim", "inference_s", "output_tokens", "input_tokens")
 
 
-def to_matrices(df: pd.DataFrame, quality_column: str = "quality", experts: list[str] | None = None) -> Matrices:
+def to_matrices(
+    df: pd.DataFrame, quality_column: str = "quality", experts: list[str] | None = None
+) -> Matrices:
     """Pivot a table to per-query × per-expert arrays.
 
     Only queries that every expert answered without error and with a known quality are kept.

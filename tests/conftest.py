@@ -29,3 +29,51 @@ def tiny_server():
     base_url = run_local(REPO / "configs/tiny_cpu.yaml", port=free_port())
     yield base_url
     stop_local()
+
+
+SHARED_DATA = REPO.parent / "shared" / "datasets"
+
+
+def domain_table(n_train: int = 300, n_test: int = 150, seed: int = 0):
+    """A labelled table of real router_mix queries where the expert named after a query's domain is
+    clearly best (quality 0.9 vs 0.3, plus noise): the signal a router must find."""
+    import gzip
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from router.table import conform
+
+    path = SHARED_DATA / "router_mix.jsonl.gz"
+    if not path.exists():
+        pytest.skip("shared datasets not found beside the repository")
+    rng = np.random.default_rng(seed)
+    records = [json.loads(line) for line in gzip.open(path, "rt")]
+    picked = []
+    for split, n in (("train", n_train), ("test", n_test)):
+        pool = [r for r in records if r["split"] == split]
+        picked += [pool[i] for i in rng.choice(len(pool), n, replace=False)]
+    domains = sorted({r["domain"] for r in records})
+    rows = [
+        {
+            "query_id": r["id"],
+            "query": r["instruction"],
+            "domain": r["domain"],
+            "source": r["source"],
+            "split": r["split"],
+            "expert": e,
+            "answer": "",
+            "nll": float(rng.uniform(0.5, 2)),
+            "bertsim": (q := (0.9 if e == r["domain"] else 0.3) + float(rng.normal(0, 0.05))),
+            "quality": q,
+            "inference_s": 1.0,
+            "input_tokens": 20,
+            "output_tokens": 10 * (1 + i),
+            "cost": 0.001 * (1 + i),
+            "error": "",
+        }
+        for r in picked
+        for i, e in enumerate(domains)
+    ]
+    return conform(pd.DataFrame(rows))

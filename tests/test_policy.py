@@ -67,7 +67,7 @@ def test_new_policies_plug_in_by_name():
     class LongestWins(RoutingPolicy):
         """Sends long conversations to the last expert: a policy that reads the messages."""
 
-        def scores(self, messages):
+        def scores(self, messages, cost_weight=None):
             long = sum(len(m.content) for m in messages) > 20
             return {name: float(long == (i == len(self.experts) - 1)) for i, name in enumerate(self.experts)}
 

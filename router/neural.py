@@ -1,0 +1,55 @@
+"""Shared training of the neural routers (MLP, BERT): cross-entropy against soft labels.
+
+A neural router is a torch module mapping a list of texts to (batch, m) logits. The same epoch
+function runs locally and inside a Ray Train worker (training/train.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits`` against soft target distributions."""
+    return -(targets * torch.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[tuple[list[str], np.ndarray]],
+) -> float:
+    """One pass over ``(texts, soft_targets)`` batches; the mean loss."""
+    model.train()
+    total, count = 0.0, 0
+    for texts, targets in batches:
+        target = torch.as_tensor(np.asarray(targets), dtype=torch.float32)
+        loss = soft_cross_entropy(model(list(texts)), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(texts)
+        count += len(texts)
+    return total / max(count, 1)
+
+
+def batches(
+    texts: list[str], targets: np.ndarray, batch_size: int, seed: int
+) -> list[tuple[list[str], np.ndarray]]:
+    """Shuffled mini-batches."""
+    order = np.random.default_rng(seed).permutation(len(texts))
+    return [
+        ([texts[i] for i in order[s : s + batch_size]], targets[order[s : s + batch_size]])
+        for s in range(0, len(texts), batch_size)
+    ]
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, texts: list[str], batch_size: int = 256) -> np.ndarray:
+    """Softmax of the logits, (n, m)."""
+    model.eval()
+    out = [torch.softmax(model(texts[s : s + batch_size]), dim=-1) for s in range(0, len(texts), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, 0))

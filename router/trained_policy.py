@@ -1,0 +1,58 @@
+"""A trained router artifact (mlp / bert / knn) as the serving routing policy.
+
+Config: ``policy: {name: mlp, args: {artifact: routers/mlp, cost_weight: 0.0, window: 1}}``.
+A relative artifact path is taken from the repository root. Experts the artifact does not know get
+no traffic from the policy (they stay reachable by name).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from router.knob import utilities
+from router.policy import Message, RoutingPolicy
+from router.trained import conversation_text, load_router
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class TrainedPolicy(RoutingPolicy):
+    """Scores = the artifact's predicted quality minus ``cost_weight`` x relative expert cost."""
+
+    def __init__(
+        self,
+        experts: Sequence[str],
+        artifact: str,
+        cost_weight: float = 0.0,
+        window: int = 1,
+        kind: str | None = None,
+    ):
+        super().__init__(experts)
+        path = Path(artifact) if Path(artifact).is_absolute() else REPO_ROOT / artifact
+        self.router = load_router(path)
+        if kind and self.router.kind != kind:
+            raise ValueError(f"artifact {artifact} holds a '{self.router.kind}' router, not '{kind}'")
+        unknown = [e for e in self.router.experts if e not in self.experts]
+        if unknown:
+            raise ValueError(f"router artifact knows experts the config lacks: {', '.join(unknown)}")
+        if cost_weight < 0 or window < 1:
+            raise ValueError("cost_weight must be >= 0 and window >= 1")
+        self.cost_weight, self.window = cost_weight, window
+
+    def scores(self, messages: Sequence[Message], cost_weight: float | None = None) -> dict[str, float]:
+        weight = self.cost_weight if cost_weight is None else cost_weight
+        raw = self.router.scores([conversation_text(list(messages), self.window)])
+        util = utilities(raw, self.router.expected_costs, weight)[0]
+        known = dict(zip(self.router.experts, map(float, util)))
+        return {name: known.get(name, -math.inf) for name in self.experts}
+
+
+def factory(kind: str):
+    """A policy factory that insists on artifacts of ``kind``."""
+
+    def make(experts: Sequence[str], **args) -> TrainedPolicy:
+        return TrainedPolicy(experts, kind=kind, **args)
+
+    return make

@@ -1,0 +1,112 @@
+"""The routers: soft labels, the cost knob, training (local and Ray Train), artifacts, serving policy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from router.config import PolicyConfig
+from router.knob import calibrate, choose
+from router.policy import Message, build_policy
+from router.soft_labels import soft_labels
+from router.table import to_matrices, write_table
+from router.trained import load_router
+from tests.conftest import domain_table
+from training.train import fit_local, train
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def test_soft_labels_are_a_tempered_softmax():
+    q = np.array([[0.2, 0.8], [0.5, 0.5]])
+    labels = soft_labels(q, temperature=0.3)
+    assert np.allclose(labels.sum(axis=1), 1)
+    expected = np.exp(0.8 / 0.3) / (np.exp(0.2 / 0.3) + np.exp(0.8 / 0.3))
+    assert labels[0, 1] == pytest.approx(expected) and np.allclose(labels[1], 0.5)
+    assert soft_labels(q, 1e-3)[0].round(6).tolist() == [0.0, 1.0]  # cold: one-hot on the best
+    assert np.allclose(soft_labels(q, 1e3), 0.5, atol=1e-3)  # hot: uniform
+    with pytest.raises(ValueError):
+        soft_labels(q, 0)
+
+
+def test_knob_trades_quality_for_price_and_calibrates_to_a_share():
+    rng = np.random.default_rng(0)
+    scores = rng.random((1000, 3))
+    costs = np.array([10.0, 1.0, 0.1])
+    assert (choose(scores, costs, 0.0) == scores.argmax(1)).all()
+    assert (choose(scores, costs, 1e6) == 2).all()  # a huge weight: always the cheapest
+    for share in (0.05, 0.1, 0.25):  # the priciest expert's share falls as the weight grows
+        weight = calibrate(scores, costs, expert=0, target_share=share)
+        assert np.mean(choose(scores, costs, weight) == 0) == pytest.approx(share, abs=0.01)
+    weight = calibrate(scores, costs, expert=2, target_share=0.8)  # the cheapest one's share rises
+    assert np.mean(choose(scores, costs, weight) == 2) == pytest.approx(0.8, abs=0.01)
+    assert calibrate(scores, costs, expert=0, target_share=0.9) == 0.0  # out of reach: the closest
+
+
+@pytest.fixture(scope="module")
+def matrices():
+    m = to_matrices(domain_table())
+    return m.split("train"), m.split("test")
+
+
+@pytest.mark.parametrize(
+    "kind, config", [("mlp", {}), ("knn", {}), ("bert", {"epochs": 2, "max_length": 64})]
+)
+def test_each_router_learns_the_domain_signal_and_round_trips(kind, config, matrices, tmp_path):
+    train_m, test_m = matrices
+    router = fit_local(kind, train_m, temperature=0.1, config=config)
+    scores = router.scores(test_m.queries)
+    accuracy = float(np.mean(scores.argmax(1) == test_m.quality.argmax(1)))
+    chance = 1 / len(test_m.experts)
+    assert accuracy > chance + 0.3, f"{kind}: accuracy {accuracy:.2f} vs chance {chance:.2f}"
+    # One self-describing artifact: the same predictions after save/load.
+    loaded = load_router(router.save(tmp_path / kind))
+    assert loaded.kind == kind and loaded.experts == router.experts
+    assert np.allclose(loaded.scores(test_m.queries[:25]), scores[:25], atol=1e-3)
+    assert np.allclose(loaded.expected_costs, train_m.cost.mean(0))
+
+
+def test_ray_train_job_on_two_cpu_workers(tmp_path):
+    import ray
+
+    write_table(domain_table(600, 150), tmp_path / "table.parquet")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        router = train(
+            tmp_path / "table.parquet",
+            "mlp",
+            tmp_path / "mlp",
+            config={"epochs": 10, "batch_size": 32},
+            num_workers=2,
+        )
+    finally:
+        ray.shutdown()
+    epochs = router.metrics["epochs"]
+    assert [e["epoch"] for e in epochs] == list(range(10))  # reported per epoch
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    loaded = load_router(tmp_path / "mlp")
+    test_m = to_matrices(domain_table(600, 150)).split("test")
+    accuracy = np.mean(loaded.scores(test_m.queries).argmax(1) == test_m.quality.argmax(1))
+    assert accuracy > 0.5, accuracy
+
+
+def test_trained_artifact_is_a_serving_policy(matrices, tmp_path):
+    train_m, test_m = matrices
+    router = fit_local("mlp", train_m)
+    router.save(tmp_path / "mlp")
+    experts = [*train_m.experts, "extra"]
+    policy = build_policy(PolicyConfig(name="mlp", args={"artifact": str(tmp_path / "mlp")}), experts)
+    texts = test_m.queries[:20]
+    expected = [router.experts[i] for i in router.scores(texts).argmax(1)]
+    decisions = [policy.route([Message("system", "Be brief."), Message("user", t)]) for t in texts]
+    assert [d.expert for d in decisions] == expected  # the policy is the artifact's choice
+    assert all(d.ranking[-1] == "extra" for d in decisions)  # unknown to the artifact: never routed to
+    # The knob: a huge cost weight sends every query to the cheapest expert instead.
+    cheapest = train_m.experts[int(np.argmin(train_m.cost.mean(0)))]
+    assert {policy.route([Message("user", t)], cost_weight=1e6).expert for t in texts} == {cheapest}
+    assert policy.route([Message("user", texts[0])], candidates=["code", "general"]).expert in {
+        "code",
+        "general",
+    }
+    with pytest.raises(ValueError, match="holds a 'mlp' router, not 'knn'"):
+        build_policy(PolicyConfig(name="knn", args={"artifact": str(tmp_path / "mlp")}), experts)

@@ -1,0 +1,121 @@
+"""The ``expert-router`` command: import public outcome tables, train routers, evaluate them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def _import(args: argparse.Namespace) -> None:
+    from router.table import write_table
+    from training.importers import import_alpaca_eval, import_routellm
+
+    if args.source == "routellm":
+        table = import_routellm(args.benchmark, args.data, drop_contaminated=not args.keep_contaminated)
+    else:
+        table = import_alpaca_eval([m.strip() for m in args.models.split(",")], args.data)
+    write_table(table, args.out)
+    print(f"wrote {len(table)} rows ({table['query_id'].nunique()} queries) to {args.out}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from training.train import train
+
+    config = json.loads(args.config) if args.config else None
+    router = train(
+        args.table,
+        args.router,
+        args.out,
+        args.quality_column,
+        args.temperature,
+        config,
+        use_ray=not args.local,
+        num_workers=args.workers,
+        use_gpu=args.gpu,
+    )
+    print(
+        json.dumps({"router": router.kind, "experts": router.experts, "out": str(args.out), **router.metrics})
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from training.harness import evaluate_table
+
+    if not args.router and not args.folds:
+        sys.exit("evaluate: give --router DIR (artifacts) or --folds K --routers mlp,bert,knn")
+    report = evaluate_table(
+        args.table,
+        args.out,
+        args.router or [],
+        args.folds,
+        [k.strip() for k in args.routers.split(",")] if args.folds else [],
+        args.quality_column,
+        args.temperature,
+        seed=args.seed,
+    )
+    if args.json:
+        compact = {n: {k: v for k, v in r.items() if k != "knob"} for n, r in report["routers"].items()}
+        print(json.dumps({"routers": compact, "meta": report["meta"]}))
+    else:
+        print(f"report written to {args.out}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="expert-router", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    imp = sub.add_parser("import", help="turn a public per-query outcome table into a labelled table")
+    imp_sub = imp.add_subparsers(dest="source", required=True)
+    rl = imp_sub.add_parser("routellm", help="RouteLLM evals (GPT-4 vs Mixtral)")
+    rl.add_argument("--benchmark", choices=["mmlu", "gsm8k", "mt_bench"], required=True)
+    rl.add_argument("--keep-contaminated", action="store_true")
+    ae = imp_sub.add_parser("alpaca-eval", help="AlpacaEval per-instruction preferences")
+    ae.add_argument("--models", required=True, help="comma-separated model names")
+    for q in (rl, ae):
+        q.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared datasets folder")
+        q.add_argument("--out", type=Path, required=True)
+    imp.set_defaults(func=_import)
+
+    for name, func, helptext in (
+        ("train", _train, "train a router"),
+        ("evaluate", _evaluate, "evaluate routers"),
+    ):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("--table", type=Path, required=True)
+        s.add_argument("--quality-column", default="quality")
+        s.add_argument("--temperature", type=float, default=0.1, help="soft-label temperature")
+        s.set_defaults(func=func)
+        if name == "train":
+            s.add_argument("--router", choices=["mlp", "bert", "knn"], required=True)
+            s.add_argument("--out", type=Path, required=True)
+            s.add_argument("--config", help="JSON of router settings, e.g. '{\"epochs\": 5}'")
+            s.add_argument("--local", action="store_true", help="train in this process instead of Ray Train")
+            s.add_argument("--workers", type=int, default=2)
+            s.add_argument("--gpu", action="store_true")
+        else:
+            s.add_argument(
+                "--router", type=Path, action="append", help="a router artifact folder (repeatable)"
+            )
+            s.add_argument(
+                "--folds", type=int, default=0, help="K-fold cross-validation instead of artifacts"
+            )
+            s.add_argument("--routers", default="mlp,knn", help="kinds to cross-validate")
+            s.add_argument("--out", type=Path)
+            s.add_argument("--json", action="store_true", help="print the report as one JSON object")
+            s.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    args = parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Train a router from a labelled table: locally, or as a Ray Train job (TorchTrainer).
+
+The Ray path reads the table with Ray Data, computes soft labels per query, shards them over the
+workers (CPU here, GPU by ``use_gpu``), wraps the model with DistributedDataParallel, reports the
+loss per epoch and checkpoints the weights; the driver then rebuilds the router from the last
+checkpoint and saves the artifact. kNN has nothing to fit by gradient: it embeds the training
+queries (locally) and is saved the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from router import bert, knn, mlp
+from router.soft_labels import soft_labels
+from router.table import Matrices, read_table, to_matrices
+from router.trained import TrainedRouter
+
+logger = logging.getLogger(__name__)
+KINDS = {"mlp": mlp, "bert": bert, "knn": knn}
+
+
+def training_queries(table: pd.DataFrame, quality_column: str = "quality", split: str = "train") -> Matrices:
+    """The table's ``split`` queries as matrices (all queries if the table has none of that split)."""
+    m = to_matrices(table, quality_column)
+    return m.split(split) if (m.splits == split).any() else m
+
+
+def fit_local(
+    kind: str, m: Matrices, temperature: float = 0.1, config: dict[str, Any] | None = None
+) -> TrainedRouter:
+    """Train ``kind`` in this process on matrices ``m`` (also what cross-validation uses)."""
+    module = KINDS[kind]
+    targets = m.quality if kind == "knn" else soft_labels(m.quality, temperature)
+    cfg = {**(config or {}), "temperature": temperature}
+    return module.fit(m.queries, targets, m.experts, m.cost.mean(axis=0), cfg)
+
+
+def _loop_per_worker(cfg: dict[str, Any]) -> None:
+    """Ray Train worker: DDP-train the neural router on this worker's shard of the queries."""
+    import ray.train
+    import torch
+    from ray.train import Checkpoint
+    from ray.train.torch import prepare_model
+
+    from router.neural import train_epoch
+
+    kind, params = cfg["kind"], cfg["params"]
+    model = (
+        mlp.build_model(cfg["vectorizer"], cfg["n_experts"], params)
+        if kind == "mlp"
+        else bert.build_model(cfg["n_experts"], params)
+    )
+    model = prepare_model(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params["lr"])
+    shard = ray.train.get_dataset_shard("train")
+    for epoch in range(params["epochs"]):
+        batches = (
+            (list(b["text"]), np.stack(b["target"]))
+            for b in shard.iter_batches(
+                batch_size=params["batch_size"],
+                batch_format="numpy",
+                local_shuffle_buffer_size=1000,
+                local_shuffle_seed=params["seed"] + epoch,
+            )
+        )
+        loss = train_epoch(model, optimizer, batches)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if ray.train.get_context().get_world_rank() == 0:
+                torch.save(getattr(model, "module", model).state_dict(), Path(tmp) / "model.pt")
+                checkpoint = Checkpoint.from_directory(tmp)
+            ray.train.report({"epoch": epoch, "loss": loss}, checkpoint=checkpoint)
+
+
+def fit_ray(
+    kind: str,
+    table_path: str | Path,
+    quality_column: str = "quality",
+    temperature: float = 0.1,
+    config: dict[str, Any] | None = None,
+    num_workers: int = 2,
+    use_gpu: bool = False,
+    storage_path: str | Path | None = None,
+) -> TrainedRouter:
+    """Train a neural router (mlp, bert) as a Ray Train job over ``num_workers`` workers."""
+    import ray
+    import ray.data
+    import torch
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if kind not in ("mlp", "bert"):
+        raise ValueError(f"Ray Train fits neural routers (mlp, bert), not '{kind}'")
+    module = KINDS[kind]
+    params = {**module.DEFAULTS, **(config or {}), "temperature": temperature}
+    if not ray.is_initialized():
+        ray.init(num_cpus=max(4, num_workers + 2), include_dashboard=False, log_to_driver=False)
+    table = ray.data.read_parquet(str(table_path)).to_pandas()
+    m = training_queries(table, quality_column)
+    targets = soft_labels(m.quality, temperature)
+    dataset = ray.data.from_pandas(
+        pd.DataFrame({"text": m.queries, "target": list(targets.astype(np.float32))})
+    )
+    loop_cfg: dict[str, Any] = {"kind": kind, "params": params, "n_experts": len(m.experts)}
+    if kind == "mlp":
+        loop_cfg["vectorizer"] = mlp.fit_vectorizer(m.queries, params["max_features"])
+    trainer = TorchTrainer(
+        _loop_per_worker,
+        train_loop_config=loop_cfg,
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}
+        ),
+        datasets={"train": dataset},
+        run_config=RunConfig(
+            name=f"expert-router-{kind}",
+            storage_path=str(Path(storage_path or tempfile.mkdtemp(prefix="er-train-")).resolve()),
+        ),
+    )
+    result = trainer.fit()
+    model = (
+        mlp.build_model(loop_cfg["vectorizer"], len(m.experts), params)
+        if kind == "mlp"
+        else bert.build_model(len(m.experts), params)
+    )
+    with result.checkpoint.as_directory() as folder:
+        model.load_state_dict(torch.load(Path(folder) / "model.pt"))
+    router_cls = mlp.MLPRouter if kind == "mlp" else bert.BertRouter
+    router = router_cls(m.experts, m.cost.mean(axis=0), params, model)
+    router.metrics = {
+        "epochs": [dict(r) for r in result.metrics_dataframe[["epoch", "loss"]].to_dict("records")]
+    }
+    return router
+
+
+def train(
+    table_path: str | Path,
+    kind: str,
+    out: str | Path,
+    quality_column: str = "quality",
+    temperature: float = 0.1,
+    config: dict[str, Any] | None = None,
+    use_ray: bool = True,
+    num_workers: int = 2,
+    use_gpu: bool = False,
+) -> TrainedRouter:
+    """Train router ``kind`` on the table's train split and save the artifact to ``out``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown router kind '{kind}'; known: {', '.join(KINDS)}")
+    if use_ray and kind != "knn":
+        router = fit_ray(
+            kind, table_path, quality_column, temperature, config, num_workers, use_gpu, Path(out) / "ray"
+        )
+    else:
+        router = fit_local(
+            kind, training_queries(read_table(table_path), quality_column), temperature, config
+        )
+    router.config["quality_column"] = quality_column
+    router.save(out)
+    logger.info("saved %s router to %s", kind, out)
+    return router
