@@ -168,7 +168,29 @@ BAD_REQUESTS = [
         400,
         "expert",
     ),
+    (
+        "/predict",
+        b'{"messages": [{"role": "user", "content": "x"}], "routing": {"experts": ["zeta"]}}',
+        400,
+        "zeta",
+    ),
+    (
+        "/predict",
+        b'{"messages": [{"role": "user", "content": "x"}], "routing": {"cost_weight": -1}}',
+        400,
+        "cost_weight",
+    ),
 ]
+
+
+def test_routing_options_restrict_the_candidates(tiny_server):
+    for _ in range(5):
+        r = httpx.post(
+            f"{tiny_server}/predict",
+            json={"messages": [{"role": "user", "content": "only beta"}], "routing": {"experts": ["beta"]}},
+            timeout=120,
+        )
+        assert r.status_code == 200 and r.json()["expert"] == "beta"
 
 
 @pytest.mark.parametrize("path, body, status, message", BAD_REQUESTS)
