@@ -7,6 +7,7 @@ Any Hugging Face encoder folder or hub id can be given instead (GPU clusters).
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -32,21 +33,28 @@ def sentence_encoder(name: str = DEFAULT_ENCODER, device: str = "cpu"):
     return SentenceTransformer(resolve_encoder(name), device=device)
 
 
-_MEMO: dict[tuple[str, str], np.ndarray] = {}
-_MEMO_LIMIT = 200_000
+_MEMO: dict[tuple[str, str], np.ndarray] | None = None
+
+
+@contextmanager
+def embedding_cache():
+    """Within this block, texts embedded once are not re-encoded (cross-validation embeds each
+    query once, not once per fold). Off elsewhere, so serving memory does not grow."""
+    global _MEMO
+    outer, _MEMO = _MEMO, ({} if _MEMO is None else _MEMO)
+    try:
+        yield
+    finally:
+        _MEMO = outer
 
 
 def embed(texts: list[str], name: str = DEFAULT_ENCODER, batch_size: int = 64) -> np.ndarray:
-    """L2-normalised embeddings, (n, d) float32; texts seen before in this process are not re-encoded
-    (cross-validation embeds each query once, not once per fold)."""
+    """L2-normalised embeddings, (n, d) float32."""
+    encode = sentence_encoder(name).encode
+    if _MEMO is None:
+        return encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
     todo = list(dict.fromkeys(t for t in texts if (name, t) not in _MEMO))
     if todo:
-        vectors = sentence_encoder(name).encode(
-            todo, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
-        )
-        if len(_MEMO) + len(todo) > _MEMO_LIMIT:
-            _MEMO.clear()
+        vectors = encode(todo, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
         _MEMO.update({(name, t): v for t, v in zip(todo, vectors)})
-        if any((name, t) not in _MEMO for t in texts):  # the memo was just cleared: encode directly
-            return sentence_encoder(name).encode(list(texts), normalize_embeddings=True)
     return np.stack([_MEMO[(name, t)] for t in texts]).astype(np.float32)

@@ -1,4 +1,3 @@
-"""Phase 1 (Ray Data: the labelled table) and phase 2 (Ray Train: the routers, evaluation).
-
-Empty until those issues land; the serving path does not depend on it.
-"""
+"""Phase 2 jobs and evaluation: importers of public outcome tables, the Ray Train training job, the
+evaluation metrics/report and the cross-validation harness, and the ``expert-router`` CLI.
+Phase 1 (the Ray Data generation job) comes next."""

@@ -18,7 +18,12 @@ def _import(args: argparse.Namespace) -> None:
     if args.source == "routellm":
         table = import_routellm(args.benchmark, args.data, drop_contaminated=not args.keep_contaminated)
     else:
-        table = import_alpaca_eval([m.strip() for m in args.models.split(",")], args.data)
+        prices = (
+            dict((k.strip(), float(v)) for k, v in (p.split("=") for p in args.prices.split(",")))
+            if args.prices
+            else None
+        )
+        table = import_alpaca_eval([m.strip() for m in args.models.split(",")], args.data, prices)
     write_table(table, args.out)
     print(f"wrote {len(table)} rows ({table['query_id'].nunique()} queries) to {args.out}")
 
@@ -76,6 +81,7 @@ def parser() -> argparse.ArgumentParser:
     rl.add_argument("--keep-contaminated", action="store_true")
     ae = imp_sub.add_parser("alpaca-eval", help="AlpacaEval per-instruction preferences")
     ae.add_argument("--models", required=True, help="comma-separated model names")
+    ae.add_argument("--prices", help="blended $/1M tokens per model: 'name=price,...' (default 1.0 each)")
     for q in (rl, ae):
         q.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared datasets folder")
         q.add_argument("--out", type=Path, required=True)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import KFold
 
+from router.encoder import embedding_cache
 from router.knob import choose
 from router.table import Matrices, read_table, to_matrices
 from router.trained import load_router
@@ -43,12 +44,12 @@ def cross_validated_scores(
 ) -> np.ndarray:
     """Out-of-fold (n, m) scores of router ``kind`` trained on the other folds."""
     scores = np.zeros_like(m.quality)
-    for i, (train_idx, test_idx) in enumerate(
-        KFold(folds, shuffle=True, random_state=seed).split(m.query_ids)
-    ):
-        router = fit_local(kind, m.subset(train_idx), temperature, config)
-        scores[test_idx] = router.scores(m.subset(test_idx).queries)
-        logger.info("%s fold %d/%d done", kind, i + 1, folds)
+    splits = KFold(folds, shuffle=True, random_state=seed).split(m.query_ids)
+    with embedding_cache():
+        for i, (train_idx, test_idx) in enumerate(splits):
+            router = fit_local(kind, m.subset(train_idx), temperature, config)
+            scores[test_idx] = router.scores(m.subset(test_idx).queries)
+            logger.info("%s fold %d/%d done", kind, i + 1, folds)
     return scores
 
 
