@@ -35,11 +35,32 @@ def test_cross_validation_reports_routers_and_baselines(table, tmp_path):
     assert {"report.json", "report.md", "counts.png", "trilemma.png", "knob.png"} <= written
 
 
-def test_saved_artifacts_are_scored_on_the_test_split(table, tmp_path):
+def test_saved_artifacts_are_scored_on_the_test_split_and_calibrated(table, tmp_path):
     train(table, "mlp", tmp_path / "mlp", use_ray=False)
     report = evaluate_table(table, routers=[tmp_path / "mlp"])
     assert report["meta"]["queries"] == 150
     assert report["routers"]["mlp"]["quality"] > report["routers"]["random"]["quality"]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.cli",
+            "calibrate",
+            "--router",
+            str(tmp_path / "mlp"),
+            "--table",
+            str(table),
+            "--expert",
+            "science",
+            "--share",
+            "0.1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    calibrated = json.loads(out.stdout)
+    assert calibrated["cost_weight"] > 0 and abs(calibrated["share"] - 0.1) < 0.02
 
 
 def test_cli_imports_and_evaluates_a_two_expert_table_with_routellm_metrics(tmp_path):

@@ -62,12 +62,28 @@ def _evaluate(args: argparse.Namespace) -> None:
         args.quality_column,
         args.temperature,
         seed=args.seed,
+        limit=args.limit,
     )
     if args.json:
         compact = {n: {k: v for k, v in r.items() if k != "knob"} for n, r in report["routers"].items()}
         print(json.dumps({"routers": compact, "meta": report["meta"]}))
     else:
         print(f"report written to {args.out}")
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from router.knob import calibrate, choose
+    from router.table import read_table, to_matrices
+    from router.trained import load_router
+
+    router = load_router(args.router)
+    m = to_matrices(read_table(args.table), args.quality_column)
+    m = m.split("train") if (m.splits == "train").any() else m
+    scores = router.scores(m.queries)
+    expert = router.experts.index(args.expert)
+    weight = calibrate(scores, router.expected_costs, expert, args.share)
+    share = float((choose(scores, router.expected_costs, weight) == expert).mean())
+    print(json.dumps({"cost_weight": weight, "expert": args.expert, "share": share, "queries": len(m)}))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -86,6 +102,16 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared datasets folder")
         q.add_argument("--out", type=Path, required=True)
     imp.set_defaults(func=_import)
+
+    cal = sub.add_parser(
+        "calibrate", help="the cost weight that sends a target share of traffic to an expert"
+    )
+    cal.add_argument("--router", type=Path, required=True, help="router artifact folder")
+    cal.add_argument("--table", type=Path, required=True, help="queries to calibrate on (train split if any)")
+    cal.add_argument("--expert", required=True)
+    cal.add_argument("--share", type=float, required=True, help="target fraction of queries, 0..1")
+    cal.add_argument("--quality-column", default="quality")
+    cal.set_defaults(func=_calibrate)
 
     for name, func, helptext in (
         ("train", _train, "train a router"),
@@ -114,6 +140,9 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--out", type=Path)
             s.add_argument("--json", action="store_true", help="print the report as one JSON object")
             s.add_argument("--seed", type=int, default=0)
+            s.add_argument(
+                "--limit", type=int, default=0, help="evaluate a seeded random sample of N queries"
+            )
     return p
 
 

@@ -75,9 +75,12 @@ def evaluate_table(
     temperature: float = 0.1,
     config: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
+    limit: int = 0,
 ) -> dict[str, Any]:
     """The report (``{"routers": {NAME: {...}}, "meta": {...}}``); written to ``out`` if given."""
     m_all = to_matrices(read_table(table_path), quality_column)
+    if limit and limit < len(m_all):
+        m_all = m_all.subset(np.sort(np.random.default_rng(seed).choice(len(m_all), limit, replace=False)))
     if folds:
         m = m_all
         scores = {
@@ -102,6 +105,8 @@ def evaluate_table(
         results["optimal"].update({k: oracle[k] for k in ("apgr", "cpt50", "cpt80")})
         chance = routellm_metrics(m, np.random.default_rng(seed).random(m.quality.shape), strong, 1 - strong)
         results["random"].update({k: chance[k] for k in ("apgr", "cpt50", "cpt80")})
+        # Zero-Router: mixing the two experts in proportion x recovers exactly x of the gap.
+        results["zero"].update({"apgr": 0.5, "cpt50": 0.5, "cpt80": 0.8})
     report = {
         "routers": results,
         "meta": {
@@ -111,6 +116,7 @@ def evaluate_table(
             "quality_column": quality_column,
             "temperature": temperature,
             "folds": folds,
+            "limit": limit or None,
         },
     }
     if out:
