@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from router.encoder import DEFAULT_ENCODER, resolve_encoder
-from router.neural import batches, predict_proba, train_epoch
+from router.neural import fit_epochs, predict_proba
 from router.trained import TrainedRouter
 
 DEFAULTS = {
@@ -86,8 +86,5 @@ def fit(
 ) -> BertRouter:
     """Fine-tune locally (no Ray)."""
     config = {**DEFAULTS, **config}
-    model = build_model(len(experts), config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"])
-    for epoch in range(config["epochs"]):
-        train_epoch(model, optimizer, batches(texts, targets, config["batch_size"], config["seed"] + epoch))
+    model = fit_epochs(build_model(len(experts), config), texts, targets, config)
     return BertRouter(experts, expected_costs, config, model)

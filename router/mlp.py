@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from router.neural import batches, predict_proba, train_epoch
+from router.neural import fit_epochs, predict_proba
 from router.trained import TrainedRouter
 
 DEFAULTS = {
@@ -94,7 +94,4 @@ def fit(
     """Train locally (no Ray): vectorizer on ``texts``, then the MLP on the soft ``targets``."""
     config = {**DEFAULTS, **config}
     model = build_model(fit_vectorizer(texts, config["max_features"]), len(experts), config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"])
-    for epoch in range(config["epochs"]):
-        train_epoch(model, optimizer, batches(texts, targets, config["batch_size"], config["seed"] + epoch))
-    return MLPRouter(experts, expected_costs, config, model)
+    return MLPRouter(experts, expected_costs, config, fit_epochs(model, texts, targets, config))

@@ -53,3 +53,13 @@ def predict_proba(model: torch.nn.Module, texts: list[str], batch_size: int = 25
     model.eval()
     out = [torch.softmax(model(texts[s : s + batch_size]), dim=-1) for s in range(0, len(texts), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, 0))
+
+
+def fit_epochs(
+    model: torch.nn.Module, texts: list[str], targets: np.ndarray, config: dict
+) -> torch.nn.Module:
+    """Train ``model`` in this process for ``config["epochs"]`` (AdamW, ``lr``, ``batch_size``)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"])
+    for epoch in range(config["epochs"]):
+        train_epoch(model, optimizer, batches(texts, targets, config["batch_size"], config["seed"] + epoch))
+    return model
