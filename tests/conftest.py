@@ -13,6 +13,9 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# A Ray API touched after a fixture's ray.shutdown() (e.g. a DeploymentHandle's metrics thread) must
+# not silently start a new cluster in the test process.
+os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 
 
 def free_port() -> int:

@@ -70,6 +70,8 @@ def test_ray_train_job_on_two_cpu_workers(tmp_path):
     import ray
 
     write_table(domain_table(600, 150), tmp_path / "table.parquet")
+    if ray.is_initialized():  # whatever an earlier module left behind
+        ray.shutdown()
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         router = train(
