@@ -17,6 +17,12 @@ pytestmark = pytest.mark.timeout(600)
 REQUIRED = {"quality", "bertsim", "nll", "cost", "throughput", "counts"}
 
 
+def run_cli(*args: object) -> str:
+    """stdout of ``expert-router ARGS`` run as a user would (a separate process)."""
+    cmd = [sys.executable, "-m", "training.cli", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
     return write_table(domain_table(400, 150), tmp_path_factory.mktemp("t") / "domains.parquet")
@@ -40,67 +46,22 @@ def test_saved_artifacts_are_scored_on_the_test_split_and_calibrated(table, tmp_
     report = evaluate_table(table, routers=[tmp_path / "mlp"])
     assert report["meta"]["queries"] == 150
     assert report["routers"]["mlp"]["quality"] > report["routers"]["random"]["quality"]
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training.cli",
-            "calibrate",
-            "--router",
-            str(tmp_path / "mlp"),
-            "--table",
-            str(table),
-            "--expert",
-            "science",
-            "--share",
-            "0.1",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+    out = run_cli(
+        "calibrate", "--router", tmp_path / "mlp", "--table", table, "--expert", "science", "--share", "0.1"
     )
-    calibrated = json.loads(out.stdout)
+    calibrated = json.loads(out)
     assert calibrated["cost_weight"] > 0 and abs(calibrated["share"] - 0.1) < 0.02
 
 
 def test_cli_imports_and_evaluates_a_two_expert_table_with_routellm_metrics(tmp_path):
     if not (SHARED_DATA / "routellm").exists():
         pytest.skip("shared datasets not found")
-    cli = [sys.executable, "-m", "training.cli"]
-    out = subprocess.run(
-        [
-            *cli,
-            "import",
-            "routellm",
-            "--benchmark",
-            "gsm8k",
-            "--data",
-            str(SHARED_DATA),
-            "--out",
-            str(tmp_path / "g.parquet"),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+    out = run_cli(
+        "import", "routellm", "--benchmark", "gsm8k", "--data", SHARED_DATA, "--out", tmp_path / "g.parquet"
     )
-    assert "1307 queries" in out.stdout
-    out = subprocess.run(
-        [
-            *cli,
-            "evaluate",
-            "--table",
-            str(tmp_path / "g.parquet"),
-            "--folds",
-            "3",
-            "--routers",
-            "mlp",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    report = json.loads(out.stdout)
+    assert "1307 queries" in out
+    out = run_cli("evaluate", "--table", tmp_path / "g.parquet", "--folds", 3, "--routers", "mlp", "--json")
+    report = json.loads(out)
     for name in ("mlp", "random", "zero", "optimal"):
         assert REQUIRED <= set(report["routers"][name])
     for name in ("mlp", "random", "optimal"):
