@@ -20,6 +20,7 @@ DEFAULTS = {
     "lr": 3e-5,
     "batch_size": 32,
     "seed": 0,
+    "quantize": None,
 }
 
 
@@ -54,9 +55,15 @@ class BertRouter(TrainedRouter):
     ):
         super().__init__(experts, expected_costs, config)
         self.model = model.eval()
+        self.scorer = quantized(self.model) if config.get("quantize") == "int8" else self.model
 
     def scores(self, texts: list[str]) -> np.ndarray:
-        return predict_proba(self.model, list(texts), batch_size=64)
+        """Batches of similar length (by characters), so little compute goes to padding."""
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        probs = predict_proba(self.scorer, [texts[i] for i in order], batch_size=64)
+        out = np.empty_like(probs)
+        out[order] = probs
+        return out
 
     def save_weights(self, folder: Path) -> None:
         self.model.encoder.save_pretrained(folder / "encoder")
@@ -70,6 +77,18 @@ class BertRouter(TrainedRouter):
         model = EncoderClassifier(str(folder / "encoder"), len(experts), config["max_length"])
         model.head.load_state_dict(torch.load(folder / "head.pt"))
         return cls(experts, expected_costs, config, model)
+
+
+def quantized(model: EncoderClassifier) -> torch.nn.Module:
+    """A copy with int8 dynamic quantization of the linear layers (CPU inference; about 2x faster)."""
+    import copy
+    import warnings
+
+    with warnings.catch_warnings():  # torch points at torchao for new code; this API still works
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8
+        )
 
 
 def build_model(n_experts: int, config: dict[str, Any]) -> EncoderClassifier:

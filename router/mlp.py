@@ -2,11 +2,15 @@
 
 The first layer is an ``EmbeddingBag`` over the non-zero TF-IDF features, i.e. a sparse linear
 layer: a query costs a few dozen weight rows, not a dense matmul over the whole vocabulary.
+The features are the fitted vectorizer's own (its analyzer, vocabulary and idf), computed straight
+into the bag's index/weight arrays: the same numbers as ``vectorizer.transform`` without building
+a scipy matrix, which is most of the cost of routing one query.
 """
 
 from __future__ import annotations
 
 import pickle
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +33,39 @@ DEFAULTS = {
 
 
 def fit_vectorizer(texts: list[str], max_features: int = 30000) -> TfidfVectorizer:
-    """TF-IDF over words and word pairs of the training queries."""
+    """TF-IDF over words and word pairs of the training queries (sublinear tf, l2 norm)."""
     vectorizer = TfidfVectorizer(max_features=max_features, ngram_range=(1, 2), sublinear_tf=True, min_df=1)
     return vectorizer.fit(texts)
+
+
+class TfidfBags:
+    """A fitted (sublinear-tf, l2) ``TfidfVectorizer`` as EmbeddingBag inputs: indices, offsets, weights."""
+
+    def __init__(self, vectorizer: TfidfVectorizer):
+        if not (vectorizer.sublinear_tf and vectorizer.norm == "l2" and vectorizer.use_idf):
+            raise ValueError("TfidfBags needs a vectorizer with sublinear_tf=True, norm='l2', use_idf=True")
+        self.analyze = vectorizer.build_analyzer()
+        self.vocabulary = vectorizer.vocabulary_
+        self.idf = vectorizer.idf_.astype(np.float32)
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        indices, weights, offsets = [], [], []
+        start = 0
+        for text in texts:
+            counts = Counter(i for i in map(self.vocabulary.get, self.analyze(text)) if i is not None)
+            idx = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+            tf = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+            w = (1.0 + np.log(tf)) * self.idf[idx]
+            norm = float(np.linalg.norm(w))
+            indices.append(idx)
+            weights.append(w / norm if norm > 0 else w)
+            offsets.append(start)
+            start += len(idx)
+        return (
+            torch.from_numpy(np.concatenate(indices) if indices else np.zeros(0, np.int64)),
+            torch.as_tensor(offsets, dtype=torch.long),
+            torch.from_numpy(np.concatenate(weights) if weights else np.zeros(0, np.float32)),
+        )
 
 
 class BowMLP(torch.nn.Module):
@@ -40,6 +74,7 @@ class BowMLP(torch.nn.Module):
     def __init__(self, vectorizer: TfidfVectorizer, n_experts: int, hidden: int = 256, dropout: float = 0.1):
         super().__init__()
         self.vectorizer = vectorizer
+        self.features = TfidfBags(vectorizer)
         self.bag = torch.nn.EmbeddingBag(len(vectorizer.vocabulary_), hidden, mode="sum")
         self.bias = torch.nn.Parameter(torch.zeros(hidden))
         self.out = torch.nn.Sequential(
@@ -47,10 +82,7 @@ class BowMLP(torch.nn.Module):
         )
 
     def forward(self, texts: list[str]) -> torch.Tensor:
-        x = self.vectorizer.transform(texts).tocsr()
-        indices = torch.as_tensor(x.indices, dtype=torch.long)
-        offsets = torch.as_tensor(x.indptr[:-1], dtype=torch.long)
-        weights = torch.as_tensor(x.data, dtype=torch.float32)
+        indices, offsets, weights = self.features(texts)
         return self.out(self.bag(indices, offsets, per_sample_weights=weights) + self.bias)
 
 

@@ -47,7 +47,7 @@ def batches(
     ]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_proba(model: torch.nn.Module, texts: list[str], batch_size: int = 256) -> np.ndarray:
     """Softmax of the logits, (n, m)."""
     model.eval()

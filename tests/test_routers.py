@@ -43,6 +43,21 @@ def test_knob_trades_quality_for_price_and_calibrates_to_a_share():
     assert calibrate(scores, costs, expert=0, target_share=0.9) == 0.0  # out of reach: the closest
 
 
+def test_mlp_features_equal_the_vectorizers_own_tfidf():
+    from router.mlp import TfidfBags, fit_vectorizer
+
+    texts = ["Solve 2x + 3 = 7 for x.", "Write a Python function to sort a list", "what is an enzyme"]
+    vectorizer = fit_vectorizer(texts)
+    queries = ["solve the python enzyme enzyme", "nothing known here", "", "Sort 2x sort"]
+    indices, offsets, weights = TfidfBags(vectorizer)(queries)
+    dense = vectorizer.transform(queries).toarray()
+    bounds = [*offsets.tolist(), len(indices)]
+    for row, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        mine = np.zeros(dense.shape[1])
+        mine[indices[a:b].numpy()] = weights[a:b].numpy()
+        assert np.allclose(mine, dense[row], atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def matrices():
     m = to_matrices(domain_table())
