@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from deployments.launch import APP_NAME, run_local, stop_local  # noqa: E402
-from deployments.router_core import _expert_messages, _sampling  # noqa: E402
+from deployments.router_core import expert_chat_request  # noqa: E402
 from router.config import load_serve_config  # noqa: E402
 from router.schemas import ChatRequest  # noqa: E402
 
@@ -63,17 +63,11 @@ async def run_concurrently(call, n: int, concurrency: int) -> list[float]:
 
 async def measure(base_url: str, config_path: Path, n: int, rounds: int) -> dict:
     from ray import serve
-    from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
     config = load_serve_config(config_path)
     expert = config.experts[0]  # route with the fixed choice below so both paths hit the same expert
     request = ChatRequest.model_validate({**BODY, "model": expert.name})
-    llm_request = ChatCompletionRequest(
-        model=expert.name,
-        messages=_expert_messages(expert, request),
-        stream=False,
-        **_sampling(expert, request),
-    )
+    llm_request = expert_chat_request(expert, request)
     expert_handle = serve.get_deployment_handle(f"expert:{expert.name}", app_name=APP_NAME).options(
         stream=True
     )

@@ -50,7 +50,7 @@ class ExpertFailed(Exception):
     """An expert could not answer (error, timeout, replica gone); the next one may."""
 
 
-def _expert_messages(expert: ExpertConfig, request: ChatRequest) -> list[dict[str, str]]:
+def expert_messages(expert: ExpertConfig, request: ChatRequest) -> list[dict[str, str]]:
     """The conversation as the expert gets it: its domain profile merged into the system turn."""
     messages = [
         {"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in request.messages
@@ -63,7 +63,7 @@ def _expert_messages(expert: ExpertConfig, request: ChatRequest) -> list[dict[st
     return messages
 
 
-def _sampling(expert: ExpertConfig, request: ChatRequest) -> dict[str, Any]:
+def expert_sampling(expert: ExpertConfig, request: ChatRequest) -> dict[str, Any]:
     """The expert's defaults overridden by what the client set; stop strings are combined."""
     defaults = expert.sampling.model_dump()
     overrides = request.sampling_overrides()
@@ -71,13 +71,26 @@ def _sampling(expert: ExpertConfig, request: ChatRequest) -> dict[str, Any]:
     return {**defaults, **overrides, "stop": stop}
 
 
+def expert_chat_request(
+    expert: ExpertConfig, request: ChatRequest, stream: bool = False, **extra: Any
+) -> Any:
+    """The ray.serve.llm ChatCompletionRequest that expert ``expert`` gets for ``request``."""
+    from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+    if stream:
+        extra.setdefault("stream_options", {"include_usage": True})
+    return ChatCompletionRequest(
+        model=expert.name,
+        messages=expert_messages(expert, request),
+        stream=stream,
+        **{**expert_sampling(expert, request), **extra},
+    )
+
+
 class ExpertRouter:
     """Routes each chat request to one expert deployment and reports which one answered."""
 
     def __init__(self, config: dict[str, Any], experts: dict[str, Any]):
-        from ray.serve.llm.openai_api_models import ChatCompletionRequest
-
-        self._request_cls = ChatCompletionRequest
         self.config = AppConfig.parse(config)
         self.policy = build_policy(self.config.policy, self.config.expert_names)
         self._experts = experts
@@ -114,15 +127,7 @@ class ExpertRouter:
         Raises ExpertFailed when the expert cannot answer (the next one may), APIError(400) when
         its engine refuses the request itself.
         """
-        expert = self.config.expert(name)
-        extra = {"stream_options": {"include_usage": True}} if stream else {}
-        llm_request = self._request_cls(
-            model=name,
-            messages=_expert_messages(expert, request),
-            stream=stream,
-            **extra,
-            **_sampling(expert, request),
-        )
+        llm_request = expert_chat_request(self.config.expert(name), request, stream)
         timeout = self.config.ingress.expert_timeout_s
         try:
             replies = self.handles[name].chat.remote(llm_request)

@@ -34,6 +34,8 @@ class EncoderClassifier(torch.nn.Module):
         path = resolve_encoder(encoder)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.encoder = AutoModel.from_pretrained(path)
+        if getattr(self.encoder, "pooler", None) is not None:
+            self.encoder.pooler = None  # mean pooling instead; unused weights would stall DDP
         self.head = torch.nn.Linear(self.encoder.config.hidden_size, n_experts)
         self.max_length = max_length
 

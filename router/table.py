@@ -152,5 +152,5 @@ def to_matrices(
         domains=meta["domain"].astype(str).to_numpy(dtype=object),
         splits=meta["split"].astype(str).to_numpy(dtype=object),
         experts=list(names),
-        **{k: wide[col][names].to_numpy(dtype=float) for k, col in values.items()},
+        **{k: wide[col][names].to_numpy(dtype=float, na_value=np.nan) for k, col in values.items()},
     )

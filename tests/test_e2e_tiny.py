@@ -21,17 +21,14 @@ SEED_KEYS = {"id", "object", "created", "choices", "usage", "expert"}
 def direct_expert_answer(name: str, content: str) -> dict:
     """What the expert deployment itself answers, called by handle with no router in between."""
     from ray import serve
-    from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
-    from deployments.router_core import _expert_messages, _sampling
+    from deployments.router_core import expert_chat_request
     from router.schemas import ChatRequest
 
     expert = CONFIG.expert(name)
     request = ChatRequest.model_validate({"messages": [{"role": "user", "content": content}]})
     handle = serve.get_deployment_handle(f"expert:{name}", app_name="expert-router").options(stream=True)
-    llm_request = ChatCompletionRequest(
-        model=name, messages=_expert_messages(expert, request), stream=False, **_sampling(expert, request)
-    )
+    llm_request = expert_chat_request(expert, request)
 
     async def call():
         async for reply in handle.chat.remote(llm_request):

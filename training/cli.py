@@ -1,4 +1,5 @@
-"""The ``expert-router`` command: import public outcome tables, train routers, evaluate them."""
+"""The ``expert-router`` command: generate labelled tables from the experts (phase 1), import public
+outcome tables, train routers (phase 2), evaluate them, or run the whole pipeline."""
 
 from __future__ import annotations
 
@@ -9,6 +10,62 @@ import sys
 from pathlib import Path
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+DEFAULT_INSTRUCTIONS = DEFAULT_DATA / "router_mix.jsonl.gz"
+
+
+def _connect_ray(num_cpus: int = 4) -> None:
+    """Join the cluster named by RAY_ADDRESS, or start a local one with room for fractional actors."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from router.config import load_serve_config
+    from training.generate import generate, summary
+
+    _connect_ray()
+    table = generate(
+        load_serve_config(args.config),
+        args.data,
+        args.out,
+        limit_per_domain=args.limit_per_domain,
+        limit=args.limit,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+        batch_size=args.batch_size,
+        actors=args.actors,
+        app_name=args.app,
+    )
+    print(json.dumps({"out": str(args.out), **summary(table)}))
+
+
+def _pipeline(args: argparse.Namespace) -> None:
+    from training.pipeline import run_pipeline
+
+    _connect_ray()
+    result = run_pipeline(
+        args.config,
+        args.out,
+        args.data,
+        limit_per_domain=args.limit_per_domain,
+        limit=args.limit,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        kinds=tuple(k.strip() for k in args.routers.split(",")),
+        serve_router=args.serve_router,
+        workers=args.workers,
+        app_name=args.app,
+    )
+    print(json.dumps(result))
+    print(f"serve it: serve run {result['serve_config']}", file=sys.stderr)
 
 
 def _import(args: argparse.Namespace) -> None:
@@ -32,6 +89,8 @@ def _train(args: argparse.Namespace) -> None:
     from training.train import train
 
     config = json.loads(args.config) if args.config else None
+    if not args.local:
+        _connect_ray()
     router = train(
         args.table,
         args.router,
@@ -102,6 +161,27 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared datasets folder")
         q.add_argument("--out", type=Path, required=True)
     imp.set_defaults(func=_import)
+
+    gen = sub.add_parser("generate", help="phase 1: the labelled table from the config's experts (Ray Data)")
+    pipe = sub.add_parser(
+        "pipeline", help="generate -> train -> evaluate -> a serving config with the router"
+    )
+    for q in (gen, pipe):
+        q.add_argument("--config", type=Path, default=Path("serve_config.yaml"), help="Serve config file")
+        q.add_argument("--data", type=Path, default=DEFAULT_INSTRUCTIONS, help="JSONL[.gz]/Parquet")
+        q.add_argument("--limit-per-domain", type=int, help="seeded sample of N queries per domain")
+        q.add_argument("--limit", type=int, help="at most N queries in all")
+        q.add_argument("--max-tokens", type=int, help="answer length cap (default: each expert's)")
+        q.add_argument("--seed", type=int, default=0, help="sampling of queries and of answers")
+        q.add_argument("--app", help="use the experts of this running Serve app instead of deploying")
+        q.add_argument("--out", type=Path, required=True)
+    gen.add_argument("--batch-size", type=int, default=16, help="pairs in flight per actor")
+    gen.add_argument("--actors", type=int, default=2, help="Ray Data actors calling the experts")
+    gen.set_defaults(func=_generate)
+    pipe.add_argument("--routers", default="mlp,bert,knn", help="router kinds to train")
+    pipe.add_argument("--serve-router", default="best", help="'best' (test quality) or a kind")
+    pipe.add_argument("--workers", type=int, default=2, help="Ray Train workers")
+    pipe.set_defaults(func=_pipeline)
 
     cal = sub.add_parser(
         "calibrate", help="the cost weight that sends a target share of traffic to an expert"

@@ -19,7 +19,7 @@ import pandas as pd
 
 from router import bert, knn, mlp
 from router.soft_labels import soft_labels
-from router.table import Matrices, read_table, to_matrices
+from router.table import Matrices, conform, read_table, to_matrices
 from router.trained import TrainedRouter
 
 logger = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def fit_ray(
     params = {**module.DEFAULTS, **(config or {}), "temperature": temperature}
     if not ray.is_initialized():
         ray.init(num_cpus=max(4, num_workers + 2), include_dashboard=False, log_to_driver=False)
-    table = ray.data.read_parquet(str(table_path)).to_pandas()
+    table = conform(ray.data.read_parquet(str(table_path)).to_pandas())  # numpy dtypes, NaN not NA
     m = training_queries(table, quality_column)
     targets = soft_labels(m.quality, temperature)
     dataset = ray.data.from_pandas(
@@ -149,13 +149,15 @@ def train(
     use_ray: bool = True,
     num_workers: int = 2,
     use_gpu: bool = False,
+    storage_path: str | Path | None = None,
 ) -> TrainedRouter:
-    """Train router ``kind`` on the table's train split and save the artifact to ``out``."""
+    """Train router ``kind`` on the table's train split and save the artifact to ``out``
+    (Ray Train's run folder with its checkpoints goes to ``storage_path``, default a temp folder)."""
     if kind not in KINDS:
         raise ValueError(f"unknown router kind '{kind}'; known: {', '.join(KINDS)}")
     if use_ray and kind != "knn":
         router = fit_ray(
-            kind, table_path, quality_column, temperature, config, num_workers, use_gpu, Path(out) / "ray"
+            kind, table_path, quality_column, temperature, config, num_workers, use_gpu, storage_path
         )
     else:
         router = fit_local(

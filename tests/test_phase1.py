@@ -1,0 +1,146 @@
+"""Phase 1 and the whole pipeline against real experts: Ray Serve + two vLLM tiny-model engines (CPU).
+
+The module's cluster serves configs/tiny_cpu.yaml (experts alpha, beta); generation uses those
+running deployments by handle, the pipeline trains real routers and the app is then updated in place
+to route with the trained one, checked over HTTP.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from router.config import load_serve_config
+from tests.conftest import REPO, SHARED_DATA
+
+pytestmark = [pytest.mark.timeout(1200)]
+
+CONFIG_PATH = REPO / "configs/tiny_cpu.yaml"
+CONFIG = load_serve_config(CONFIG_PATH)
+APP = "expert-router"
+
+
+def instructions(path: Path, per_domain: int = 2) -> tuple[Path, int]:
+    """A small instruction file: real router_mix rows (both splits) plus two bad ones; its size."""
+    rows: dict[tuple[str, str], list[dict]] = {}
+    with gzip.open(SHARED_DATA / "router_mix.jsonl.gz", "rt") as f:
+        for line in f:
+            row = json.loads(line)
+            group = rows.setdefault((row["domain"], row["split"]), [])
+            if len(group) < per_domain and len(row["instruction"]) + len(row["reference"]) < 600:
+                group.append(row)
+    good = [r for group in rows.values() for r in group]
+    bad = [
+        {"id": "bad/empty-reference", "instruction": "What is 2 + 2?", "reference": " ", "domain": "math"},
+        {"id": "bad/too-long", "instruction": "word " * 3000, "reference": "ok", "domain": "general"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in good + bad))
+    return path, len(good) + len(bad)
+
+
+def test_generate_fills_the_table_and_reports_bad_rows(tiny_server, tmp_path):
+    from training.generate import generate
+
+    data, n = instructions(tmp_path / "data.jsonl")
+    table = generate(CONFIG, data, tmp_path / "table.parquet", app_name=APP)
+    assert len(table) == n * 2 and set(table["expert"]) == {"alpha", "beta"}
+    assert table.equals(pd.read_parquet(tmp_path / "table.parquet").astype(table.dtypes))
+
+    errors = table.set_index(["query_id", "expert"])["error"]
+    assert errors[("bad/empty-reference", "alpha")] == "empty reference"
+    assert (
+        "context length" in errors[("bad/too-long", "beta")] or "too long" in errors[("bad/too-long", "beta")]
+    )
+    ok = table[table["error"] == ""]
+    assert len(ok) == (n - 2) * 2
+    assert (ok["nll"] > 0).all() and ok["bertsim"].between(-1, 1).all()
+    assert (
+        (ok["input_tokens"] > 0).all() and (ok["output_tokens"] > 0).all() and (ok["inference_s"] > 0).all()
+    )
+    for name in ("alpha", "beta"):
+        rows, price = ok[ok["expert"] == name], CONFIG.expert(name).price
+        expected = (
+            rows["input_tokens"] * price.input_per_1m + rows["output_tokens"] * price.output_per_1m
+        ) / 1e6
+        assert np.allclose(rows["cost"], expected)
+    assert (ok["quality"] == ok["bertsim"]).all() and set(ok["split"]) == {"train", "test"}
+
+
+def test_the_nll_prompt_is_the_prompt_the_expert_answers(tiny_server, tmp_path):
+    """The reference NLL is scored right after exactly the prompt the engine generates from."""
+    from training.generate import ExpertCalls, generate, load_instructions
+
+    data, _ = instructions(tmp_path / "data.jsonl", per_domain=1)
+    table = generate(CONFIG, data, tmp_path / "t.parquet", app_name=APP, limit=3)
+    calls = ExpertCalls(CONFIG.model_dump(mode="json"), APP)
+    queries = load_instructions(data, limit=3).set_index("query_id")
+    for row in table[table["error"] == ""].to_dict("records"):
+        prompt, reference = calls.nll_prompt({**row, "reference": queries.loc[row["query_id"], "reference"]})
+        assert len(prompt) == row["input_tokens"] and reference
+
+
+def test_an_interrupted_run_resumes_without_losing_or_repeating_rows(tiny_server, tmp_path):
+    from training.generate import generate
+
+    data, n = instructions(tmp_path / "data.jsonl")
+    out = tmp_path / "table.parquet"
+    seen: list[int] = []
+
+    def stop_after_first_batch(done: int, total: int, rate: float) -> None:
+        seen.append(done)
+        raise KeyboardInterrupt  # as Ctrl-C would, right after a finished batch was stored
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(CONFIG, data, out, app_name=APP, batch_size=4, progress=stop_after_first_batch)
+    first = seen[0]
+    assert 0 < first < n * 2 and not out.exists()
+
+    resumed: list[int] = []
+    table = generate(
+        CONFIG, data, out, app_name=APP, batch_size=4, progress=lambda d, t, r: resumed.append(d)
+    )
+    assert resumed[0] > first and resumed[-1] == n * 2  # it went on from the stored rows
+    assert len(table) == n * 2 and not table.duplicated(["query_id", "expert"]).any()
+    again: list[int] = []
+    assert len(generate(CONFIG, data, out, app_name=APP, progress=lambda *a: again.append(1))) == n * 2
+    assert again == []  # nothing left to do
+
+
+def test_pipeline_trains_a_router_that_the_app_then_serves(tiny_server, tmp_path):
+    import yaml
+    from ray import serve
+
+    from deployments.app import build_app
+    from router.policy import Message, build_policy
+    from training.pipeline import run_pipeline
+
+    data, _ = instructions(tmp_path / "data.jsonl", per_domain=4)
+    result = run_pipeline(CONFIG_PATH, tmp_path / "run", data, app_name=APP, kinds=("mlp", "bert", "knn"))
+    run = tmp_path / "run"
+    assert result["router"] in ("mlp", "bert")
+    assert {"mlp", "bert", "knn", "random", "zero", "optimal"} <= set(result["test"])
+    assert (run / "report" / "report.md").exists() and (run / "report" / "counts.png").exists()
+
+    serving = yaml.safe_load((run / "serve_config.yaml").read_text())
+    args = serving["applications"][0]["args"]
+    assert args["policy"]["name"] == result["router"]
+    assert Path(args["policy"]["args"]["artifact"]).resolve() == (run / "router").resolve()
+
+    serve.run(build_app(args), name=APP, route_prefix="/", blocking=False)  # in-place update
+    policy = build_policy(load_serve_config(run / "serve_config.yaml").policy, CONFIG.expert_names)
+    queries = ["Solve 12 * 7 and explain.", "Write a Python function that reverses a list.", "What is DNA?"]
+    for text in queries:
+        expected = policy.route([Message("user", text)]).expert
+        reply = httpx.post(
+            f"{tiny_server}/predict", json={"messages": [{"role": "user", "content": text}]}, timeout=120
+        )
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["expert"] == expected
+        status = httpx.get(f"{tiny_server}/status", timeout=30).json()
+        assert result["router"] in json.dumps(status["policy"])

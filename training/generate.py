@@ -1,0 +1,354 @@
+"""Phase 1 on Ray Data: run every expert over instructions with reference answers -> labelled table.
+
+The experts are the serving config's own deployments (ray.serve.llm LLMServer on vLLM): the job
+either uses an application already running on the cluster (``app_name``) or deploys the config's
+app for the duration of the job. A Ray Data pipeline streams (query, expert) pairs through
+
+1. :class:`ExpertCalls` (async actor): per pair, the chat-templated prompt (the engine's own
+   tokenizer), the answer (the expert's sampling settings plus a fixed seed), and the NLL of the
+   reference (``prompt_logprobs`` over the reference tokens appended to the prompt, one
+   ``max_tokens=1`` completion); all pairs of a batch are in flight at once, so vLLM batches them;
+2. :class:`BertSim`: cosine similarity of answer and reference sentence embeddings (the
+   BERT-Router's encoder by default), in batches.
+
+Finished batches are appended as Parquet parts next to the output (``OUT.parts/``): an interrupted
+run loses no finished row, a rerun does only the missing pairs, and the table is written from the
+parts at the end. Rows that cannot be scored (empty reference, prompt too long, expert error) are
+kept with the reason in ``error``.
+
+Why calling the deployments rather than a separate batch engine: the job uses exactly the serving
+definitions (models, prompts, sampling, prices), shares the replicas when the app already runs, and
+scales with Serve's autoscaling on a GPU cluster; vLLM's continuous batching gets the concurrency
+from many requests in flight, which is what the async actors provide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from router.config import AppConfig
+from router.encoder import DEFAULT_ENCODER
+from router.table import conform, write_table
+
+PHASE1_APP = "expert-router-phase1"
+INSTRUCTION_FIELDS = ("id", "instruction", "reference")
+
+
+def load_instructions(
+    path: str | Path, limit_per_domain: int | None = None, limit: int | None = None, seed: int = 0
+) -> pd.DataFrame:
+    """Instructions with references (JSONL[.gz] or Parquet: id, instruction, reference, and optionally
+    domain, source, split) as columns query_id, query, reference, domain, source, split.
+
+    Sampling is a seeded shuffle then the first ``limit_per_domain`` per domain (and ``limit`` in
+    all), so a smaller limit picks a subset of a larger one.
+    """
+    path = Path(path)
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_json(path, lines=True)
+    missing = [c for c in INSTRUCTION_FIELDS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: instruction data lacks fields {missing} (needs {INSTRUCTION_FIELDS})")
+    df = df.rename(columns={"id": "query_id", "instruction": "query"})
+    for col, default in (("domain", ""), ("source", path.stem), ("split", "train")):
+        df[col] = df[col].fillna(default) if col in df.columns else default
+    df = df.sample(frac=1.0, random_state=seed)
+    if limit_per_domain is not None:
+        df = df.groupby("domain", sort=False).head(limit_per_domain)
+    if limit is not None:
+        df = df.head(limit)
+    cols = ["query_id", "query", "reference", "domain", "source", "split"]
+    return df[cols].astype({c: "string" for c in cols}).fillna("").reset_index(drop=True)
+
+
+class PartStore:
+    """Finished rows as Parquet parts in a folder: append-only, so a crash loses no finished part."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def read(self) -> pd.DataFrame:
+        parts = sorted(self.folder.glob("part-*.parquet"))
+        return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
+
+    def done(self) -> set[tuple[str, str]]:
+        df = self.read()
+        return set(zip(df["query_id"], df["expert"])) if len(df) else set()
+
+    def append(self, rows: pd.DataFrame) -> None:
+        name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:6]}.parquet"
+        tmp = self.folder / f".{name}.tmp"
+        rows.to_parquet(tmp, index=False)
+        tmp.rename(self.folder / name)  # atomic: a part is either whole or absent
+
+
+def pending_pairs(queries: pd.DataFrame, experts: list[str], done: set[tuple[str, str]]) -> pd.DataFrame:
+    """One row per (query, expert) not yet in ``done``."""
+    pairs = queries.merge(pd.DataFrame({"expert": experts}), how="cross")
+    keep = [(q, e) not in done for q, e in zip(pairs["query_id"], pairs["expert"])]
+    return pairs[keep].reset_index(drop=True)
+
+
+class ExpertError(Exception):
+    """The expert could not produce what was asked (the reason goes into the row's ``error``)."""
+
+
+async def _first(replies: Any) -> Any:
+    """The one response of a non-streamed LLMServer call; ExpertError for an engine error."""
+    async for reply in replies:
+        head = reply[0] if isinstance(reply, list) and reply else reply
+        error = getattr(head, "error", None)
+        if error is not None:
+            raise ExpertError(error.message)
+        return head
+    raise ExpertError("no response")
+
+
+class ExpertCalls:
+    """Ray Data actor: answer, token counts, timing and reference NLL for each (query, expert) row."""
+
+    def __init__(self, config: dict[str, Any], app_name: str, seed: int = 0, max_tokens: int | None = None):
+        from ray import serve
+
+        self.config = AppConfig.parse(config)
+        self.seed, self.max_tokens = seed, max_tokens
+        self.handles = {
+            e.name: serve.get_deployment_handle(f"expert:{e.name}", app_name=app_name).options(stream=True)
+            for e in self.config.experts
+        }
+        self.tokenizers: dict[str, Any] = {}
+        for name in self.handles:  # load now: loading inside a request would stall the event loop
+            self.tokenizer(name)
+
+    async def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        rows = await asyncio.gather(*(self.score(row) for row in batch.to_dict("records")))
+        return pd.DataFrame(rows)
+
+    async def score(self, row: dict[str, Any]) -> dict[str, Any]:
+        out = {**row, "answer": "", "nll": np.nan, "inference_s": np.nan, "input_tokens": 0}
+        out.update(output_tokens=0, cost=0.0, error="")
+        if not str(row["reference"]).strip():
+            return {**out, "error": "empty reference"}
+        if not str(row["query"]).strip():
+            return {**out, "error": "empty query"}
+        try:
+            answer, nll = await asyncio.gather(self.answer(row), self.reference_nll(row))
+        except ExpertError as exc:
+            return {**out, "error": f"expert {row['expert']}: {exc}"[:500]}
+        except Exception as exc:  # replica died, timeout, serialization: recorded, not fatal
+            return {**out, "error": f"expert {row['expert']}: {type(exc).__name__}: {exc}"[:500]}
+        return {**out, **answer, "nll": nll}
+
+    def _request(self, row: dict[str, Any]) -> Any:
+        from router.schemas import ChatRequest
+
+        return ChatRequest.model_validate({"messages": [{"role": "user", "content": row["query"]}]})
+
+    async def answer(self, row: dict[str, Any]) -> dict[str, Any]:
+        from deployments.router_core import expert_chat_request
+
+        expert = self.config.expert(row["expert"])
+        extra = {"seed": self.seed, **({"max_tokens": self.max_tokens} if self.max_tokens else {})}
+        request = expert_chat_request(expert, self._request(row), **extra)
+        started = time.perf_counter()
+        reply = await _first(self.handles[expert.name].chat.remote(request))
+        seconds = time.perf_counter() - started
+        usage = reply.usage
+        return {
+            "answer": reply.choices[0].message.content or "",
+            "inference_s": seconds,
+            "input_tokens": usage.prompt_tokens,
+            "output_tokens": usage.completion_tokens,
+            "cost": expert.price.cost(usage.prompt_tokens, usage.completion_tokens),
+        }
+
+    def tokenizer(self, name: str) -> Any:
+        """The expert's own tokenizer (the files its engine loads), for exact reference positions."""
+        if name not in self.tokenizers:
+            from transformers import AutoTokenizer
+
+            from deployments.model_store import resolve_model
+
+            self.tokenizers[name] = AutoTokenizer.from_pretrained(
+                resolve_model(self.config.expert(name).model)
+            )
+        return self.tokenizers[name]
+
+    def nll_prompt(self, row: dict[str, Any]) -> tuple[list[int], list[int]]:
+        """Token ids of the expert's chat-templated prompt and of the reference answer."""
+        from deployments.router_core import expert_messages
+
+        tokenizer = self.tokenizer(row["expert"])
+        messages = expert_messages(self.config.expert(row["expert"]), self._request(row))
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        prompt = prompt["input_ids"] if isinstance(prompt, dict) or hasattr(prompt, "keys") else prompt
+        return list(prompt), tokenizer(row["reference"], add_special_tokens=False)["input_ids"]
+
+    async def reference_nll(self, row: dict[str, Any]) -> float:
+        """Mean NLL per reference token after the expert's chat-templated prompt: one ``max_tokens=1``
+        completion of prompt + reference with ``prompt_logprobs`` (NaN if it does not fit)."""
+        from ray.serve.llm.openai_api_models import CompletionRequest
+
+        prompt, reference = self.nll_prompt(row)
+        limit = self.config.expert(row["expert"]).engine_kwargs.get("max_model_len")
+        if not reference or (limit and len(prompt) + len(reference) >= limit):
+            return float("nan")
+        request = CompletionRequest(
+            model=row["expert"], prompt=prompt + reference, max_tokens=1, prompt_logprobs=0
+        )
+        reply = await _first(self.handles[row["expert"]].completions.remote(request))
+        steps = reply.choices[0].prompt_logprobs[-len(reference) :]
+        return float(-np.mean([step[token].logprob for step, token in zip(steps, reference)]))
+
+
+class BertSim:
+    """Ray Data actor: cosine similarity of each answer to its reference (sentence embeddings)."""
+
+    def __init__(self, encoder: str = DEFAULT_ENCODER):
+        self.encoder = encoder
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        from router.encoder import embed
+
+        batch = batch.copy()
+        batch["bertsim"] = np.nan
+        ok = (batch["error"] == "").to_numpy()
+        if ok.any():
+            answers = embed(batch.loc[ok, "answer"].tolist(), self.encoder)
+            references = embed(batch.loc[ok, "reference"].tolist(), self.encoder)
+            batch.loc[ok, "bertsim"] = np.clip((answers * references).sum(axis=1), -1.0, 1.0)
+        batch["quality"] = batch["bertsim"]
+        return batch
+
+
+@contextmanager
+def experts_serving(config: AppConfig, app_name: str | None) -> Iterator[str]:
+    """The name of a Serve app whose ``expert:<name>`` deployments answer: ``app_name`` if given
+    (already running), else the config's app deployed for the block (no HTTP route) and removed."""
+    from ray import serve
+
+    if app_name:
+        yield app_name
+        return
+    from deployments.app import build_app
+
+    serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})  # no-op if Serve already runs
+    args = config.model_dump(mode="json")
+    args["policy"] = {"name": "random", "args": {"seed": 0}}  # phase 1 needs the experts, not a router
+    serve.run(build_app(args), name=PHASE1_APP, route_prefix=None, blocking=False)
+    try:
+        yield PHASE1_APP
+    finally:
+        serve.delete(PHASE1_APP)
+
+
+def generate(
+    config: AppConfig,
+    data: str | Path,
+    out: str | Path,
+    *,
+    limit_per_domain: int | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    max_tokens: int | None = None,
+    batch_size: int = 16,
+    actors: int = 2,
+    encoder: str = DEFAULT_ENCODER,
+    app_name: str | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> pd.DataFrame:
+    """Write the labelled table for ``config``'s experts over ``data`` to ``out``; return it.
+
+    Needs a connected Ray (``ray.init``). ``progress(done, total, pairs_per_s)`` is called after each
+    finished batch (default: a line on stdout).
+    """
+    import ray
+
+    out = Path(out)
+    queries = load_instructions(data, limit_per_domain, limit, seed)
+    parts = PartStore(out.with_name(out.name + ".parts"))
+    todo = pending_pairs(queries, config.expert_names, parts.done())
+    total, finished = len(queries) * len(config.experts), len(queries) * len(config.experts) - len(todo)
+    report = progress or _print_progress
+    if len(todo):
+        with experts_serving(config, app_name) as app:
+            pipeline = (
+                # One block per batch, so batches flow through the actors (and into parts) one by one.
+                ray.data.from_pandas([todo[s : s + batch_size] for s in range(0, len(todo), batch_size)])
+                .map_batches(
+                    ExpertCalls,
+                    fn_constructor_kwargs={
+                        "config": config.model_dump(mode="json"),
+                        "app_name": app,
+                        "seed": seed,
+                        "max_tokens": max_tokens,
+                    },
+                    batch_size=batch_size,
+                    batch_format="pandas",
+                    compute=ray.data.ActorPoolStrategy(size=actors),
+                    num_cpus=0.05,
+                )
+                .map_batches(
+                    BertSim,
+                    fn_constructor_kwargs={"encoder": encoder},
+                    batch_size=None,  # each answered batch as it comes: stored as soon as scored
+                    batch_format="pandas",
+                    compute=ray.data.ActorPoolStrategy(size=1),
+                    num_cpus=0.1,
+                )
+            )
+            started = time.perf_counter()
+            for batch in pipeline.iter_batches(batch_format="pandas", batch_size=None):
+                parts.append(batch)
+                finished += len(batch)
+                report(finished, total, (finished - (total - len(todo))) / (time.perf_counter() - started))
+    rows = parts.read()
+    rows = rows[rows["query_id"].isin(set(queries["query_id"])) & rows["expert"].isin(config.expert_names)]
+    table = conform(rows.drop_duplicates(["query_id", "expert"], keep="last"))
+    write_table(table, out)
+    return table
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _print_progress(done: int, total: int, rate: float) -> None:
+    print(f"[generate] {done}/{total} (query, expert) pairs, {rate:.2f} pairs/s", flush=True)
+
+
+def summary(table: pd.DataFrame) -> dict[str, Any]:
+    """Per expert: rows, errors, mean BERTSim/NLL, tokens and cost (for the CLI and notes)."""
+    by = table.groupby("expert")
+    return {
+        "rows": len(table),
+        "queries": int(table["query_id"].nunique()),
+        "errors": {
+            str(k): int(v) for k, v in table.loc[table["error"] != "", "error"].value_counts().items()
+        },
+        "experts": json.loads(
+            by.agg(
+                bertsim=("bertsim", "mean"),
+                nll=("nll", "mean"),
+                output_tokens=("output_tokens", "mean"),
+                inference_s=("inference_s", "mean"),
+                cost=("cost", "sum"),
+            )
+            .round(4)
+            .to_json(orient="index")
+        ),
+    }
