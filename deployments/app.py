@@ -19,7 +19,8 @@ def build_app(args: dict[str, Any]) -> Application:
         build_policy(config.policy, config.expert_names)
     except ValueError as exc:
         raise ConfigError(f"invalid expert-router configuration:\n  policy: {exc}") from None
-    experts = {expert.name: build_expert(expert) for expert in config.experts}
+    # Local experts are deployments; remote ones (``endpoint``) are called by the router directly.
+    experts = {expert.name: build_expert(expert) for expert in config.experts if expert.endpoint is None}
     ingress = config.ingress
     return RouterIngress.options(
         ray_actor_options={"num_cpus": ingress.num_cpus, "runtime_env": {"env_vars": ingress.env_vars}},

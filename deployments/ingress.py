@@ -2,11 +2,14 @@
 
 Routes: ``POST /predict`` (the seed's shape), ``POST /v1/chat/completions`` (OpenAI; ``model`` =
 ``"router"`` routes, an expert's name bypasses routing), ``GET /v1/models``, ``GET /health``,
-``GET /status`` (experts, policy, GPUs via gpustat). Errors are OpenAI-style JSON.
+``GET /ready``, ``GET /status`` (experts, policy, GPUs via gpustat). Errors are OpenAI-style JSON.
+:class:`RequestGuard` applies ``ingress.security``: API keys, body size, CORS.
 """
 
 from __future__ import annotations
 
+import hmac
+import os
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,18 +23,97 @@ from deployments.router_core import APIError, ExpertRouter
 from router.schemas import ChatRequest, ModelList
 
 app = FastAPI(title="expert-router", version="0.1.0")
+OPEN_PATHS = {"/health", "/ready"}
+"""Probes answer without an API key."""
+
+
+class RequestGuard:
+    """ASGI middleware: Bearer API keys (constant-time compare; 401), body size (413), CORS (only
+    when origins are configured). Reads its settings from ``app.state.security`` (set per replica)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+        self.cors: Any = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        security = getattr(scope["app"].state, "security", None) if "app" in scope else None
+        if scope["type"] != "http" or security is None:
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        keys = scope["app"].state.api_keys
+        if (
+            scope["path"] not in OPEN_PATHS
+            and scope["method"] != "OPTIONS"
+            and not _authorized(headers, keys)
+        ):
+            return await _reject(send, 401, "Invalid or missing API key (Authorization: Bearer ...)", scope)
+        limit = security.max_body_bytes
+        declared = headers.get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > limit:
+            return await _reject(send, 413, f"Request body over {limit} bytes", scope)
+        received = 0
+
+        async def counted() -> dict:  # bodies without (or lying about) a length: count as they come
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _BodyTooLarge
+            return message
+
+        target = self.app
+        if security.cors_origins:
+            from starlette.middleware.cors import CORSMiddleware
+
+            self.cors = self.cors or CORSMiddleware(self.app, allow_origins=security.cors_origins)
+            target = self.cors
+        try:
+            await target(scope, counted, send)
+        except _BodyTooLarge:
+            await _reject(send, 413, f"Request body over {limit} bytes", scope)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _authorized(headers: dict[bytes, bytes], keys: list[bytes]) -> bool:
+    if not keys:
+        return True
+    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    token = token.strip().encode()
+    ok = [hmac.compare_digest(token, key) for key in keys]  # every key compared: no early exit
+    return scheme.lower() == "bearer" and any(ok)
+
+
+async def _reject(send: Any, status: int, message: str, scope: dict) -> None:
+    type_ = {401: "authentication_error", 413: "invalid_request_error"}[status]
+    _count_error(scope["app"], type_)
+    response = APIError(status, message, type_).response()
+    await response(scope, None, send)
+
+
+def _count_error(asgi_app: Any, kind: str) -> None:
+    metrics = getattr(asgi_app.state, "metrics", None)
+    if metrics is not None:
+        metrics.error(kind)
+
+
+app.add_middleware(RequestGuard)
 
 SEED_FIELDS = {"id", "object", "created", "choices", "usage", "expert"}
 """``/predict`` answers with exactly the seed's fields."""
 
 
 @app.exception_handler(APIError)
-async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    _count_error(request.app, exc.info.code or exc.info.type)
     return exc.response()
 
 
 @app.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    _count_error(request.app, "invalid_request_error")
     errors = exc.errors()
     if any(err.get("type") == "json_invalid" for err in errors):
         detail = next(
@@ -51,8 +133,9 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 
 
 @app.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    _count_error(request.app, type_)
     return APIError(exc.status_code, str(exc.detail), type_).response()
 
 
@@ -60,6 +143,15 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
 @serve.ingress(app)
 class RouterIngress(ExpertRouter):
     """HTTP routes over :class:`ExpertRouter`; one replica holds every expert's handle."""
+
+    def __init__(self, config: dict[str, Any], experts: dict[str, Any]):
+        super().__init__(config, experts)
+        security = self.config.ingress.security
+        keys = os.environ.get(security.api_keys_env, "") if security.api_keys_env else ""
+        if security.api_keys_env and not keys.strip():
+            raise ValueError(f"ingress.security.api_keys_env: ${security.api_keys_env} holds no keys")
+        app.state.security, app.state.metrics = security, self.metrics
+        app.state.api_keys = [k.strip().encode() for k in keys.split(",") if k.strip()]
 
     @app.post("/predict")
     async def predict(self, request: ChatRequest) -> Response:
@@ -77,7 +169,8 @@ class RouterIngress(ExpertRouter):
             events, headers = await self.stream(request)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         response, headers = await self.complete(request)
-        return JSONResponse(response.model_dump(include=fields), headers=headers)
+        exclude = {"routing"} if response.routing is None else None
+        return JSONResponse(response.model_dump(include=fields, exclude=exclude), headers=headers)
 
     @app.get("/v1/models")
     async def list_models(self) -> ModelList:

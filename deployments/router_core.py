@@ -9,12 +9,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from deployments.metrics import RouterMetrics
+from deployments.remote_expert import RemoteExpert
 from router.config import ROUTER_MODEL_NAME, AppConfig, ExpertConfig
 from router.policy import build_policy, to_messages
 from router.schemas import (
@@ -26,6 +30,7 @@ from router.schemas import (
     ErrorInfo,
     ModelCard,
     ModelList,
+    RoutingInfo,
     RoutingOptions,
     Usage,
 )
@@ -92,7 +97,11 @@ class ExpertRouter:
 
     def __init__(self, config: dict[str, Any], experts: dict[str, Any]):
         self.config = AppConfig.parse(config)
+        self.metrics = RouterMetrics()
+        self._down_until: dict[str, float] = {}  # expert -> monotonic time it is skipped until
         self.policy = build_policy(self.config.policy, self.config.expert_names)
+        remote = {e.name: RemoteExpert(e) for e in self.config.experts if e.endpoint is not None}
+        experts = {**experts, **remote}
         self._experts = experts
         self.handles = {name: handle.options(stream=True) for name, handle in experts.items()}
         self.models = ModelList(
@@ -145,8 +154,26 @@ class ExpertRouter:
             raise ExpertFailed(f"{name}: {error.message}")
         return first, replies
 
-    def _candidates(self, request: ChatRequest) -> tuple[list[str], bool]:
-        """Experts to try, best first, and whether they came from the policy (else: bypass)."""
+    def _check_limits(self, request: ChatRequest) -> None:
+        """The configured caps on what one request may ask for (400 with the limit named)."""
+        limits = self.config.ingress.security
+        problems = []
+        if len(request.messages) > limits.max_messages:
+            problems.append(("messages", f"{len(request.messages)} messages; at most {limits.max_messages}"))
+        longest = max(len(m.text) for m in request.messages)
+        if longest > limits.max_message_chars:
+            problems.append(
+                ("messages", f"a message has {longest} characters; at most {limits.max_message_chars}")
+            )
+        if request.token_limit is not None and request.token_limit > limits.max_tokens:
+            problems.append(("max_tokens", f"max_tokens {request.token_limit}; at most {limits.max_tokens}"))
+        if problems:
+            raise APIError(
+                400, "; ".join(msg for _, msg in problems), "invalid_request_error", param=problems[0][0]
+            )
+
+    def _candidates(self, request: ChatRequest) -> tuple[list[str], dict[str, float], bool]:
+        """Experts to try, best first, their scores, and whether the policy chose (else: bypass)."""
         if request.model == ROUTER_MODEL_NAME:
             options = request.routing or RoutingOptions()
             unknown = sorted(set(options.experts or ()) - set(self.handles))
@@ -158,7 +185,7 @@ class ExpertRouter:
                     param="routing.experts",
                 )
             decision = self.policy.route(to_messages(request.messages), options.experts, options.cost_weight)
-            return list(decision.ranking[: self.config.ingress.max_attempts]), True
+            return list(decision.ranking), decision.scores, True
         if request.model not in self.handles:
             known = ", ".join([ROUTER_MODEL_NAME, *self.handles])
             raise APIError(
@@ -168,28 +195,47 @@ class ExpertRouter:
                 code="model_not_found",
                 param="model",
             )
-        return [request.model], False
+        return [request.model], {}, False
 
-    async def _route(self, request: ChatRequest, stream: bool) -> tuple[str, Any, AsyncIterator[Any], dict]:
-        """Try the candidates best first; the expert that answered, its reply, and the headers."""
+    async def _route(self, request: ChatRequest, stream: bool) -> Routed:
+        """Try the candidates best first; the expert that answered, with its first reply."""
+        self._check_limits(request)
         started = time.perf_counter()
-        candidates, routed = self._candidates(request)
+        candidates, scores, routed = self._candidates(request)
         routing_ms = (time.perf_counter() - started) * 1e3
+        now = time.monotonic()
+        live = [name for name in candidates if self._down_until.get(name, 0.0) <= now]
+        if not live:
+            wait = max(self._down_until[name] for name in candidates) - now
+            raise APIError(
+                503,
+                f"experts unavailable after recent failures ({', '.join(candidates)}); retry in {wait:.1f}s",
+                "service_unavailable",
+                code="experts_unavailable",
+            )
+        candidates = live[: self.config.ingress.max_attempts]
+        if self.config.ingress.security.log_prompts:
+            logger.info("routing to %s: %r", candidates, request.messages[-1].text[:2000])
         failures = []
         for name in candidates:
             try:
                 first, rest = await self._open(name, request, stream)
             except ExpertFailed as exc:
                 logger.warning("expert failed, trying the next one: %s", exc)
+                self._down_until[name] = time.monotonic() + self.config.ingress.expert_cooldown_s
+                self.metrics.fallback(name)
                 failures.append(str(exc))
                 continue
-            headers = {
-                "x-expert": name,
-                "x-routing-ms": f"{routing_ms:.3f}",
-                "x-routed": str(routed).lower(),
-                "x-fallbacks": str(len(failures)),
-            }
-            return name, first, rest, headers
+            self._down_until.pop(name, None)
+            self.metrics.answered(name, routed, routing_ms)
+            info = RoutingInfo(
+                expert=name,
+                routed=routed,
+                scores={k: (v if math.isfinite(v) else None) for k, v in scores.items()},
+                routing_ms=round(routing_ms, 3),
+                fallbacks=failures,
+            )
+            return Routed(name, first, rest, info)
         raise APIError(
             503,
             "no expert could answer: " + " | ".join(failures),
@@ -199,8 +245,13 @@ class ExpertRouter:
 
     async def complete(self, request: ChatRequest) -> tuple[ChatResponse, dict[str, str]]:
         """Answer one chat request; also the response headers that explain the routing."""
-        name, reply, _, headers = await self._route(request, stream=False)
-        choice, usage = reply.choices[0], reply.usage
+        routed = await self._route(request, stream=False)
+        name, choice, usage = routed.expert, routed.first.choices[0], routed.first.usage
+        self.metrics.usage(name, usage)
+        routed.info.cost_usd = self.config.expert(name).price.cost(
+            usage.prompt_tokens, usage.completion_tokens
+        )
+        explain = bool(request.routing and request.routing.explain)
         response = ChatResponse(
             model=name,
             expert=name,
@@ -215,24 +266,65 @@ class ExpertRouter:
                 completion_tokens=usage.completion_tokens,
                 total_tokens=usage.total_tokens,
             ),
+            routing=routed.info if explain else None,
         )
-        return response, headers
+        return response, routed.headers()
 
     async def stream(self, request: ChatRequest) -> tuple[AsyncIterator[str], dict[str, str]]:
         """Answer as OpenAI server-sent events; every chunk names the expert. Fallback happens
         before the first chunk; a failure after it ends the stream with an error event."""
-        name, first, rest, headers = await self._route(request, stream=True)
-        return _sse_events(name, first, rest), headers
+        routed = await self._route(request, stream=True)
+        return self._sse_events(routed), routed.headers()
+
+    async def _sse_events(self, routed: Routed) -> AsyncIterator[str]:
+        name = routed.expert
+        events, usage = _with_expert(routed.first, name)
+        yield events
+        try:
+            async for batch in routed.rest:
+                events, batch_usage = _with_expert(batch, name)
+                usage = batch_usage or usage
+                yield events
+        except Exception as exc:  # the expert died mid-answer: say so in the stream
+            logger.warning("expert %s failed mid-stream: %s", name, exc)
+            error = ErrorInfo(message=f"expert '{name}' failed mid-stream: {exc}", type="service_unavailable")
+            yield f"data: {json.dumps({'error': error.model_dump(), 'expert': name})}\n\n"
+        self.metrics.usage(name, usage)
+        yield "data: [DONE]\n\n"
+
+
+@dataclass
+class Routed:
+    """The expert that took the request, its first reply and the rest of its stream."""
+
+    expert: str
+    first: Any
+    rest: AsyncIterator[Any]
+    info: RoutingInfo
+
+    def headers(self) -> dict[str, str]:
+        """Response headers that explain the routing."""
+        headers = {
+            "x-expert": self.expert,
+            "x-routing-ms": f"{self.info.routing_ms:.3f}",
+            "x-routed": str(self.info.routed).lower(),
+            "x-fallbacks": str(len(self.info.fallbacks)),
+            "x-routing-scores": json.dumps(self.info.scores, separators=(",", ":")),
+        }
+        if self.info.cost_usd is not None:
+            headers["x-cost-usd"] = f"{self.info.cost_usd:.8f}"
+        return headers
 
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
 
 
-def _with_expert(batch: Any, name: str) -> str:
-    """SSE text of one batch of engine chunks (``data: {...}``), each JSON chunk tagged with the expert."""
+def _with_expert(batch: Any, name: str) -> tuple[str, dict | None]:
+    """SSE text of one batch of engine chunks (``data: {...}``), each JSON chunk tagged with the
+    expert; and the usage a chunk reported, if any."""
     events = batch if isinstance(batch, list) else [batch]
-    out = []
+    out, usage = [], None
     for event in events:
         if not isinstance(event, str):  # an ErrorResponse in mid-stream
             out.append(f"data: {json.dumps({'error': event.error.model_dump(), 'expert': name})}\n\n")
@@ -242,17 +334,6 @@ def _with_expert(batch: Any, name: str) -> str:
                 continue
             chunk = json.loads(line[len("data: ") :])
             chunk["expert"] = name
+            usage = chunk.get("usage") or usage
             out.append(f"data: {json.dumps(chunk)}\n\n")
-    return "".join(out)
-
-
-async def _sse_events(name: str, first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[str]:
-    yield _with_expert(first, name)
-    try:
-        async for batch in rest:
-            yield _with_expert(batch, name)
-    except Exception as exc:  # the expert died mid-answer: say so in the stream
-        logger.warning("expert %s failed mid-stream: %s", name, exc)
-        error = ErrorInfo(message=f"expert '{name}' failed mid-stream: {exc}", type="service_unavailable")
-        yield f"data: {json.dumps({'error': error.model_dump(), 'expert': name})}\n\n"
-    yield "data: [DONE]\n\n"
+    return "".join(out), usage

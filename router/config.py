@@ -66,6 +66,14 @@ class SamplingDefaults(_Strict):
     stop: list[str] = Field(default_factory=list)
 
 
+class RemoteEndpoint(_Strict):
+    """An OpenAI-compatible server that answers for an expert instead of a local vLLM deployment."""
+
+    base_url: str = Field(pattern=r"^https?://", description="e.g. https://api.example.com/v1")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
+    timeout_s: float = Field(120.0, gt=0)
+
+
 class ExpertConfig(_Strict):
     """One expert LLM: its own autoscaled Ray Serve deployment running vLLM."""
 
@@ -76,6 +84,9 @@ class ExpertConfig(_Strict):
         "project builds offline (see deployments/model_store.py).",
     )
     description: str = ""
+    endpoint: RemoteEndpoint | None = Field(
+        None, description="Remote expert: 'model' is then the model name at this endpoint."
+    )
     system_prompt: str | None = Field(
         None, description="Domain profile: prepended to the conversation as a system message."
     )
@@ -113,6 +124,22 @@ class PolicyConfig(_Strict):
     args: dict[str, Any] = Field(default_factory=dict)
 
 
+class SecurityConfig(_Strict):
+    """What the ingress accepts: keys, sizes, caps; and what it logs. Defaults are safe to expose."""
+
+    api_keys_env: str | None = Field(
+        None,
+        description="Name of the environment variable (of the router replicas) holding the accepted "
+        "API keys, comma-separated; clients send 'Authorization: Bearer <key>'. Unset: no auth.",
+    )
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
+    max_messages: int = Field(256, ge=1, description="Messages per request at most (400 beyond).")
+    max_message_chars: int = Field(100_000, ge=1, description="Characters per message at most (400 beyond).")
+    max_tokens: int = Field(4096, ge=1, description="Cap on a request's max_tokens (400 beyond).")
+    log_prompts: bool = Field(False, description="Log each routed prompt's last user turn (off: no text).")
+    cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins (none: off).")
+
+
 class IngressConfig(_Strict):
     """The router deployment that is also the HTTP ingress."""
 
@@ -121,7 +148,11 @@ class IngressConfig(_Strict):
     autoscaling: Autoscaling = Autoscaling()
     expert_timeout_s: float = Field(120.0, gt=0, description="Budget for one expert call.")
     max_attempts: int = Field(2, ge=1, description="Experts tried, best first, before giving up.")
+    expert_cooldown_s: float = Field(
+        5.0, ge=0, description="After a failure an expert is skipped this long (503 at once if all are)."
+    )
     access_log: bool = Field(False, description="Log every request in the router replicas (costs latency).")
+    security: SecurityConfig = SecurityConfig()
     env_vars: dict[str, str] = Field(
         default_factory=lambda: {
             # The router does no blocking work: run it on the replica's own event loop and its

@@ -40,6 +40,7 @@ class RoutingOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cost_weight: float | None = Field(None, ge=0, description="Trade quality for price (0: quality only).")
     experts: list[str] | None = Field(None, min_length=1, description="Route only among these experts.")
+    explain: bool = Field(False, description="Add a 'routing' field: expert, scores, routing ms, cost.")
 
 
 class ChatRequest(BaseModel):
@@ -100,6 +101,17 @@ class Usage(BaseModel):
     completion_tokens: int
 
 
+class RoutingInfo(BaseModel):
+    """Why this expert answered (``routing.explain``)."""
+
+    expert: str
+    routed: bool
+    scores: dict[str, float | None]
+    routing_ms: float
+    fallbacks: list[str]
+    cost_usd: float | None = None
+
+
 class ChatResponse(BaseModel):
     """The seed's ``/predict`` reply; ``/v1/chat/completions`` adds ``model``."""
 
@@ -110,6 +122,7 @@ class ChatResponse(BaseModel):
     choices: list[Choice]
     usage: Usage
     expert: str
+    routing: RoutingInfo | None = None
 
 
 class ModelCard(BaseModel):

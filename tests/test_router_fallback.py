@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -196,3 +197,33 @@ def test_readiness_reports_each_expert():
     states = asyncio.run(readiness())
     assert states["a"] == states["c"] == "ok"
     assert "replica died" in states["b"]
+
+
+def test_a_failed_expert_is_skipped_for_the_cooldown_and_all_down_is_a_fast_503():
+    ingress, handles = router(a=crash, b=crash)
+    with pytest.raises(APIError):
+        complete(ingress)  # a and b fail: both cool down
+    response, headers = complete(ingress)
+    assert response.expert == "c" and headers["x-fallbacks"] == "0"  # skipped, not called again
+    assert handles["a"].calls == handles["b"].calls == 1
+
+    bypass = ChatRequest.model_validate({"model": "a", "messages": [{"role": "user", "content": "hi"}]})
+    with pytest.raises(APIError) as info:
+        complete(ingress, bypass)  # the only candidate is down: 503 at once
+    assert info.value.status == 503 and "retry in" in info.value.info.message and handles["a"].calls == 1
+
+
+def test_after_the_cooldown_the_expert_is_tried_again():
+    args = {**ARGS, "ingress": {**ARGS["ingress"], "expert_cooldown_s": 0.2}}
+    behaviour = {"now": crash}
+
+    async def flaky(request):
+        return await behaviour["now"](request)
+
+    handles = {"a": ExpertHandle(flaky), "b": ExpertHandle(ok("b")), "c": ExpertHandle(ok("c"))}
+    ingress = ExpertRouter(args, handles)
+    assert complete(ingress)[0].expert == "b"
+    behaviour["now"] = ok("a")  # recovered
+    assert complete(ingress)[0].expert == "b"  # still cooling down
+    time.sleep(0.25)
+    assert complete(ingress)[0].expert == "a" and handles["a"].calls == 2

@@ -1,0 +1,78 @@
+"""A remote expert: any OpenAI-compatible endpoint, called the way the router calls a local
+expert's DeploymentHandle (``.options(stream=True).chat.remote(request)``, ``.check_health.remote()``).
+
+Non-streamed answers come back as attribute objects shaped like vLLM's ChatCompletionResponse,
+streamed ones as ``data: {...}`` SSE strings, and HTTP errors as an object with ``error.code`` /
+``error.message`` - exactly what ray.serve.llm's LLMServer yields, so the router's fallback and
+error handling apply unchanged (4xx: the request is wrong; 5xx, timeouts, refused connections:
+fall back to the next expert).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+
+from router.config import ExpertConfig
+
+
+class _Method:
+    """``.remote(...)`` like a handle method."""
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.remote = fn
+
+
+def _objects(text: str) -> Any:
+    return json.loads(text, object_hook=lambda d: SimpleNamespace(**d))
+
+
+def _error(status: int, text: str) -> SimpleNamespace:
+    return SimpleNamespace(
+        error=SimpleNamespace(code=status, message=f"remote endpoint {status}: {text[:500]}")
+    )
+
+
+class RemoteExpert:
+    """Handle-like client of one remote expert."""
+
+    def __init__(self, expert: ExpertConfig):
+        if expert.endpoint is None:
+            raise ValueError(f"expert {expert.name} has no endpoint")
+        endpoint = expert.endpoint
+        key = os.environ.get(endpoint.api_key_env, "") if endpoint.api_key_env else ""
+        self.model = expert.model
+        self.client = httpx.AsyncClient(
+            base_url=endpoint.base_url.rstrip("/") + "/",
+            headers={"Authorization": f"Bearer {key}"} if key else {},
+            timeout=endpoint.timeout_s,
+        )
+        self.chat = _Method(self._chat)
+        self.check_health = _Method(lambda: asyncio.ensure_future(self._check_health()))
+
+    def options(self, **_: Any) -> RemoteExpert:
+        return self
+
+    async def _chat(self, request: Any) -> AsyncIterator[Any]:
+        body = {**request.model_dump(mode="json", exclude_unset=True), "model": self.model}
+        if not body.get("stream"):
+            reply = await self.client.post("chat/completions", json=body)
+            yield _error(reply.status_code, reply.text) if reply.is_error else _objects(reply.text)
+            return
+        async with self.client.stream("POST", "chat/completions", json=body) as reply:
+            if reply.is_error:
+                yield _error(reply.status_code, (await reply.aread()).decode(errors="replace"))
+                return
+            async for line in reply.aiter_lines():
+                if line.startswith("data: "):
+                    yield line + "\n\n"
+
+    async def _check_health(self) -> None:
+        reply = await self.client.get("models")
+        reply.raise_for_status()

@@ -1,0 +1,307 @@
+"""Production serving against the real app: a remote expert on a second real OpenAI server, fallback
+from a dead endpoint, routing transparency, API keys, size caps, CORS and Prometheus metrics.
+
+One local cluster: a separate ray.serve.llm OpenAI app (route /remote, its own vLLM tiny engine) is
+the "cloud" expert's endpoint; the router app has a local tiny expert (alpha), the remote one
+(cloud) and one whose endpoint refuses connections (dead), with the fixed policy putting dead first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import httpx
+import hypothesis
+import pytest
+import schemathesis
+
+from tests.conftest import free_port
+
+pytestmark = [pytest.mark.timeout(900)]
+
+KEYS = ("key-one", "key-two")
+AUTH = {"Authorization": f"Bearer {KEYS[1]}"}
+ORIGIN = "https://app.example"
+FUZZ_SCHEMA = schemathesis.pytest.from_fixture("api_schema")
+
+
+def router_args(port: int) -> dict:
+    tiny = {
+        "model": "builtin:tiny-llama",
+        "num_cpus": 0.5,
+        "engine_kwargs": {"max_model_len": 512, "kv_cache_memory_bytes": 33554432, "max_num_seqs": 32},
+        "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+        "sampling": {"max_tokens": 8, "temperature": 0.0},
+    }
+    return {
+        "policy": {"name": "fixed", "args": {"expert": "dead"}},
+        "ingress": {
+            "num_cpus": 0.1,
+            "max_attempts": 2,
+            "expert_timeout_s": 30,
+            "env_vars": {"ER_KEYS": ",".join(KEYS), "REMOTE_KEY": "not-checked-by-the-remote"},
+            "security": {
+                "api_keys_env": "ER_KEYS",
+                "max_body_bytes": 65536,
+                "max_messages": 50,
+                "max_message_chars": 5000,
+                "max_tokens": 64,
+                "cors_origins": [ORIGIN],
+            },
+        },
+        "experts": [
+            {
+                "name": "dead",
+                "model": "nothing",
+                "endpoint": {"base_url": "http://127.0.0.1:9/v1", "timeout_s": 2},
+            },
+            {"name": "alpha", **tiny, "price": {"input_per_1m": 0.1, "output_per_1m": 0.2}},
+            {
+                "name": "cloud",
+                "model": "tiny-remote",
+                "endpoint": {"base_url": f"http://127.0.0.1:{port}/remote/v1", "api_key_env": "REMOTE_KEY"},
+                "price": {"input_per_1m": 3.0, "output_per_1m": 15.0},
+                "sampling": {"max_tokens": 8, "temperature": 0.0},
+            },
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def server():
+    import ray
+    from ray import serve
+    from ray.serve.llm import build_openai_app
+
+    from deployments.app import build_app
+    from deployments.experts import expert_llm_config
+    from router.config import AppConfig, ExpertConfig
+
+    port, metrics_port = free_port(), free_port()
+    ray.init(
+        address="local",
+        num_cpus=8,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=metrics_port,
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = router_args(port)
+    remote = expert_llm_config(ExpertConfig.model_validate({**args["experts"][1], "name": "tiny-remote"}))
+    serve.run(
+        build_openai_app({"llm_configs": [remote]}), name="remote", route_prefix="/remote", blocking=False
+    )
+    serve.run(build_app(args), name="expert-router", route_prefix="/", blocking=False)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            up = httpx.post(
+                f"{base}/v1/chat/completions", json=ask("hi", model="cloud"), headers=AUTH, timeout=30
+            )
+            if up.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    yield {
+        "base": base,
+        "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+        "config": AppConfig.parse(args),
+    }
+    ray.shutdown()
+
+
+def ask(content: str, **extra) -> dict:
+    return {"messages": [{"role": "user", "content": content}], **extra}
+
+
+def test_remote_expert_answers_as_its_own_server_does(server):
+    base = server["base"]
+    reply = httpx.post(
+        f"{base}/v1/chat/completions", json=ask("Name a color.", model="cloud"), headers=AUTH, timeout=60
+    )
+    assert reply.status_code == 200 and reply.json()["expert"] == "cloud"
+    direct = httpx.post(
+        f"{base}/remote/v1/chat/completions",
+        json={**ask("Name a color."), "model": "tiny-remote", "max_tokens": 8, "temperature": 0.0},
+        timeout=60,
+    ).json()
+    assert reply.json()["choices"][0]["message"]["content"] == direct["choices"][0]["message"]["content"]
+    assert reply.json()["usage"]["prompt_tokens"] == direct["usage"]["prompt_tokens"]
+
+    text, experts = "", set()
+    with httpx.stream(
+        "POST",
+        f"{base}/v1/chat/completions",
+        json=ask("Name a color.", model="cloud", stream=True),
+        headers=AUTH,
+    ) as events:
+        assert events.headers["x-expert"] == "cloud"
+        for line in events.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunk = json.loads(line[6:])
+                experts.add(chunk["expert"])
+                text += "".join((c.get("delta") or {}).get("content") or "" for c in chunk.get("choices", []))
+    assert experts == {"cloud"} and text == direct["choices"][0]["message"]["content"]
+
+
+def test_a_dead_expert_falls_back_and_the_reply_explains_the_routing(server):
+    body = ask("What is 2 + 2?", routing={"explain": True})
+    reply = httpx.post(f"{server['base']}/v1/chat/completions", json=body, headers=AUTH, timeout=60)
+    assert reply.status_code == 200, reply.text
+    out = reply.json()
+    assert out["expert"] == "alpha" and reply.headers["x-fallbacks"] == "1"
+    routing = out["routing"]
+    assert routing["expert"] == "alpha" and routing["routed"] is True
+    assert set(routing["scores"]) == {"dead", "alpha", "cloud"} and routing["scores"]["dead"] == 1.0
+    assert len(routing["fallbacks"]) == 1 and "dead" in routing["fallbacks"][0]
+    price = server["config"].expert("alpha").price
+    usage = out["usage"]
+    assert routing["cost_usd"] == pytest.approx(
+        price.cost(usage["prompt_tokens"], usage["completion_tokens"])
+    )
+    assert float(reply.headers["x-cost-usd"]) == pytest.approx(routing["cost_usd"], rel=1e-6)
+    assert json.loads(reply.headers["x-routing-scores"]) == routing["scores"]
+    assert (
+        "routing"
+        not in httpx.post(f"{server['base']}/v1/chat/completions", json=ask("hi"), headers=AUTH).json()
+    )
+
+    only_cloud = ask("hi", routing={"experts": ["cloud"]})
+    assert (
+        httpx.post(f"{server['base']}/predict", json=only_cloud, headers=AUTH, timeout=60).json()["expert"]
+        == "cloud"
+    )
+
+
+def test_api_keys_are_required_except_on_probes(server):
+    base = server["base"]
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEYS[0]}"}):
+        reply = httpx.post(f"{base}/predict", json=ask("hi"), headers=headers, timeout=30)
+        assert reply.status_code == 401 and reply.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(f"{base}/v1/models", timeout=30).status_code == 401
+    assert httpx.get(f"{base}/health", timeout=30).status_code == 200
+    for key in KEYS:
+        headers = {"Authorization": f"Bearer {key}"}
+        assert httpx.post(f"{base}/predict", json=ask("hi"), headers=headers, timeout=60).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body, status, phrase",
+    [
+        (ask("hi", messages=[{"role": "user", "content": "x"}] * 51), 400, "at most 50"),
+        (ask("y" * 5001), 400, "at most 5000"),
+        (ask("hi", max_tokens=65), 400, "at most 64"),
+        (ask("z" * 70000), 413, "over 65536 bytes"),
+    ],
+)
+def test_caps_and_body_size_give_clear_errors(server, body, status, phrase):
+    reply = httpx.post(f"{server['base']}/v1/chat/completions", json=body, headers=AUTH, timeout=30)
+    assert reply.status_code == status and phrase in reply.json()["error"]["message"], reply.text
+    assert (
+        httpx.post(f"{server['base']}/predict", json=ask("hi"), headers=AUTH, timeout=60).status_code == 200
+    )
+
+
+def test_a_chunked_body_over_the_limit_is_refused(server):
+    def chunks():
+        for _ in range(20):
+            yield b"x" * 8192
+
+    reply = httpx.post(
+        f"{server['base']}/v1/chat/completions",
+        content=chunks(),
+        headers={**AUTH, "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert reply.status_code == 413 and "over 65536 bytes" in reply.json()["error"]["message"]
+
+
+def test_cors_only_for_configured_origins(server):
+    def preflight(origin: str) -> httpx.Response:
+        headers = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+        return httpx.options(f"{server['base']}/v1/chat/completions", headers=headers, timeout=30)
+
+    assert preflight(ORIGIN).headers.get("access-control-allow-origin") == ORIGIN
+    assert "access-control-allow-origin" not in preflight("https://evil.example").headers
+
+
+def test_prometheus_metrics_count_requests_tokens_fallbacks_and_errors(server):
+    httpx.post(f"{server['base']}/predict", json=ask("count me"), headers=AUTH, timeout=60)
+    httpx.post(f"{server['base']}/predict", json=ask("no key"), timeout=30)
+    wanted = {
+        "ray_expert_router_requests_total{": 'expert="alpha"',
+        "ray_expert_router_tokens_total{": 'kind="completion"',
+        "ray_expert_router_routing_latency_ms_bucket{": "le=",
+        "ray_expert_router_fallbacks_total{": 'expert="dead"',
+        "ray_expert_router_errors_total{": 'kind="authentication_error"',
+    }
+
+    def missing(text: str) -> list[str]:
+        lines = text.splitlines()
+        return [m for m, tag in wanted.items() if not any(x.startswith(m) and tag in x for x in lines)]
+
+    deadline, text = time.monotonic() + 90, ""
+    while time.monotonic() < deadline:
+        text = httpx.get(server["metrics"], timeout=10).text
+        if not missing(text):
+            break
+        time.sleep(3)
+    assert not missing(text), missing(text)
+    assert "count me" not in text and os.environ.get("ER_KEYS") is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"messages":[{"role":"user","content":"\\ud800 lone surrogate"}]}',
+        '{"messages":[{"role":"user","content":"nul \\u0000, rtl \\u202e, \\ud83d\\ude00, \\u4e2d"}]}',
+        '{"messages":[{"role":"user","content":"hi"}],"unknown_field":{"nested":[1,2,3]}}',
+        '{"messages":[{"role":"user","content":[{"type":"text","text":"parts"}]}]}',
+        '{"messages":' + json.dumps([{"role": "user", "content": "x"}] * 10000) + "}",
+        '{"messages":[{"role":"user","content":"hi"}],"max_tokens":-5}',
+        '{"messages":[{"role":"user","content":"hi"}],"max_tokens":99999999999999999999}',
+        '{"messages":[{"role":"user","content":"hi"}],"temperature":"hot"}',
+        "[]",
+        '"just a string"',
+        "{",
+    ],
+)
+def test_hostile_bodies_get_a_clear_4xx_or_an_answer(server, raw):
+    reply = httpx.post(
+        f"{server['base']}/v1/chat/completions",
+        content=raw.encode("utf-8", "surrogatepass"),
+        headers={**AUTH, "Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert reply.status_code in (200, 400, 413), reply.text
+    if reply.status_code != 200:
+        assert reply.json()["error"]["message"]
+    assert (
+        httpx.post(
+            f"{server['base']}/predict", json=ask("still there?"), headers=AUTH, timeout=60
+        ).status_code
+        == 200
+    )
+
+
+@pytest.fixture
+def api_schema(server):
+    return schemathesis.openapi.from_url(f"{server['base']}/openapi.json", headers=AUTH)
+
+
+@FUZZ_SCHEMA.parametrize()
+@hypothesis.settings(max_examples=30, deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
+def test_fuzzed_requests_never_get_a_5xx(case):
+    """Every request generated from the ingress's own OpenAPI schema gets an answer or a clear 4xx,
+    never a 5xx or a hang; /ready may say 503 (the dead expert is really down)."""
+    response = case.call(headers=AUTH, timeout=60)
+    if case.path == "/ready":
+        assert response.status_code in (200, 503)
+        return
+    assert response.status_code < 500, (case.path, case.body, response.text)
+    if response.status_code >= 400:
+        assert response.json()["error"]["message"]
