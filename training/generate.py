@@ -117,11 +117,18 @@ async def _first(replies: Any) -> Any:
 class ExpertCalls:
     """Ray Data actor: answer, token counts, timing and reference NLL for each (query, expert) row."""
 
-    def __init__(self, config: dict[str, Any], app_name: str, seed: int = 0, max_tokens: int | None = None):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        app_name: str,
+        seed: int = 0,
+        max_tokens: int | None = None,
+        nll_only: bool = False,
+    ):
         from ray import serve
 
         self.config = AppConfig.parse(config)
-        self.seed, self.max_tokens = seed, max_tokens
+        self.seed, self.max_tokens, self.nll_only = seed, max_tokens, nll_only
         self.handles = {
             e.name: serve.get_deployment_handle(f"expert:{e.name}", app_name=app_name).options(stream=True)
             for e in self.config.experts
@@ -142,7 +149,10 @@ class ExpertCalls:
         if not str(row["query"]).strip():
             return {**out, "error": "empty query"}
         try:
-            answer, nll = await asyncio.gather(self.answer(row), self.reference_nll(row))
+            if self.nll_only:
+                answer, nll = {}, await self.reference_nll(row)
+            else:
+                answer, nll = await asyncio.gather(self.answer(row), self.reference_nll(row))
         except ExpertError as exc:
             return {**out, "error": f"expert {row['expert']}: {exc}"[:500]}
         except Exception as exc:  # replica died, timeout, serialization: recorded, not fatal
@@ -214,8 +224,8 @@ class ExpertCalls:
 class BertSim:
     """Ray Data actor: cosine similarity of each answer to its reference (sentence embeddings)."""
 
-    def __init__(self, encoder: str = DEFAULT_ENCODER):
-        self.encoder = encoder
+    def __init__(self, skip: bool = False, encoder: str = DEFAULT_ENCODER):
+        self.skip, self.encoder = skip, encoder
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         from router.encoder import embed
@@ -223,7 +233,7 @@ class BertSim:
         batch = batch.copy()
         batch["bertsim"] = np.nan
         ok = (batch["error"] == "").to_numpy()
-        if ok.any():
+        if ok.any() and not self.skip:
             answers = embed(batch.loc[ok, "answer"].tolist(), self.encoder)
             references = embed(batch.loc[ok, "reference"].tolist(), self.encoder)
             batch.loc[ok, "bertsim"] = np.clip((answers * references).sum(axis=1), -1.0, 1.0)
@@ -266,14 +276,19 @@ def generate(
     encoder: str = DEFAULT_ENCODER,
     app_name: str | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    nll_only: bool = False,
 ) -> pd.DataFrame:
     """Write the labelled table for ``config``'s experts over ``data`` to ``out``; return it.
 
     Needs a connected Ray (``ray.init``). ``progress(done, total, pairs_per_s)`` is called after each
-    finished batch (default: a line on stdout).
+    finished batch (default: a line on stdout). ``nll_only``: score the reference NLL only (no
+    answers, no BERTSim), the cheap label.
     """
     import ray
 
+    remote = [e.name for e in config.experts if e.endpoint is not None]
+    if remote:  # the reference NLL needs the engine's prompt logprobs and the model's tokenizer
+        raise ValueError(f"phase 1 runs local (vLLM) experts only; remote experts: {', '.join(remote)}")
     out = Path(out)
     queries = load_instructions(data, limit_per_domain, limit, seed)
     parts = PartStore(out.with_name(out.name + ".parts"))
@@ -292,6 +307,7 @@ def generate(
                         "app_name": app,
                         "seed": seed,
                         "max_tokens": max_tokens,
+                        "nll_only": nll_only,
                     },
                     batch_size=batch_size,
                     batch_format="pandas",
@@ -300,7 +316,7 @@ def generate(
                 )
                 .map_batches(
                     BertSim,
-                    fn_constructor_kwargs={"encoder": encoder},
+                    fn_constructor_kwargs={"skip": nll_only, "encoder": encoder},
                     batch_size=None,  # each answered batch as it comes: stored as soon as scored
                     batch_format="pandas",
                     compute=ray.data.ActorPoolStrategy(size=1),

@@ -5,7 +5,7 @@ Output folder::
 
     OUT/table.parquet        the labelled table (phase 1), with OUT/table.parquet.parts/ while running
     OUT/candidates/<kind>/   every trained router artifact
-    OUT/router/              the chosen router (best test quality among the neural routers, or forced)
+    OUT/router/              the chosen router (best test quality, or the kind asked for)
     OUT/report/              report.md / report.json / PNG plots on the table's test split
     OUT/serve_config.yaml    the input serving config with its policy pointing at OUT/router
 """
@@ -63,7 +63,7 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Run every step; return a summary (timings, table summary, test criteria, chosen router).
 
-    Needs a connected Ray. ``serve_router``: ``best`` (highest test quality among the trained neural
+    Needs a connected Ray. ``serve_router``: ``best`` (highest test quality among the trained
     routers) or a kind. ``app_name``: use experts already running in that Serve app.
     """
     config_path, out = Path(config_path), Path(out)
@@ -98,7 +98,7 @@ def run_pipeline(
 
     results = report["routers"]
     if serve_router == "best":
-        serve_router = max((k for k in kinds if k in NEURAL), key=lambda k: results[k]["quality"])
+        serve_router = max(kinds, key=lambda k: results[k]["quality"])
     if serve_router not in candidates:
         raise ValueError(f"--serve-router {serve_router}: not among the trained routers {list(candidates)}")
     router_dir = out / "router"
