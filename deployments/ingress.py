@@ -51,15 +51,23 @@ class RequestGuard:
         declared = headers.get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > limit:
             return await _reject(send, 413, f"Request body over {limit} bytes", scope)
-        received = 0
+        received, rejected = 0, False
 
         async def counted() -> dict:  # bodies without (or lying about) a length: count as they come
-            nonlocal received
+            nonlocal received, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             received += len(message.get("body", b""))
-            if received > limit:
-                raise _BodyTooLarge
+            if received > limit:  # answer 413 now; the app sees a disconnect and its reply is dropped
+                rejected = True
+                await _reject(send, 413, f"Request body over {limit} bytes", scope)
+                return {"type": "http.disconnect"}
             return message
+
+        async def guarded_send(message: dict) -> None:
+            if not rejected:
+                await send(message)
 
         target = self.app
         if security.cors_origins:
@@ -67,14 +75,7 @@ class RequestGuard:
 
             self.cors = self.cors or CORSMiddleware(self.app, allow_origins=security.cors_origins)
             target = self.cors
-        try:
-            await target(scope, counted, send)
-        except _BodyTooLarge:
-            await _reject(send, 413, f"Request body over {limit} bytes", scope)
-
-
-class _BodyTooLarge(Exception):
-    pass
+        await target(scope, counted, guarded_send)
 
 
 def _authorized(headers: dict[bytes, bytes], keys: list[bytes]) -> bool:

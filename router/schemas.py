@@ -21,10 +21,26 @@ class TextPart(BaseModel):
     text: str
 
 
+def _encodable(text: str) -> str:
+    """Text an engine can tokenize: valid Unicode (JSON may smuggle in lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text is not valid Unicode ({exc.reason} at position {exc.start})") from None
+    return text
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Role
     content: str | list[TextPart]
+
+    @field_validator("content")
+    @classmethod
+    def _valid_unicode(cls, content: str | list[TextPart]) -> str | list[TextPart]:
+        for text in [content] if isinstance(content, str) else [p.text for p in content]:
+            _encodable(text)
+        return content
 
     @property
     def text(self) -> str:
