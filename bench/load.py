@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import statistics
 import sys
 import threading
@@ -96,23 +97,20 @@ async def load(base: str, n: int, concurrency: int, on_progress=None) -> dict:
     }
 
 
-def replica_actors(expert: str | None = None) -> list:
-    """Live Serve replica actors of the experts (or of one expert)."""
-    from ray.util.state import list_actors
-
-    prefix = f"SERVE_REPLICA::{APP_NAME}#expert:{expert or ''}"
-    return [
-        a
-        for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-        if (a.name or "").startswith(prefix)
-    ]
-
-
-def kill(actors: list) -> None:
+def replica_actors(expert: str | None = None) -> list[str]:
+    """Names of the live Serve replica actors of the experts (or of one expert)."""
     import ray
 
-    for actor in actors:
-        ray.kill(ray.get_actor(actor.name, namespace="serve"), no_restart=False)
+    prefix = f"SERVE_REPLICA::{APP_NAME}#expert:{expert or ''}"
+    named = ray.util.list_named_actors(all_namespaces=True)
+    return [a["name"] for a in named if a["namespace"] == "serve" and a["name"].startswith(prefix)]
+
+
+def kill(actors: list[str]) -> None:
+    import ray
+
+    for name in actors:
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=False)
 
 
 def wait_for_replicas(experts: list[str], timeout_s: float = 600) -> float:
@@ -133,6 +131,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     experts = load_serve_config(args.config).expert_names
     base = run_local(args.config, free_port(), num_cpus=8)
     try:
