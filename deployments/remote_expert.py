@@ -33,9 +33,15 @@ def _objects(text: str) -> Any:
     return json.loads(text, object_hook=lambda d: SimpleNamespace(**d))
 
 
+REQUEST_ERRORS = {400, 413, 422}
+"""Statuses that blame the request; any other error (401, 404, 429, 5xx…) means the expert is
+unavailable, so the router falls back."""
+
+
 def _error(status: int, text: str) -> SimpleNamespace:
+    code = status if status in REQUEST_ERRORS else 503
     return SimpleNamespace(
-        error=SimpleNamespace(code=status, message=f"remote endpoint {status}: {text[:500]}")
+        error=SimpleNamespace(code=code, message=f"remote endpoint {status}: {text[:500]}")
     )
 
 

@@ -109,6 +109,7 @@ def server():
         "base": base,
         "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
         "config": AppConfig.parse(args),
+        "remote": remote,
     }
     ray.shutdown()
 
@@ -316,3 +317,28 @@ def test_fuzzed_requests_never_get_a_5xx(server, mode):
                 assert response.json()["error"]["message"]
 
         check()
+
+
+def test_experts_stopped_give_fast_503s_then_recover_when_they_return(server):
+    """The remote expert's server goes away (its app deleted): requests for it get 503s, the
+    repeated ones at once (cooldown); when the server is back, the expert answers again."""
+    from ray import serve
+    from ray.serve.llm import build_openai_app
+
+    only_cloud = {**ask("hi"), "routing": {"experts": ["cloud"]}}
+    url = f"{server['base']}/v1/chat/completions"
+    serve.delete("remote")
+    first = httpx.post(url, json=only_cloud, headers=AUTH, timeout=60)
+    assert first.status_code == 503 and first.json()["error"]["code"] == "experts_unavailable"
+    started = time.perf_counter()
+    again = httpx.post(url, json=only_cloud, headers=AUTH, timeout=60)
+    assert again.status_code == 503 and "retry in" in again.json()["error"]["message"]
+    assert time.perf_counter() - started < 1.0  # fast: the expert is not even called
+    assert httpx.post(url, json=ask("others still answer"), headers=AUTH, timeout=60).status_code == 200
+
+    serve.run(build_openai_app({"llm_configs": [server["remote"]]}), name="remote", route_prefix="/remote")
+    deadline = time.monotonic() + 300
+    while (reply := httpx.post(url, json=only_cloud, headers=AUTH, timeout=60)).status_code != 200:
+        assert time.monotonic() < deadline, reply.text
+        time.sleep(1)
+    assert reply.json()["expert"] == "cloud"
