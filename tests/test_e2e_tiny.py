@@ -256,3 +256,46 @@ def test_openai_client_streams_unchanged(tiny_server):
     assert chunks and {c.model_extra["expert"] for c in chunks} <= set(CONFIG.expert_names)
     assert len({c.model_extra["expert"] for c in chunks}) == 1
     assert any(c.choices and c.choices[0].delta.content for c in chunks)
+
+
+LITELLM_SCRIPT = """
+import json, sys
+import litellm
+
+base, model = sys.argv[1], sys.argv[2]
+ask = dict(model=f"openai/{model}", api_base=f"{base}/v1", api_key="unused", max_tokens=8, temperature=0,
+           messages=[{"role": "user", "content": "Name a planet."}])
+reply = litellm.completion(**ask)
+chunks = list(litellm.completion(**ask, stream=True))
+print(json.dumps({
+    "content": reply.choices[0].message.content,
+    "completion_tokens": reply.usage.completion_tokens,
+    "streamed": "".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
+}))
+"""
+
+
+def test_litellm_openai_provider_works_unchanged(tiny_server):
+    """LiteLLM's OpenAI-compatible provider (in its own environment, `make clients`), plain and
+    streaming, against the ingress; the answer equals what our own endpoint returns."""
+    import os
+    import subprocess
+
+    client_python = Path(__file__).resolve().parent.parent / ".venv-clients/bin/python"
+    assert client_python.exists(), "run `make clients` (make test does) to install LiteLLM"
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False"}
+    run = subprocess.run(
+        [str(client_python), "-c", LITELLM_SCRIPT, tiny_server, "alpha"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    body = {"model": "alpha", "messages": [{"role": "user", "content": "Name a planet."}], "max_tokens": 8}
+    ours = httpx.post(
+        f"{tiny_server}/v1/chat/completions", json={**body, "temperature": 0}, timeout=120
+    ).json()
+    assert out["content"] == out["streamed"] == ours["choices"][0]["message"]["content"]
+    assert out["completion_tokens"] == ours["usage"]["completion_tokens"] > 0

@@ -319,26 +319,35 @@ def test_fuzzed_requests_never_get_a_5xx(server, mode):
         check()
 
 
-def test_experts_stopped_give_fast_503s_then_recover_when_they_return(server):
-    """The remote expert's server goes away (its app deleted): requests for it get 503s, the
-    repeated ones at once (cooldown); when the server is back, the expert answers again."""
+def test_all_experts_stopped_give_fast_503s_then_recover_when_they_return(server):
+    """A second router app whose experts are all remote (cloud, dead). The cloud expert's server
+    goes away (its app deleted): every expert is down, so routed requests get 503s, the repeated
+    ones at once (cooldown); the other app keeps serving; when the server is back, it answers again."""
     from ray import serve
     from ray.serve.llm import build_openai_app
 
-    only_cloud = {**ask("hi"), "routing": {"experts": ["cloud"]}}
-    url = f"{server['base']}/v1/chat/completions"
+    from deployments.app import build_app
+
+    args = router_args(int(server["base"].rsplit(":", 1)[1]))
+    args["experts"] = [e for e in args["experts"] if "endpoint" in e]
+    args["policy"] = {"name": "random", "args": {"seed": 0}}
+    serve.run(build_app(args), name="all-remote", route_prefix="/all-remote")
+    url = f"{server['base']}/all-remote/v1/chat/completions"
+    assert httpx.post(url, json=ask("hi"), headers=AUTH, timeout=60).json()["expert"] == "cloud"
+
     serve.delete("remote")
-    first = httpx.post(url, json=only_cloud, headers=AUTH, timeout=60)
+    first = httpx.post(url, json=ask("hi"), headers=AUTH, timeout=60)
     assert first.status_code == 503 and first.json()["error"]["code"] == "experts_unavailable"
     started = time.perf_counter()
-    again = httpx.post(url, json=only_cloud, headers=AUTH, timeout=60)
+    again = httpx.post(url, json=ask("hi"), headers=AUTH, timeout=60)
     assert again.status_code == 503 and "retry in" in again.json()["error"]["message"]
-    assert time.perf_counter() - started < 1.0  # fast: the expert is not even called
-    assert httpx.post(url, json=ask("others still answer"), headers=AUTH, timeout=60).status_code == 200
+    assert time.perf_counter() - started < 1.0  # fast: no expert is even called
+    main = f"{server['base']}/v1/chat/completions"
+    assert httpx.post(main, json=ask("others still answer"), headers=AUTH, timeout=60).status_code == 200
 
     serve.run(build_openai_app({"llm_configs": [server["remote"]]}), name="remote", route_prefix="/remote")
     deadline = time.monotonic() + 300
-    while (reply := httpx.post(url, json=only_cloud, headers=AUTH, timeout=60)).status_code != 200:
+    while (reply := httpx.post(url, json=ask("back?"), headers=AUTH, timeout=60)).status_code != 200:
         assert time.monotonic() < deadline, reply.text
         time.sleep(1)
     assert reply.json()["expert"] == "cloud"
