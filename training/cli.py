@@ -27,6 +27,17 @@ def _connect_ray(num_cpus: int = 4) -> None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
+def _phase1_options(args: argparse.Namespace) -> dict:
+    """The phase-1 settings that `generate` and `pipeline` share."""
+    return {
+        "limit_per_domain": args.limit_per_domain,
+        "limit": args.limit,
+        "seed": args.seed,
+        "max_tokens": args.max_tokens,
+        "app_name": args.app,
+    }
+
+
 def _generate(args: argparse.Namespace) -> None:
     from router.config import load_serve_config
     from training.generate import generate, summary
@@ -36,13 +47,9 @@ def _generate(args: argparse.Namespace) -> None:
         load_serve_config(args.config),
         args.data,
         args.out,
-        limit_per_domain=args.limit_per_domain,
-        limit=args.limit,
-        seed=args.seed,
-        max_tokens=args.max_tokens,
         batch_size=args.batch_size,
         actors=args.actors,
-        app_name=args.app,
+        **_phase1_options(args),
     )
     print(json.dumps({"out": str(args.out), **summary(table)}))
 
@@ -55,14 +62,10 @@ def _pipeline(args: argparse.Namespace) -> None:
         args.config,
         args.out,
         args.data,
-        limit_per_domain=args.limit_per_domain,
-        limit=args.limit,
-        max_tokens=args.max_tokens,
-        seed=args.seed,
         kinds=tuple(k.strip() for k in args.routers.split(",")),
         serve_router=args.serve_router,
         workers=args.workers,
-        app_name=args.app,
+        **_phase1_options(args),
     )
     print(json.dumps(result))
     print(f"serve it: serve run {result['serve_config']}", file=sys.stderr)
