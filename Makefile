@@ -37,6 +37,7 @@ clients: $(CLIENTS_STAMP)
 
 models: install
 	$(PY) -m deployments.model_store gemma-3-270m tiny-llama
+	$(PY) -m router.onnx_encoder
 
 serve: models
 	$(PY) -m deployments.launch serve_config.yaml

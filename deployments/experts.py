@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ray.serve.deployment import Application
-from ray.serve.llm import LLMConfig, build_llm_deployment
+from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
 from deployments.model_store import resolve_model
 from router.config import ExpertConfig
@@ -51,6 +51,18 @@ def expert_llm_config(expert: ExpertConfig) -> LLMConfig:
     )
 
 
+class ExpertServer(LLMServer):
+    """ray.serve.llm's LLMServer, plus what the router asks of its experts beyond OpenAI."""
+
+    async def engine_load(self) -> dict[str, int]:
+        """Requests the engine holds right now (running or waiting): 0 once abandoned requests are
+        cancelled (the router cancels them on timeout, fallback and client disconnect)."""
+        client = getattr(self.engine, "_engine_client", None)
+        return {"unfinished_requests": int(client.get_num_unfinished_requests()) if client else 0}
+
+
 def build_expert(expert: ExpertConfig) -> Application:
-    """The bound LLMServer deployment of one expert, named ``expert:<name>``."""
-    return build_llm_deployment(expert_llm_config(expert), name_prefix=EXPERT_PREFIX)
+    """The bound expert deployment (:class:`ExpertServer`) of one expert, named ``expert:<name>``."""
+    return build_llm_deployment(
+        expert_llm_config(expert), name_prefix=EXPERT_PREFIX, deployment_cls=ExpertServer
+    )

@@ -192,9 +192,16 @@ class RouterIngress(ExpertRouter):
 
     @app.get("/status")
     async def status(self) -> dict[str, Any]:
-        """Experts with prices, the routing policy, and the GPUs of this node (gpustat)."""
+        """Experts with prices, the routing policy and how its decisions run (worker thread, batches),
+        and the GPUs of this node (gpustat)."""
+        decider = self.decider
         return {
             "policy": self.config.policy.model_dump(),
+            "decisions": {
+                "offloaded": decider is not None,
+                "threads": self.config.ingress.decision_threads,
+                **(decider.stats() if decider else {}),
+            },
             "experts": [
                 {
                     "name": e.name,

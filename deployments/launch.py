@@ -27,8 +27,11 @@ def wait_until_ready(base_url: str, timeout_s: float = 600.0) -> None:
     raise TimeoutError(f"{base_url} not ready after {timeout_s:.0f}s")
 
 
-def run_local(config_path: str | Path, port: int, num_cpus: int = 4, timeout_s: float = 600.0) -> str:
-    """Start Ray + Serve in this process with the app of a serve config file; return its base URL.
+def run_local(
+    config: str | Path | dict, port: int, num_cpus: int = 4, timeout_s: float = 600.0
+) -> str:
+    """Start Ray + Serve in this process with the app of a serve config file (or app ``args``);
+    return its base URL.
 
     ``num_cpus`` is *logical* CPUs: more than the machine's cores leaves room to schedule every
     deployment on a 2-core machine (see PLATFORM notes). Stop with :func:`stop_local`.
@@ -40,8 +43,10 @@ def run_local(config_path: str | Path, port: int, num_cpus: int = 4, timeout_s: 
 
     from deployments.app import build_app
 
-    doc = yaml.safe_load(Path(config_path).read_text())
-    args = next(a for a in doc["applications"])["args"]
+    if isinstance(config, dict):
+        args = config
+    else:
+        args = next(a for a in yaml.safe_load(Path(config).read_text())["applications"])["args"]
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)

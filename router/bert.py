@@ -1,17 +1,17 @@
 """BERT-Router: a BERT-family encoder (default all-MiniLM-L6-v2) + a linear head, fine-tuned end to
-end with cross-entropy on the soft labels."""
+end with cross-entropy on the soft labels (torch). A saved router scores on ONNX Runtime by default
+(``backend: onnx``, ``quantize: int8`` optional): pooled encoder states -> the head in numpy."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from router.encoder import DEFAULT_ENCODER, resolve_encoder
-from router.neural import fit_epochs, predict_proba
-from router.trained import TrainedRouter
+from router.encoder import DEFAULT_ENCODER, Encoder, load_encoder
+from router.trained import TrainedRouter, bundled_onnx
 
 DEFAULTS = {
     "encoder": DEFAULT_ENCODER,
@@ -20,80 +20,106 @@ DEFAULTS = {
     "lr": 3e-5,
     "batch_size": 32,
     "seed": 0,
+    "backend": "onnx",
     "quantize": None,
 }
 
 
-class EncoderClassifier(torch.nn.Module):
-    """texts -> tokenizer -> encoder -> mean pooling -> linear head -> logits."""
-
-    def __init__(self, encoder: str, n_experts: int, max_length: int = 128):
-        super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-
-        path = resolve_encoder(encoder)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.encoder = AutoModel.from_pretrained(path)
-        if getattr(self.encoder, "pooler", None) is not None:
-            self.encoder.pooler = None  # mean pooling instead; unused weights would stall DDP
-        self.head = torch.nn.Linear(self.encoder.config.hidden_size, n_experts)
-        self.max_length = max_length
-
-    def forward(self, texts: list[str]) -> torch.Tensor:
-        enc = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        hidden = self.encoder(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.head(pooled)
-
-
 class BertRouter(TrainedRouter):
+    """Scores = softmax(head(pooled encoder states)); the encoder runs in torch or ONNX Runtime."""
+
     kind = "bert"
 
     def __init__(
-        self, experts: list[str], expected_costs: np.ndarray, config: dict[str, Any], model: EncoderClassifier
+        self,
+        experts: list[str],
+        expected_costs: np.ndarray,
+        config: dict[str, Any],
+        encode: Encoder,
+        head: tuple[np.ndarray, np.ndarray],
+        model: Any = None,
+        source: Path | None = None,
     ):
         super().__init__(experts, expected_costs, config)
-        self.model = model.eval()
-        self.scorer = quantized(self.model) if config.get("quantize") == "int8" else self.model
+        self.encode, self.model, self.source = encode, model, source
+        self.weight, self.bias = (np.asarray(a, dtype=np.float32) for a in head)
+
+    @classmethod
+    def from_model(
+        cls, experts: list[str], expected_costs: np.ndarray, config: dict[str, Any], model: Any
+    ) -> BertRouter:
+        """A router over a freshly trained ``EncoderClassifier`` (scores in torch until saved and loaded)."""
+        import torch
+
+        model.eval()
+
+        @torch.inference_mode()
+        def encode(texts: list[str]) -> np.ndarray:
+            return np.concatenate([model.pooled(texts[s : s + 64]).numpy() for s in range(0, len(texts), 64)])
+
+        head = (model.head.weight.detach().numpy(), model.head.bias.detach().numpy())
+        return cls(experts, expected_costs, config, _length_sorted(encode), head, model=model)
 
     def scores(self, texts: list[str]) -> np.ndarray:
-        """Batches of similar length (by characters), so little compute goes to padding."""
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        probs = predict_proba(self.scorer, [texts[i] for i in order], batch_size=64)
-        out = np.empty_like(probs)
-        out[order] = probs
-        return out
+        if not texts:
+            return np.zeros((0, len(self.experts)), dtype=np.float32)
+        logits = self.encode(list(texts)) @ self.weight.T + self.bias
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        return probs / probs.sum(axis=1, keepdims=True)
 
     def save_weights(self, folder: Path) -> None:
-        self.model.encoder.save_pretrained(folder / "encoder")
-        self.model.tokenizer.save_pretrained(folder / "encoder")
-        torch.save(self.model.head.state_dict(), folder / "head.pt")
+        if self.model is not None:
+            self.model.encoder.save_pretrained(folder / "encoder")
+            self.model.tokenizer.save_pretrained(folder / "encoder")
+        elif self.source is not None and self.source.resolve() != folder.resolve():
+            shutil.copytree(self.source / "encoder", folder / "encoder", dirs_exist_ok=True)
+        np.savez(folder / "head.npz", weight=self.weight, bias=self.bias)
+
+    @classmethod
+    def encoder_source(cls, folder: Path, config: dict[str, Any]) -> str:
+        return str(folder / "encoder")
 
     @classmethod
     def load_weights(
         cls, folder: Path, experts: list[str], expected_costs: np.ndarray, config: dict
     ) -> BertRouter:
-        model = EncoderClassifier(str(folder / "encoder"), len(experts), config["max_length"])
-        model.head.load_state_dict(torch.load(folder / "head.pt"))
-        return cls(experts, expected_costs, config, model)
+        config = {**DEFAULTS, **config}
+        source = (bundled_onnx(folder) if config["backend"] == "onnx" else None) or str(folder / "encoder")
+        encode = load_encoder(source, config["max_length"], config["backend"], config["quantize"])
+        return cls(experts, expected_costs, config, encode, load_head(folder), source=folder)
 
 
-def quantized(model: EncoderClassifier) -> torch.nn.Module:
-    """A copy with int8 dynamic quantization of the linear layers (CPU inference; about 2x faster)."""
-    import copy
-    import warnings
+def load_head(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The linear head: ``head.npz``, or ``head.pt`` of artifacts saved before (needs torch)."""
+    if (folder / "head.npz").exists():
+        data = np.load(folder / "head.npz")
+        return data["weight"], data["bias"]
+    import torch
 
-    with warnings.catch_warnings():  # torch points at torchao for new code; this API still works
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(
-            copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8
-        )
+    state = torch.load(folder / "head.pt")
+    return state["weight"].numpy(), state["bias"].numpy()
 
 
-def build_model(n_experts: int, config: dict[str, Any]) -> EncoderClassifier:
+def _length_sorted(encode: Encoder) -> Encoder:
+    """Run ``encode`` on texts sorted by length (less padding), results in the input order."""
+
+    def run(texts: list[str]) -> np.ndarray:
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = encode([texts[i] for i in order])
+        result = np.empty_like(out)
+        result[order] = out
+        return result
+
+    return run
+
+
+def build_model(n_experts: int, config: dict[str, Any]) -> Any:
+    """A fresh ``EncoderClassifier`` (torch)."""
+    import torch
+
+    from router.bert_model import EncoderClassifier
+
     torch.manual_seed(config.get("seed", 0))
     return EncoderClassifier(config["encoder"], n_experts, config["max_length"])
 
@@ -106,6 +132,8 @@ def fit(
     config: dict[str, Any],
 ) -> BertRouter:
     """Fine-tune locally (no Ray)."""
+    from router.neural import fit_epochs
+
     config = {**DEFAULTS, **config}
     model = fit_epochs(build_model(len(experts), config), texts, targets, config)
-    return BertRouter(experts, expected_costs, config, model)
+    return BertRouter.from_model(experts, expected_costs, config, model)

@@ -7,6 +7,7 @@ problem, naming the field that is wrong.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -140,6 +141,29 @@ class SecurityConfig(_Strict):
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins (none: off).")
 
 
+class DecisionConfig(_Strict):
+    """How routing decisions run in a router replica.
+
+    Policies that do real compute per decision (encoder routers: BERT, 1NN) run in a worker thread,
+    never on the replica's event loop, and concurrent decisions are micro-batched: requests that
+    arrive while a batch is scored are scored together next (``router/batching.py``).
+    """
+
+    offload: Literal["auto", "always", "never"] = Field(
+        "auto", description="auto: encoder routers in the worker thread, cheap policies (random, fixed, "
+        "MLP at ~0.2 ms) inline on the loop; always/never: force it."
+    )
+    max_batch_size: int = Field(64, ge=1, description="Decisions scored together at most.")
+    max_wait_ms: float = Field(
+        0.0, ge=0, le=50, description="Hold a batch open this long for more requests (0: batch only "
+        "what queued while the previous batch ran; an idle router adds no wait)."
+    )
+    threads: int | None = Field(
+        None, ge=1, description="Encoder threads (ONNX Runtime intra-op); default: the replica's CPU "
+        "share, ingress.num_cpus rounded up."
+    )
+
+
 class IngressConfig(_Strict):
     """The router deployment that is also the HTTP ingress."""
 
@@ -153,16 +177,23 @@ class IngressConfig(_Strict):
     )
     access_log: bool = Field(False, description="Log every request in the router replicas (costs latency).")
     security: SecurityConfig = SecurityConfig()
+    decisions: DecisionConfig = DecisionConfig()
     env_vars: dict[str, str] = Field(
         default_factory=lambda: {
-            # The router does no blocking work: run it on the replica's own event loop and its
-            # handles' request router on that loop too (Ray Serve's throughput-optimized settings),
-            # which saves thread hops on every request.
+            # The router's event loop does no blocking work (encoder decisions run in a worker
+            # thread, see `decisions`): run it on the replica's own event loop and its handles'
+            # request router on that loop too (Ray Serve's throughput-optimized settings), which
+            # saves thread hops on every request.
             "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
             "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
         },
         description="Environment of the router replicas.",
     )
+
+    @property
+    def decision_threads(self) -> int:
+        """Encoder threads of a router replica: configured, or its CPU share rounded up."""
+        return self.decisions.threads or max(1, math.ceil(self.num_cpus))
 
 
 class AppConfig(_Strict):

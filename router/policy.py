@@ -43,8 +43,23 @@ class RoutingDecision:
         return cls(ranking=tuple(order), scores=dict(scores))
 
 
+@dataclass(frozen=True)
+class RouteRequest:
+    """One routing question: the conversation, allowed experts (None: all) and the cost weight."""
+
+    messages: Sequence[Message]
+    candidates: Sequence[str] | None = None
+    cost_weight: float | None = None
+
+
 class RoutingPolicy(ABC):
-    """Decides which expert answers a conversation."""
+    """Decides which expert answers a conversation.
+
+    ``blocking`` policies do real compute per decision (an encoder forward pass): the router runs
+    them in a worker thread, micro-batched through :meth:`route_batch`, never on its event loop.
+    """
+
+    blocking: bool = False
 
     def __init__(self, experts: Sequence[str]):
         if not experts:
@@ -63,11 +78,22 @@ class RoutingPolicy(ABC):
         cost_weight: float | None = None,
     ) -> RoutingDecision:
         """Rank ``candidates`` (default: all experts) for this conversation."""
+        return self.rank(self.scores(messages, cost_weight), candidates)
+
+    def route_batch(self, requests: Sequence[RouteRequest]) -> list[RoutingDecision]:
+        """Decisions for many requests at once (policies with a batched model override this)."""
+        return [self.route(r.messages, r.candidates, r.cost_weight) for r in requests]
+
+    def rank(self, scores: dict[str, float], candidates: Sequence[str] | None = None) -> RoutingDecision:
+        """The decision from a score per expert, restricted to ``candidates``."""
         allowed = self.experts if candidates is None else tuple(c for c in self.experts if c in candidates)
         if not allowed:
             raise ValueError("no candidate expert is known to this policy")
-        scores = self.scores(messages, cost_weight)
         return RoutingDecision.from_scores({name: scores[name] for name in allowed})
+
+    def warm_up(self) -> None:
+        """One decision, so the first request does not pay lazy loading."""
+        self.route_batch([RouteRequest([Message("user", "warm up")])])
 
 
 class RandomPolicy(RoutingPolicy):

@@ -7,6 +7,7 @@ expert, training config, metrics) plus the kind's weights; :func:`load_router` r
 
 from __future__ import annotations
 
+import importlib
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -24,6 +25,8 @@ class TrainedRouter(ABC):
     """Scores experts for query texts; subclasses register themselves by ``kind``."""
 
     kind: ClassVar[str]
+    blocking: ClassVar[bool] = True
+    """Whether scoring is heavy enough to run off the event loop (encoders); see RoutingPolicy."""
 
     def __init__(self, experts: list[str], expected_costs: np.ndarray, config: dict[str, Any]):
         self.experts = list(experts)
@@ -39,6 +42,11 @@ class TrainedRouter(ABC):
     @abstractmethod
     def scores(self, texts: list[str]) -> np.ndarray:
         """(n, m) scores for ``texts``."""
+
+    @classmethod
+    def encoder_source(cls, folder: Path, config: dict[str, Any]) -> str | None:
+        """The encoder (name or folder) an ONNX bundle of this artifact is made from (None: no encoder)."""
+        return None
 
     @abstractmethod
     def save_weights(self, folder: Path) -> None:
@@ -70,29 +78,63 @@ class TrainedRouter(ABC):
         return folder
 
 
-def load_router(folder: str | Path) -> TrainedRouter:
-    """Any trained router from its artifact folder."""
+INFERENCE_OPTIONS = ("backend", "quantize")
+"""Config keys a loader may override: how the router runs, not what it learned."""
+
+
+def load_router(folder: str | Path, overrides: dict[str, Any] | None = None) -> TrainedRouter:
+    """Any trained router from its artifact folder; ``overrides`` of :data:`INFERENCE_OPTIONS`."""
     folder = Path(folder)
     meta_path = folder / META_FILE
     if not meta_path.exists():
         raise FileNotFoundError(f"{folder} is not a router artifact (no {META_FILE})")
     meta = json.loads(meta_path.read_text())
     kind = meta["kind"]
-    _import_kinds()
+    _import_kind(kind)
     if kind not in _KINDS:
         raise ValueError(f"unknown router kind '{kind}'; known: {', '.join(sorted(_KINDS))}")
-    router = _KINDS[kind].load_weights(
-        folder, meta["experts"], np.asarray(meta["expected_costs"]), meta["config"]
-    )
+    wrong = sorted(set(overrides or {}) - set(INFERENCE_OPTIONS))
+    if wrong:
+        raise ValueError(f"only {', '.join(INFERENCE_OPTIONS)} can be overridden, not {', '.join(wrong)}")
+    config = {**meta["config"], **(overrides or {})}
+    router = _KINDS[kind].load_weights(folder, meta["experts"], np.asarray(meta["expected_costs"]), config)
     router.metrics = meta.get("metrics", {})
     return router
 
 
-def _import_kinds() -> None:
-    """Import the modules that define the kinds, so they register."""
-    import router.bert  # noqa: F401
-    import router.knn  # noqa: F401
-    import router.mlp  # noqa: F401
+_KIND_MODULES = {"mlp": "router.mlp", "bert": "router.bert", "knn": "router.knn"}
+
+
+def _import_kind(kind: str) -> None:
+    """Import the module that defines ``kind`` (only that one: an ONNX-served artifact needs no torch)."""
+    if kind in _KIND_MODULES:
+        importlib.import_module(_KIND_MODULES[kind])
+
+
+ONNX_FOLDER = "onnx"
+
+
+def bundled_onnx(folder: Path) -> str | None:
+    """The ONNX bundle stored inside an artifact (``expert-router export-onnx``), if any."""
+    from router.onnx_encoder import META_FILE
+
+    bundle = folder / ONNX_FOLDER
+    return str(bundle) if (bundle / META_FILE).exists() else None
+
+
+def export_onnx(folder: str | Path) -> Path:
+    """Store the ONNX bundle of the artifact's encoder in ``folder/onnx`` (fp32 + int8 + tokenizer), so
+    the artifact serves with onnxruntime + tokenizers alone (edge deployments)."""
+    from router.encoder import resolve_encoder
+    from router.onnx_encoder import cached_bundle, copy_bundle
+
+    folder = Path(folder)
+    meta = json.loads((folder / META_FILE).read_text())
+    _import_kind(meta["kind"])
+    source = _KINDS[meta["kind"]].encoder_source(folder, meta["config"])
+    if source is None:
+        raise ValueError(f"a '{meta['kind']}' router has no encoder to export")
+    return copy_bundle(cached_bundle(resolve_encoder(source)), folder / ONNX_FOLDER)
 
 
 def conversation_text(messages: list[Any], window: int = 1) -> str:

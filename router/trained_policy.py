@@ -1,8 +1,9 @@
 """A trained router artifact (mlp / bert / knn) as the serving routing policy.
 
-Config: ``policy: {name: mlp, args: {artifact: routers/mlp, cost_weight: 0.0, window: 1}}``.
-A relative artifact path is taken from the repository root. Experts the artifact does not know get
-no traffic from the policy (they stay reachable by name).
+Config: ``policy: {name: mlp, args: {artifact: routers/mlp, cost_weight: 0.0, window: 1}}``, plus
+``backend`` (``onnx``/``torch``) and ``quantize`` (``int8``) to override how an encoder router's
+artifact runs. A relative artifact path is taken from the repository root. Experts the artifact
+does not know get no traffic from the policy (they stay reachable by name).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from router.knob import utilities
-from router.policy import Message, RoutingPolicy
+from router.policy import Message, RouteRequest, RoutingDecision, RoutingPolicy
 from router.trained import conversation_text, load_router
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -28,10 +31,14 @@ class TrainedPolicy(RoutingPolicy):
         cost_weight: float = 0.0,
         window: int = 1,
         kind: str | None = None,
+        backend: str | None = None,
+        quantize: str | None = None,
     ):
         super().__init__(experts)
         path = Path(artifact) if Path(artifact).is_absolute() else REPO_ROOT / artifact
-        self.router = load_router(path)
+        overrides = {k: v for k, v in (("backend", backend), ("quantize", quantize)) if v is not None}
+        self.router = load_router(path, overrides)
+        self.blocking = self.router.blocking
         if kind and self.router.kind != kind:
             raise ValueError(f"artifact {artifact} holds a '{self.router.kind}' router, not '{kind}'")
         unknown = [e for e in self.router.experts if e not in self.experts]
@@ -42,9 +49,17 @@ class TrainedPolicy(RoutingPolicy):
         self.cost_weight, self.window = cost_weight, window
 
     def scores(self, messages: Sequence[Message], cost_weight: float | None = None) -> dict[str, float]:
-        weight = self.cost_weight if cost_weight is None else cost_weight
         raw = self.router.scores([conversation_text(list(messages), self.window)])
-        util = utilities(raw, self.router.expected_costs, weight)[0]
+        return self._utilities(raw[0], cost_weight)
+
+    def route_batch(self, requests: Sequence[RouteRequest]) -> list[RoutingDecision]:
+        """One forward pass of the router for every request's text."""
+        raw = self.router.scores([conversation_text(list(r.messages), self.window) for r in requests])
+        return [self.rank(self._utilities(row, r.cost_weight), r.candidates) for row, r in zip(raw, requests)]
+
+    def _utilities(self, raw: np.ndarray, cost_weight: float | None) -> dict[str, float]:
+        weight = self.cost_weight if cost_weight is None else cost_weight
+        util = utilities(raw[None, :], self.router.expected_costs, weight)[0]
         known = dict(zip(self.router.experts, map(float, util)))
         return {name: known.get(name, -math.inf) for name in self.experts}
 

@@ -34,6 +34,31 @@ def tiny_server():
     stop_local()
 
 
+def tiny_app_args(policy: dict | None = None, **ingress) -> dict:
+    """The default app (serve_config.yaml) with its experts on the tiny model: the same expert
+    names and routing policy (the shipped router, unless ``policy`` is given), real vLLM engines
+    that start in seconds. Contexts of 2,048 tokens, so a long answer can be asked for."""
+    import yaml
+
+    from router.config import load_serve_config
+
+    default = yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"][0]["args"]
+    tiny = load_serve_config(REPO / "configs/tiny_cpu.yaml").experts
+    experts = [
+        {
+            **tiny[i % len(tiny)].model_dump(exclude_none=True),
+            "name": expert["name"],
+            "engine_kwargs": {"max_model_len": 2048, "kv_cache_memory_bytes": 33554432, "max_num_seqs": 64},
+        }
+        for i, expert in enumerate(default["experts"])
+    ]
+    return {
+        "policy": policy or default["policy"],
+        "ingress": {**default["ingress"], **ingress},
+        "experts": experts,
+    }
+
+
 SHARED_DATA = REPO.parent / "shared" / "datasets"
 
 

@@ -36,7 +36,7 @@ class ExpertHandle:
     """Behaves like ``handle.options(stream=True).chat.remote(request)`` of one expert."""
 
     def __init__(self, behaviour):
-        self.behaviour, self.calls = behaviour, 0
+        self.behaviour, self.calls, self.replies = behaviour, 0, []
 
     def options(self, **_):
         return self
@@ -59,9 +59,29 @@ class ExpertHandle:
         self.calls += 1
 
         async def stream():
-            yield await self.behaviour(request)
+            first = await self.behaviour(request)
+            yield first
+            for batch in getattr(self, "more", []):
+                yield batch
 
-        return stream()
+        self.replies.append(Replies(stream()))
+        return self.replies[-1]
+
+
+class Replies:
+    """A DeploymentResponseGenerator stand-in that records ``cancel()``."""
+
+    def __init__(self, stream):
+        self.stream, self.cancelled = stream, False
+
+    def __aiter__(self):
+        return self
+
+    def __anext__(self):
+        return self.stream.__anext__()
+
+    def cancel(self):
+        self.cancelled = True
 
 
 def ok(text):
@@ -227,3 +247,30 @@ def test_after_the_cooldown_the_expert_is_tried_again():
     assert complete(ingress)[0].expert == "b"  # still cooling down
     time.sleep(0.25)
     assert complete(ingress)[0].expert == "a" and handles["a"].calls == 2
+
+
+def test_an_abandoned_expert_call_is_cancelled_on_timeout_and_fallback():
+    ingress, handles = router(a=hang)
+    response, _ = complete(ingress)
+    assert response.expert == "b"
+    assert handles["a"].replies[0].cancelled  # the timed-out call: its engine stops generating
+    assert not handles["b"].replies[0].cancelled
+
+
+def test_a_stream_the_client_leaves_cancels_the_expert_call():
+    chunk = '{"id": "x", "choices": [{"index": 0, "delta": {"content": "hi"}}]}'
+    ingress, handles = router(a=stream_of([f"data: {chunk}\n\n"]))
+    handles["a"].more = [f"data: {chunk}\n\n"] * 3
+    request = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}], "stream": True})
+
+    async def read_one_then_leave(complete_stream: bool):
+        events, _ = await ingress.stream(request)
+        if complete_stream:
+            return [e async for e in events]
+        await events.__anext__()
+        await events.aclose()  # what Starlette does when the client disconnects
+
+    asyncio.run(read_one_then_leave(False))
+    assert handles["a"].replies[-1].cancelled
+    assert asyncio.run(read_one_then_leave(True))[-1] == "data: [DONE]\n\n"
+    assert not handles["a"].replies[-1].cancelled  # a finished stream is not cancelled

@@ -148,6 +148,14 @@ def _calibrate(args: argparse.Namespace) -> None:
     print(json.dumps({"cost_weight": weight, "expert": args.expert, "share": share, "queries": len(m)}))
 
 
+def _export_onnx(args: argparse.Namespace) -> None:
+    from router.trained import export_onnx
+
+    bundle = export_onnx(args.router)
+    sizes = {f.name: f.stat().st_size for f in sorted(bundle.iterdir())}
+    print(json.dumps({"router": str(args.router), "onnx": str(bundle), "bytes": sizes}))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="expert-router", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -195,6 +203,13 @@ def parser() -> argparse.ArgumentParser:
     cal.add_argument("--share", type=float, required=True, help="target fraction of queries, 0..1")
     cal.add_argument("--quality-column", default="quality")
     cal.set_defaults(func=_calibrate)
+
+    onnx = sub.add_parser(
+        "export-onnx",
+        help="store the ONNX export of a router's encoder in its artifact (serves with onnxruntime alone)",
+    )
+    onnx.add_argument("--router", type=Path, required=True, help="router artifact folder (bert or knn)")
+    onnx.set_defaults(func=_export_onnx)
 
     for name, func, helptext in (
         ("train", _train, "train a router"),

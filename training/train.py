@@ -131,8 +131,12 @@ def fit_ray(
     )
     with result.checkpoint.as_directory() as folder:
         model.load_state_dict(torch.load(Path(folder) / "model.pt"))
-    router_cls = mlp.MLPRouter if kind == "mlp" else bert.BertRouter
-    router = router_cls(m.experts, m.cost.mean(axis=0), params, model)
+    costs = m.cost.mean(axis=0)
+    router = (
+        mlp.MLPRouter(m.experts, costs, params, model)
+        if kind == "mlp"
+        else bert.BertRouter.from_model(m.experts, costs, params, model)
+    )
     router.metrics = {
         "epochs": [dict(r) for r in result.metrics_dataframe[["epoch", "loss"]].to_dict("records")]
     }

@@ -1,0 +1,129 @@
+"""Routing decisions off the event loop: the micro-batcher and the router's use of it (no cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from deployments.router_core import ExpertRouter
+from router.batching import MicroBatcher
+from router.policy import FixedPolicy, register_policy
+from router.schemas import ChatRequest
+from tests.test_router_fallback import ExpertHandle, ok
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_items_that_queue_during_a_batch_are_decided_together_and_the_loop_keeps_running():
+    seen: list[list[int]] = []
+    threads: set[str] = set()
+
+    def slow_square(items: list[int]) -> list[int]:
+        seen.append(list(items))
+        threads.add(threading.current_thread().name)
+        time.sleep(0.1)  # blocking work, as an encoder forward pass is
+        return [i * i for i in items]
+
+    async def scenario():
+        batcher = MicroBatcher(slow_square, max_batch_size=8)
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+
+        tick_task = asyncio.create_task(ticker())
+        first = asyncio.create_task(batcher.submit(0))
+        await asyncio.sleep(0.02)  # the first batch is running now
+        rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 12)]
+        results = await asyncio.gather(first, *rest)
+        tick_task.cancel()
+        return results, ticks, batcher.stats()
+
+    results, ticks, stats = asyncio.run(scenario())
+    assert results == [i * i for i in range(12)]
+    assert seen == [[0], list(range(1, 9)), list(range(9, 12))]  # queued ones batched, capped at 8
+    assert stats == {"batches": 3, "items": 12, "mean_batch_size": 4.0}
+    assert ticks >= 30  # ~0.3 s of blocking work never stalled the loop (5 ms ticks)
+    assert threads and threading.main_thread().name not in threads
+
+
+def test_max_wait_holds_a_batch_open_and_errors_reach_every_caller_of_their_batch():
+    def fail_on_negative(items: list[int]) -> list[int]:
+        if any(i < 0 for i in items):
+            raise ValueError("negative")
+        return items
+
+    async def scenario():
+        batcher = MicroBatcher(fail_on_negative, max_batch_size=16, max_wait_ms=30)
+        first = asyncio.create_task(batcher.submit(1))
+        await asyncio.sleep(0.01)  # within the wait: joins the first batch
+        bad = asyncio.create_task(batcher.submit(-1))
+        outcomes = await asyncio.gather(first, bad, return_exceptions=True)
+        after = await batcher.submit(5)  # the batcher survives a failed batch
+        return outcomes, after, batcher.stats()
+
+    outcomes, after, stats = asyncio.run(scenario())
+    assert all(isinstance(o, ValueError) for o in outcomes)
+    assert after == 5 and stats["batches"] == 1
+
+
+class SlowPolicy(FixedPolicy):
+    """A blocking policy: each batch takes 30 ms (like an encoder), counted per call."""
+
+    blocking = True
+    batches: list[int] = []
+    warmed = 0
+
+    def route_batch(self, requests):
+        SlowPolicy.batches.append(len(requests))
+        time.sleep(0.03)
+        return super().route_batch(requests)
+
+    def warm_up(self):
+        SlowPolicy.warmed += 1
+        super().warm_up()
+
+
+register_policy("slow-test", SlowPolicy)
+
+
+def router_with(offload: str) -> ExpertRouter:
+    args = {
+        "policy": {"name": "slow-test", "args": {"expert": "b"}},
+        "ingress": {"decisions": {"offload": offload}},
+        "experts": [{"name": n, "model": "builtin:tiny-llama"} for n in ("a", "b")],
+    }
+    return ExpertRouter(args, {n: ExpertHandle(ok(n)) for n in "ab"})
+
+
+@pytest.mark.parametrize("offload", ["auto", "never"])
+def test_the_router_batches_blocking_decisions_off_the_loop_and_warms_up(offload):
+    SlowPolicy.batches, SlowPolicy.warmed = [], 0
+    ingress = router_with(offload)
+    assert SlowPolicy.warmed == 1 and SlowPolicy.batches == [1]  # the warm-up decision, at start
+    request = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}]})
+
+    async def burst():
+        return await asyncio.gather(*(ingress.complete(request) for _ in range(20)))
+
+    answers = asyncio.run(burst())
+    assert {response.expert for response, _ in answers} == {"b"}
+    decisions = SlowPolicy.batches[1:]
+    assert sum(decisions) == 20
+    if offload == "auto":  # a blocking policy: in the worker thread, in batches
+        assert ingress.decider is not None and len(decisions) < 20 and max(decisions) > 1
+    else:  # forced inline: one decision per request, on the loop
+        assert ingress.decider is None and decisions == [1] * 20
+
+
+def test_cheap_policies_stay_inline():
+    args = {"experts": [{"name": "a", "model": "m"}], "policy": {"name": "random"}}
+    assert ExpertRouter(args, {"a": ExpertHandle(ok("a"))}).decider is None
+    args["ingress"] = {"decisions": {"offload": "always"}}
+    assert ExpertRouter(args, {"a": ExpertHandle(ok("a"))}).decider is not None
