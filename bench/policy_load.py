@@ -5,11 +5,16 @@ ONNX int8) with tiny-model vLLM experts (``tests.conftest.tiny_app_args``), then
 the Random policy, alternating in ``--rounds`` so machine drift hits both alike. Per policy:
 routed requests/s, p50/p99 latency and the ``x-routing-ms`` p50/p99 at ``--concurrency`` (and at
 concurrency 1), plus the latency of a ``/health`` probe polled beside the load (a blocked event
-loop shows there first). Queries are real router_mix instructions (encoder cost grows with length);
-``max_tokens=1`` keeps the experts' share small. Prints one JSON line with ratios shipped/random.
+loop shows there first), and the share of decisions the model made (the rest were shed to the
+prior under overload, ``ingress.decisions.max_queue_ms``). Queries are real router_mix
+instructions (encoder cost grows with length); ``max_tokens=1`` keeps the experts' share small.
+Prints one JSON line with ratios shipped/random.
 Goals: requests/s >= 0.95x Random's; /health p99 <= 1.25x Random's.
 
-    .venv/bin/python bench/policy_load.py [--requests 600] [--concurrency 64] [--rounds 2]
+``--layout router-core`` pins every engine to the second core, leaving the first to the HTTP proxy
+and the router (as on a cluster, where the router ingress runs on CPU nodes of its own).
+
+    .venv/bin/python bench/policy_load.py [--requests 600] [--concurrency 64] [--rounds 2] [--layout shipped]
 """
 
 from __future__ import annotations
@@ -42,11 +47,13 @@ def quantiles(ms: list[float]) -> dict[str, float]:
 async def phase(base: str, queries: list[str], n: int, concurrency: int) -> dict:
     """``n`` routed requests at ``concurrency``, a /health probe every 20 ms beside them."""
     latencies, routing, health, statuses, experts = [], [], [], Counter(), Counter()
+    shed = 0
     todo = iter(range(n))
     limits = httpx.Limits(max_connections=concurrency + 2)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
 
         async def worker() -> None:
+            nonlocal shed
             for i in todo:
                 body = {"messages": [{"role": "user", "content": queries[i % len(queries)]}], "max_tokens": 1}
                 t0 = time.perf_counter()
@@ -56,6 +63,7 @@ async def phase(base: str, queries: list[str], n: int, concurrency: int) -> dict
                 if reply.status_code == 200:
                     routing.append(float(reply.headers["x-routing-ms"]))
                     experts[reply.headers["x-expert"]] += 1
+                    shed += reply.headers.get("x-routing-shed") == "true"
 
         async def probe(stop: asyncio.Event) -> None:
             while not stop.is_set():
@@ -79,6 +87,7 @@ async def phase(base: str, queries: list[str], n: int, concurrency: int) -> dict
         "health_ms": health,
         "errors": sum(v for k, v in statuses.items() if k != 200),
         "experts": experts,
+        "shed": shed,
     }
 
 
@@ -89,6 +98,7 @@ def summarize(runs: list[dict]) -> dict:
         "requests": sum(r["n"] for r in runs),
         "errors": sum(r["errors"] for r in runs),
         "requests_per_s": round(sum(r["n"] for r in runs) / sum(r["wall_s"] for r in runs), 1),
+        "decided_by_model": round(1 - sum(r["shed"] for r in runs) / sum(r["n"] for r in runs), 3),
         "latency_ms": quantiles(pooled["latency_ms"]),
         "x_routing_ms": quantiles(pooled["routing_ms"]),
         "health_ms": quantiles(pooled["health_ms"]),
@@ -115,12 +125,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--single", type=int, default=100, help="requests per phase at concurrency 1")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--layout", choices=["shipped", "router-core"], default="shipped")
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     records = [json.loads(line) for line in gzip.open(SHARED_DATA / "router_mix.jsonl.gz", "rt")]
     queries = [r["instruction"] for r in records if r["split"] == "test"][:500]
     random_policy = {"name": "random", "args": {"seed": 0}}
     apps = {"shipped": tiny_app_args(), "random": tiny_app_args(policy=random_policy)}
+    if args.layout == "router-core":
+        for app in apps.values():
+            for expert in app["experts"]:
+                expert["env_vars"] = {**expert["env_vars"], "VLLM_CPU_OMP_THREADS_BIND": "1"}
     runs: dict[str, dict[int, list[dict]]] = {name: {args.concurrency: [], 1: []} for name in apps}
     base = run_local(apps["shipped"], free_port(), num_cpus=8)
     try:
@@ -136,7 +151,12 @@ def main() -> None:
                 print(f"round {round_ + 1}/{args.rounds}: {name} done", file=sys.stderr, flush=True)
     finally:
         stop_local()
-    result: dict = {"benchmark": "policy_load", "policy": apps["shipped"]["policy"], "max_tokens": 1}
+    result: dict = {
+        "benchmark": "policy_load",
+        "layout": args.layout,
+        "policy": apps["shipped"]["policy"],
+        "max_tokens": 1,
+    }
     for concurrency in (args.concurrency, 1):
         shipped, random_ = (summarize(runs[name][concurrency]) for name in ("shipped", "random"))
         result[f"concurrency_{concurrency}"] = {

@@ -200,6 +200,7 @@ class RouterIngress(ExpertRouter):
             "decisions": {
                 "offloaded": decider is not None,
                 "threads": self.config.ingress.decision_threads,
+                "shed": self.shed,
                 **(decider.stats() if decider else {}),
             },
             "experts": [

@@ -8,7 +8,8 @@ dashboard and KubeRay's PodMonitor pick them up), prefixed ``ray_``:
 - ``expert_router_tokens_total`` (counter; expert, kind): prompt / completion tokens per expert;
 - ``expert_router_routing_latency_ms`` (histogram; routed): time to choose the expert;
 - ``expert_router_fallbacks_total`` (counter; expert): failed attempts passed on to the next expert;
-- ``expert_router_errors_total`` (counter; kind): error replies by kind (invalid_request_error, …).
+- ``expert_router_errors_total`` (counter; kind): error replies by kind (invalid_request_error, …);
+- ``expert_router_decisions_shed_total`` (counter): decisions made from the prior under overload.
 
 Outside a Ray worker (unit tests) every call is a no-op.
 """
@@ -51,12 +52,19 @@ class RouterMetrics:
         self.errors = metrics.Counter(
             "expert_router_errors_total", "Error replies by kind.", tag_keys=("kind",)
         )
+        self.decisions_shed = metrics.Counter(
+            "expert_router_decisions_shed_total", "Decisions made from the prior under overload."
+        )
 
     def answered(self, expert: str, routed: bool, routing_ms: float) -> None:
         if self.enabled:
             tag = str(routed).lower()
             self.requests.inc(tags={"expert": expert, "routed": tag})
             self.routing_ms.observe(routing_ms, tags={"routed": tag})
+
+    def shed(self) -> None:
+        if self.enabled:
+            self.decisions_shed.inc()
 
     def usage(self, expert: str, usage: Any) -> None:
         if not self.enabled or usage is None:

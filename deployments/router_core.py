@@ -111,6 +111,8 @@ class ExpertRouter:
             if offload
             else None
         )
+        self._prior = dict.fromkeys(self.policy.experts, 0.0)  # moving average of decided scores
+        self.shed = 0
         remote = {e.name: RemoteExpert(e) for e in self.config.experts if e.endpoint is not None}
         experts = {**experts, **remote}
         self._experts = experts
@@ -189,15 +191,25 @@ class ExpertRouter:
                 400, "; ".join(msg for _, msg in problems), "invalid_request_error", param=problems[0][0]
             )
 
-    async def _decide(self, question: RouteRequest) -> RoutingDecision:
+    async def _decide(self, question: RouteRequest) -> tuple[RoutingDecision, bool]:
         """The policy's decision: in the worker thread, batched with concurrent ones, or inline
-        for cheap policies (``ingress.decisions``)."""
+        for cheap policies (``ingress.decisions``); and whether overload shed it to the prior."""
         if self.decider is None:
-            return self.policy.route_batch([question])[0]
-        return await self.decider.submit(question)
+            return self.policy.route_batch([question])[0], False
+        budget_ms = self.config.ingress.decisions.max_queue_ms
+        if budget_ms and self.decider.expected_wait_s() * 1e3 > budget_ms:
+            self.shed += 1
+            self.metrics.shed()
+            return self.policy.rank(self._prior, question.candidates), True
+        decision = await self.decider.submit(question)
+        for name, score in decision.scores.items():
+            if math.isfinite(score):
+                self._prior[name] = 0.98 * self._prior[name] + 0.02 * score
+        return decision, False
 
-    async def _candidates(self, request: ChatRequest) -> tuple[list[str], dict[str, float], bool]:
-        """Experts to try, best first, their scores, and whether the policy chose (else: bypass)."""
+    async def _candidates(self, request: ChatRequest) -> tuple[list[str], dict[str, float], bool, bool]:
+        """Experts to try, best first, their scores, whether the policy chose (else: bypass), and
+        whether overload shed the decision to the prior."""
         if request.model == ROUTER_MODEL_NAME:
             options = request.routing or RoutingOptions()
             unknown = sorted(set(options.experts or ()) - set(self.handles))
@@ -209,8 +221,8 @@ class ExpertRouter:
                     param="routing.experts",
                 )
             question = RouteRequest(to_messages(request.messages), options.experts, options.cost_weight)
-            decision = await self._decide(question)
-            return list(decision.ranking), decision.scores, True
+            decision, shed = await self._decide(question)
+            return list(decision.ranking), decision.scores, True, shed
         if request.model not in self.handles:
             known = ", ".join([ROUTER_MODEL_NAME, *self.handles])
             raise APIError(
@@ -220,13 +232,13 @@ class ExpertRouter:
                 code="model_not_found",
                 param="model",
             )
-        return [request.model], {}, False
+        return [request.model], {}, False, False
 
     async def _route(self, request: ChatRequest, stream: bool) -> Routed:
         """Try the candidates best first; the expert that answered, with its first reply."""
         self._check_limits(request)
         started = time.perf_counter()
-        candidates, scores, routed = await self._candidates(request)
+        candidates, scores, routed, shed = await self._candidates(request)
         routing_ms = (time.perf_counter() - started) * 1e3
         now = time.monotonic()
         live = [name for name in candidates if self._down_until.get(name, 0.0) <= now]
@@ -259,6 +271,7 @@ class ExpertRouter:
                 scores={k: (v if math.isfinite(v) else None) for k, v in scores.items()},
                 routing_ms=round(routing_ms, 3),
                 fallbacks=failures,
+                shed=shed,
             )
             return Routed(name, first, rest, info)
         raise APIError(
@@ -345,6 +358,8 @@ class Routed:
         }
         if self.info.cost_usd is not None:
             headers["x-cost-usd"] = f"{self.info.cost_usd:.8f}"
+        if self.info.shed:
+            headers["x-routing-shed"] = "true"
         return headers
 
 

@@ -42,6 +42,12 @@ class MicroBatcher(Generic[Item, Result]):
         self._consumer: asyncio.Task | None = None
         self.batches = 0
         self.items = 0
+        self.pending = 0  # submitted, not yet answered
+        self.seconds_per_item = 0.0  # moving average of the compute time per item
+
+    def expected_wait_s(self) -> float:
+        """Roughly how long a new item would wait for its result now."""
+        return self.pending * self.seconds_per_item
 
     async def submit(self, item: Item) -> Result:
         """The result for ``item``, computed in a batch with whatever else is waiting."""
@@ -51,7 +57,11 @@ class MicroBatcher(Generic[Item, Result]):
             self._consumer = loop.create_task(self._consume())
         future: asyncio.Future = loop.create_future()
         self._queue.put_nowait((item, future))
-        return await future
+        self.pending += 1
+        try:
+            return await future
+        finally:
+            self.pending -= 1
 
     async def _consume(self) -> None:
         assert self._queue is not None
@@ -73,6 +83,7 @@ class MicroBatcher(Generic[Item, Result]):
             batch = [(item, future) for item, future in batch if not future.cancelled()]
             if not batch:
                 continue
+            started = time.monotonic()
             try:
                 results = await loop.run_in_executor(self._executor, self.fn, [item for item, _ in batch])
                 if len(results) != len(batch):
@@ -82,6 +93,9 @@ class MicroBatcher(Generic[Item, Result]):
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            per_item = (time.monotonic() - started) / len(batch)
+            smoothed = 0.8 * self.seconds_per_item + 0.2 * per_item
+            self.seconds_per_item = smoothed if self.batches else per_item
             self.batches += 1
             self.items += len(batch)
             for (_, future), result in zip(batch, results):

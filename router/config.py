@@ -158,6 +158,12 @@ class DecisionConfig(_Strict):
         0.0, ge=0, le=50, description="Hold a batch open this long for more requests (0: batch only "
         "what queued while the previous batch ran; an idle router adds no wait)."
     )
+    max_queue_ms: float = Field(
+        100.0, ge=0, description="Overload guard: a decision that would wait longer than this for "
+        "the worker is made from the recent average of the policy's scores instead (the Zero router "
+        "of recent traffic), so the router never becomes the bottleneck; the reply says so "
+        "(x-routing-shed). 0: always wait."
+    )
     threads: int | None = Field(
         None, ge=1, description="Encoder threads (ONNX Runtime intra-op); default: the replica's CPU "
         "share, ingress.num_cpus rounded up."

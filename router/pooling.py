@@ -34,7 +34,7 @@ class Pooled(torch.nn.Module):
 class TorchEncoder:
     """texts -> pooled states (n, d) with torch (the reference the ONNX backend is checked against)."""
 
-    def __init__(self, source: str, max_length: int, pooling: str = "mean", batch_size: int = 64):
+    def __init__(self, source: str, max_length: int, pooling: str = "mean", batch_size: int = 8):
         from transformers import AutoModel, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(source)

@@ -126,6 +126,9 @@ class RoutingInfo(BaseModel):
     routing_ms: float
     fallbacks: list[str]
     cost_usd: float | None = None
+    shed: bool = Field(
+        False, description="Overload: the recent average of the policy's scores decided, not the model"
+    )
 
 
 class ChatResponse(BaseModel):

@@ -127,3 +127,41 @@ def test_cheap_policies_stay_inline():
     assert ExpertRouter(args, {"a": ExpertHandle(ok("a"))}).decider is None
     args["ingress"] = {"decisions": {"offload": "always"}}
     assert ExpertRouter(args, {"a": ExpertHandle(ok("a"))}).decider is not None
+
+
+def test_under_overload_decisions_are_shed_to_the_prior_and_say_so():
+    SlowPolicy.batches = []
+    args = {
+        "policy": {"name": "slow-test", "args": {"expert": "b"}},
+        "ingress": {"decisions": {"offload": "always", "max_queue_ms": 50, "max_batch_size": 1}},
+        "experts": [{"name": n, "model": "builtin:tiny-llama"} for n in ("a", "b")],
+    }
+    ingress = ExpertRouter(args, {n: ExpertHandle(ok(n)) for n in "ab"})
+    request = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}]})
+
+    async def burst(n: int):
+        return await asyncio.gather(*(ingress.complete(request) for _ in range(n)))
+
+    asyncio.run(burst(4))  # teaches the prior (b first) and the time per decision (30 ms)
+    answers = asyncio.run(burst(20))
+    shed = [headers for _, headers in answers if headers.get("x-routing-shed") == "true"]
+    decided = [headers for _, headers in answers if "x-routing-shed" not in headers]
+    assert shed and decided and ingress.shed == len(shed)  # the queue stayed near 50 ms
+    assert all(float(h["x-routing-ms"]) < 200 for h in decided)  # 20 x 30 ms unshed would be 600
+    assert {response.expert for response, _ in answers} == {"b"}  # the prior ranks as the policy did
+
+
+def test_max_queue_ms_zero_never_sheds():
+    args = {
+        "policy": {"name": "slow-test", "args": {"expert": "b"}},
+        "ingress": {"decisions": {"offload": "always", "max_queue_ms": 0, "max_batch_size": 1}},
+        "experts": [{"name": n, "model": "builtin:tiny-llama"} for n in ("a", "b")],
+    }
+    ingress = ExpertRouter(args, {n: ExpertHandle(ok(n)) for n in "ab"})
+    request = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}]})
+
+    async def burst(n: int):
+        return await asyncio.gather(*(ingress.complete(request) for _ in range(n)))
+
+    answers = asyncio.run(burst(10))
+    assert ingress.shed == 0 and not any("x-routing-shed" in h for _, h in answers)

@@ -72,3 +72,21 @@ def test_math_profile_solves_simple_arithmetic(default_server):
     )
     assert r.status_code == 200, r.text
     assert "7" in r.json()["choices"][0]["message"]["content"]
+
+
+def test_answers_come_from_the_expert_the_shipped_router_picks(default_server):
+    """The default app routes with routers/default: a math question and a general one go where the
+    shipped policy, loaded here from the same config, sends them - and not to the same expert."""
+    from router.config import PolicyConfig
+    from router.policy import Message, build_policy
+
+    config = load_serve_config(REPO / "serve_config.yaml")
+    policy = build_policy(PolicyConfig.model_validate(config.policy.model_dump()), config.expert_names)
+    picked = []
+    for query in ("Solve for x: 3x + 5 = 20.", "Give me three tips for a good night's sleep."):
+        r = httpx.post(f"{URL}/predict", json={"messages": [{"role": "user", "content": query}]}, timeout=300)
+        assert r.status_code == 200, r.text
+        expected = policy.route([Message("user", query)]).expert
+        assert r.json()["expert"] == expected == r.headers["x-expert"]
+        picked.append(expected)
+    assert picked == ["math", "general"]

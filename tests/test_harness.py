@@ -66,5 +66,7 @@ def test_cli_imports_and_evaluates_a_two_expert_table_with_routellm_metrics(tmp_
         assert REQUIRED <= set(report["routers"][name])
     for name in ("mlp", "random", "optimal"):
         assert {"apgr", "cpt50", "cpt80"} <= set(report["routers"][name])
-    assert report["routers"]["optimal"]["apgr"] > report["routers"]["mlp"]["apgr"] > 0.45
-    assert abs(report["routers"]["random"]["apgr"] - 0.5) < 0.06
+    apgr = {name: report["routers"][name]["apgr"] for name in ("mlp", "random", "optimal")}
+    print("APGR", apgr)
+    assert apgr["optimal"] > apgr["mlp"] > 0.53  # random is 0.5; 5-fold MLP measured 0.572
+    assert abs(apgr["random"] - 0.5) < 0.06

@@ -222,9 +222,13 @@ class ExpertCalls:
 
 
 class BertSim:
-    """Ray Data actor: cosine similarity of each answer to its reference (sentence embeddings)."""
+    """Ray Data actor: cosine similarity of each answer to its reference (sentence embeddings, the
+    encoder on ONNX Runtime fp32 with one thread: the actor runs beside the vLLM engines)."""
 
     def __init__(self, skip: bool = False, encoder: str = DEFAULT_ENCODER):
+        from router.encoder import set_inference_threads
+
+        set_inference_threads(1)
         self.skip, self.encoder = skip, encoder
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
