@@ -126,12 +126,18 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=100, help="requests per phase at concurrency 1")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--layout", choices=["shipped", "router-core"], default="shipped")
+    parser.add_argument(
+        "--max-queue-ms", type=float, help="override ingress.decisions.max_queue_ms (0: never shed)"
+    )
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     records = [json.loads(line) for line in gzip.open(SHARED_DATA / "router_mix.jsonl.gz", "rt")]
     queries = [r["instruction"] for r in records if r["split"] == "test"][:500]
     random_policy = {"name": "random", "args": {"seed": 0}}
     apps = {"shipped": tiny_app_args(), "random": tiny_app_args(policy=random_policy)}
+    if args.max_queue_ms is not None:
+        for app in apps.values():
+            app["ingress"]["decisions"] = {"max_queue_ms": args.max_queue_ms}
     if args.layout == "router-core":
         for app in apps.values():
             for expert in app["experts"]:
@@ -154,6 +160,7 @@ def main() -> None:
     result: dict = {
         "benchmark": "policy_load",
         "layout": args.layout,
+        "max_queue_ms": args.max_queue_ms,
         "policy": apps["shipped"]["policy"],
         "max_tokens": 1,
     }

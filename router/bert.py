@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from router.encoder import DEFAULT_ENCODER, Encoder, load_encoder
-from router.trained import TrainedRouter, bundled_onnx
+from router.onnx_encoder import bundle_beside
+from router.trained import ONNX_FOLDER, TrainedRouter, bundled_onnx
 
 DEFAULTS = {
     "encoder": DEFAULT_ENCODER,
@@ -85,7 +86,9 @@ class BertRouter(TrainedRouter):
         cls, folder: Path, experts: list[str], expected_costs: np.ndarray, config: dict
     ) -> BertRouter:
         config = {**DEFAULTS, **config}
-        source = (bundled_onnx(folder) if config["backend"] == "onnx" else None) or str(folder / "encoder")
+        source = str(folder / "encoder")
+        if config["backend"] == "onnx":  # the artifact's own bundle, exported into it on first use
+            source = bundled_onnx(folder) or str(bundle_beside(source, folder / ONNX_FOLDER))
         encode = load_encoder(source, config["max_length"], config["backend"], config["quantize"])
         return cls(experts, expected_costs, config, encode, load_head(folder), source=folder)
 

@@ -27,14 +27,18 @@ def models_dir() -> Path:
 
 def build_once(name: str, builder: Callable[[Path], None]) -> Path:
     """``models_dir()/name``, calling ``builder(folder)`` first unless a finished build is there."""
-    out = models_dir() / name
+    return build_at(models_dir() / name, builder)
+
+
+def build_at(out: Path, builder: Callable[[Path], None]) -> Path:
+    """Folder ``out``, calling ``builder(out)`` first unless a finished build is there."""
     if (out / DONE_MARKER).exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (out / DONE_MARKER).exists():
-            logger.warning("building %s into %s", name, out)
+            logger.warning("building %s", out)
             shutil.rmtree(out, ignore_errors=True)  # a build that died half-way
             out.mkdir()
             builder(out)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from router.model_cache import build_once
+from router.model_cache import DONE_MARKER, build_at, build_once
 
 FP32_FILE, INT8_FILE, TOKENIZER_FILE, META_FILE = (
     "model.onnx",
@@ -124,10 +124,19 @@ def cached_bundle(source: str | Path) -> Path:
     return build_once(f"onnx/{bundle_key(source)}", lambda out: export_bundle(source, out))
 
 
+def bundle_beside(source: str | Path, out: Path) -> Path:
+    """The bundle of ``source`` in folder ``out`` (e.g. a router artifact's own ``onnx/``), exported
+    there on first use; in the model cache instead if ``out`` cannot be written."""
+    try:
+        return build_at(Path(out), lambda folder: export_bundle(source, folder))
+    except OSError:  # a read-only artifact (a mounted volume): the cache
+        return cached_bundle(source)
+
+
 def copy_bundle(bundle: Path, out: Path) -> Path:
     """Copy a bundle's files into ``out`` (e.g. inside a router artifact)."""
     out.mkdir(parents=True, exist_ok=True)
-    for name in (FP32_FILE, INT8_FILE, TOKENIZER_FILE, META_FILE):
+    for name in (FP32_FILE, INT8_FILE, TOKENIZER_FILE, META_FILE, DONE_MARKER):
         shutil.copy2(bundle / name, out / name)
     return out
 

@@ -128,11 +128,11 @@ ONNX_FOLDER = "onnx"
 
 
 def bundled_onnx(folder: Path) -> str | None:
-    """The ONNX bundle stored inside an artifact (``expert-router export-onnx``), if any."""
-    from router.onnx_encoder import META_FILE
+    """The finished ONNX bundle stored inside an artifact (``expert-router export-onnx``), if any."""
+    from router.model_cache import DONE_MARKER
 
     bundle = folder / ONNX_FOLDER
-    return str(bundle) if (bundle / META_FILE).exists() else None
+    return str(bundle) if (bundle / DONE_MARKER).exists() else None
 
 
 def export_onnx(folder: str | Path) -> Path:
@@ -142,6 +142,8 @@ def export_onnx(folder: str | Path) -> Path:
     from router.onnx_encoder import cached_bundle, copy_bundle
 
     folder = Path(folder)
+    if bundled_onnx(folder):
+        return folder / ONNX_FOLDER
     meta = json.loads((folder / META_FILE).read_text())
     _import_kind(meta["kind"])
     source = _KINDS[meta["kind"]].encoder_source(folder, meta["config"])

@@ -93,26 +93,31 @@ class SlowPolicy(FixedPolicy):
 register_policy("slow-test", SlowPolicy)
 
 
-def router_with(offload: str) -> ExpertRouter:
+def router_with(**decisions) -> ExpertRouter:
     args = {
         "policy": {"name": "slow-test", "args": {"expert": "b"}},
-        "ingress": {"decisions": {"offload": offload}},
+        "ingress": {"decisions": decisions},
         "experts": [{"name": n, "model": "builtin:tiny-llama"} for n in ("a", "b")],
     }
     return ExpertRouter(args, {n: ExpertHandle(ok(n)) for n in "ab"})
 
 
+def burst(ingress: ExpertRouter, n: int) -> list:
+    """``n`` concurrent routed requests; their (response, headers)."""
+    request = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}]})
+
+    async def run():
+        return await asyncio.gather(*(ingress.complete(request) for _ in range(n)))
+
+    return asyncio.run(run())
+
+
 @pytest.mark.parametrize("offload", ["auto", "never"])
 def test_the_router_batches_blocking_decisions_off_the_loop_and_warms_up(offload):
     SlowPolicy.batches, SlowPolicy.warmed = [], 0
-    ingress = router_with(offload)
+    ingress = router_with(offload=offload)
     assert SlowPolicy.warmed == 1 and SlowPolicy.batches == [1]  # the warm-up decision, at start
-    request = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}]})
-
-    async def burst():
-        return await asyncio.gather(*(ingress.complete(request) for _ in range(20)))
-
-    answers = asyncio.run(burst())
+    answers = burst(ingress, 20)
     assert {response.expert for response, _ in answers} == {"b"}
     decisions = SlowPolicy.batches[1:]
     assert sum(decisions) == 20
@@ -131,19 +136,9 @@ def test_cheap_policies_stay_inline():
 
 def test_under_overload_decisions_are_shed_to_the_prior_and_say_so():
     SlowPolicy.batches = []
-    args = {
-        "policy": {"name": "slow-test", "args": {"expert": "b"}},
-        "ingress": {"decisions": {"offload": "always", "max_queue_ms": 50, "max_batch_size": 1}},
-        "experts": [{"name": n, "model": "builtin:tiny-llama"} for n in ("a", "b")],
-    }
-    ingress = ExpertRouter(args, {n: ExpertHandle(ok(n)) for n in "ab"})
-    request = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}]})
-
-    async def burst(n: int):
-        return await asyncio.gather(*(ingress.complete(request) for _ in range(n)))
-
-    asyncio.run(burst(4))  # teaches the prior (b first) and the time per decision (30 ms)
-    answers = asyncio.run(burst(20))
+    ingress = router_with(offload="always", max_queue_ms=50, max_batch_size=1)
+    burst(ingress, 4)  # teaches the prior (b first) and the time per decision (30 ms)
+    answers = burst(ingress, 20)
     shed = [headers for _, headers in answers if headers.get("x-routing-shed") == "true"]
     decided = [headers for _, headers in answers if "x-routing-shed" not in headers]
     assert shed and decided and ingress.shed == len(shed)  # the queue stayed near 50 ms
@@ -152,16 +147,6 @@ def test_under_overload_decisions_are_shed_to_the_prior_and_say_so():
 
 
 def test_max_queue_ms_zero_never_sheds():
-    args = {
-        "policy": {"name": "slow-test", "args": {"expert": "b"}},
-        "ingress": {"decisions": {"offload": "always", "max_queue_ms": 0, "max_batch_size": 1}},
-        "experts": [{"name": n, "model": "builtin:tiny-llama"} for n in ("a", "b")],
-    }
-    ingress = ExpertRouter(args, {n: ExpertHandle(ok(n)) for n in "ab"})
-    request = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}]})
-
-    async def burst(n: int):
-        return await asyncio.gather(*(ingress.complete(request) for _ in range(n)))
-
-    answers = asyncio.run(burst(10))
+    ingress = router_with(offload="always", max_queue_ms=0, max_batch_size=1)
+    answers = burst(ingress, 10)
     assert ingress.shed == 0 and not any("x-routing-shed" in h for _, h in answers)
