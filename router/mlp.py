@@ -88,7 +88,9 @@ class BowMLP(torch.nn.Module):
 
 class MLPRouter(TrainedRouter):
     kind = "mlp"
-    blocking = False  # ~0.2 ms a decision: cheaper inline than a thread hop
+    # ~0.16 ms a decision: inline it holds the loop ~1% of the time at 60 requests/s, while the
+    # worker-thread hop would add ~0.05 ms to each (both measured): decide inline.
+    blocking = False
 
     def __init__(self, experts: list[str], expected_costs: np.ndarray, config: dict[str, Any], model: BowMLP):
         super().__init__(experts, expected_costs, config)
