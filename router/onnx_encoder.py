@@ -161,8 +161,6 @@ class OnnxEncoder:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        if quantize not in QUANTIZATIONS:
-            raise ValueError(f"quantize must be one of {QUANTIZATIONS}, not {quantize!r}")
         bundle = Path(bundle)
         meta = json.loads((bundle / META_FILE).read_text())
         self.max_length = int(max_length or meta["max_length"])

@@ -91,9 +91,9 @@ class RoutingPolicy(ABC):
             raise ValueError("no candidate expert is known to this policy")
         return RoutingDecision.from_scores({name: scores[name] for name in allowed})
 
-    def warm_up(self) -> None:
+    def warm_up(self) -> RoutingDecision:
         """One decision, so the first request does not pay lazy loading."""
-        self.route_batch([RouteRequest([Message("user", "warm up")])])
+        return self.route_batch([RouteRequest([Message("user", "warm up")])])[0]
 
 
 class RandomPolicy(RoutingPolicy):

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from router.encoder import check_inference_options
 from router.knob import choose
 
 META_FILE = "router.json"
@@ -97,22 +98,10 @@ def load_router(folder: str | Path, overrides: dict[str, Any] | None = None) -> 
     if wrong:
         raise ValueError(f"only {', '.join(INFERENCE_OPTIONS)} can be overridden, not {', '.join(wrong)}")
     config = {**meta["config"], **(overrides or {})}
-    _check_inference_options(config)
+    check_inference_options(config.get("backend", "onnx"), config.get("quantize"))
     router = _KINDS[kind].load_weights(folder, meta["experts"], np.asarray(meta["expected_costs"]), config)
     router.metrics = meta.get("metrics", {})
     return router
-
-
-def _check_inference_options(config: dict[str, Any]) -> None:
-    from router.encoder import BACKENDS
-    from router.onnx_encoder import QUANTIZATIONS
-
-    if config.get("backend", "onnx") not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, not {config['backend']!r}")
-    if config.get("quantize") not in QUANTIZATIONS:
-        raise ValueError(f"quantize must be one of {QUANTIZATIONS}, not {config['quantize']!r}")
-    if config.get("quantize") and config.get("backend", "onnx") != "onnx":
-        raise ValueError("quantize needs backend 'onnx'")
 
 
 _KIND_MODULES = {"mlp": "router.mlp", "bert": "router.bert", "knn": "router.knn"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 
@@ -10,7 +11,7 @@ import pytest
 
 from deployments.router_core import ExpertRouter
 from router.batching import MicroBatcher
-from router.policy import FixedPolicy, register_policy
+from router.policy import RoutingPolicy, register_policy
 from router.schemas import ChatRequest
 from tests.test_router_fallback import ExpertHandle, ok
 
@@ -73,12 +74,16 @@ def test_max_wait_holds_a_batch_open_and_errors_reach_every_caller_of_their_batc
     assert after == 5 and stats["batches"] == 1
 
 
-class SlowPolicy(FixedPolicy):
-    """A blocking policy: each batch takes 30 ms (like an encoder), counted per call."""
+class SlowPolicy(RoutingPolicy):
+    """A blocking policy: each batch takes 30 ms (like an encoder), counted per call. Scores are
+    utilities below zero (as with a cost weight); expert c is one it never routes to (-inf)."""
 
     blocking = True
     batches: list[int] = []
     warmed = 0
+
+    def scores(self, messages, cost_weight=None):
+        return {"a": -0.5, "b": -0.1, "c": -math.inf}
 
     def route_batch(self, requests):
         SlowPolicy.batches.append(len(requests))
@@ -87,7 +92,7 @@ class SlowPolicy(FixedPolicy):
 
     def warm_up(self):
         SlowPolicy.warmed += 1
-        super().warm_up()
+        return super().warm_up()
 
 
 register_policy("slow-test", SlowPolicy)
@@ -95,11 +100,11 @@ register_policy("slow-test", SlowPolicy)
 
 def router_with(**decisions) -> ExpertRouter:
     args = {
-        "policy": {"name": "slow-test", "args": {"expert": "b"}},
+        "policy": {"name": "slow-test"},
         "ingress": {"decisions": decisions},
-        "experts": [{"name": n, "model": "builtin:tiny-llama"} for n in ("a", "b")],
+        "experts": [{"name": n, "model": "builtin:tiny-llama"} for n in "abc"],
     }
-    return ExpertRouter(args, {n: ExpertHandle(ok(n)) for n in "ab"})
+    return ExpertRouter(args, {n: ExpertHandle(ok(n)) for n in "abc"})
 
 
 def burst(ingress: ExpertRouter, n: int) -> list:
@@ -143,7 +148,8 @@ def test_under_overload_decisions_are_shed_to_the_prior_and_say_so():
     decided = [headers for _, headers in answers if "x-routing-shed" not in headers]
     assert shed and decided and ingress.shed == len(shed)  # the queue stayed near 50 ms
     assert all(float(h["x-routing-ms"]) < 200 for h in decided)  # 20 x 30 ms unshed would be 600
-    assert {response.expert for response, _ in answers} == {"b"}  # the prior ranks as the policy did
+    # The prior ranks as the policy did: b, never c (a prior starting at 0 would put c first).
+    assert {response.expert for response, _ in answers} == {"b"}
 
 
 def test_max_queue_ms_zero_never_sheds():

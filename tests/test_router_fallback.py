@@ -257,6 +257,29 @@ def test_an_abandoned_expert_call_is_cancelled_on_timeout_and_fallback():
     assert not handles["b"].replies[0].cancelled
 
 
+def test_cancelling_a_remote_answer_closes_it():
+    """A remote expert's reply stream closes on cancel(), which ends its HTTP request."""
+    from deployments.remote_expert import _Replies
+
+    closed = []
+
+    async def endless_answer():
+        try:
+            while True:
+                yield "data: {}\n\n"
+        finally:
+            closed.append(True)
+
+    async def scenario():
+        replies = _Replies(endless_answer())
+        await replies.__anext__()
+        replies.cancel()
+        await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+    assert closed == [True]
+
+
 def test_a_stream_the_client_leaves_cancels_the_expert_call():
     chunk = '{"id": "x", "choices": [{"index": 0, "delta": {"content": "hi"}}]}'
     ingress, handles = router(a=stream_of([f"data: {chunk}\n\n"]))
