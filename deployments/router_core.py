@@ -11,31 +11,20 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
 from deployments.metrics import RouterMetrics
+from deployments.openai_api import ChatRequest, RouterFields
 from deployments.remote_expert import RemoteExpert
 from router.batching import MicroBatcher
 from router.config import ROUTER_MODEL_NAME, AppConfig, ExpertConfig
 from router.encoder import set_inference_threads
-from router.policy import RouteRequest, RoutingDecision, build_policy, to_messages
-from router.schemas import (
-    AssistantMessage,
-    ChatRequest,
-    ChatResponse,
-    Choice,
-    ErrorBody,
-    ErrorInfo,
-    ModelCard,
-    ModelList,
-    RoutingInfo,
-    RoutingOptions,
-    Usage,
-)
+from router.policy import RouteRequest, RoutingDecision, build_policy
+from router.schemas import ErrorBody, ErrorInfo, ModelCard, ModelList, RoutingInfo, RoutingOptions
 
 logger = logging.getLogger("ray.serve")
 
@@ -57,41 +46,31 @@ class ExpertFailed(Exception):
     """An expert could not answer (error, timeout, replica gone); the next one may."""
 
 
-def expert_messages(expert: ExpertConfig, request: ChatRequest) -> list[dict[str, str]]:
-    """The conversation as the expert gets it: its domain profile merged into the system turn."""
-    messages = [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in request.messages
-    ]
-    if expert.system_prompt:
-        if messages[0]["role"] == "system":
-            messages[0] = {"role": "system", "content": f"{expert.system_prompt}\n\n{messages[0]['content']}"}
-        else:
-            messages.insert(0, {"role": "system", "content": expert.system_prompt})
-    return messages
+def with_profile(profile: str | None, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation with an expert's domain profile merged into its system (or developer) turn."""
+    if not profile:
+        return messages
+    first, rest = messages[0], messages[1:]
+    if first["role"] not in ("system", "developer"):
+        return [{"role": "system", "content": profile}, first, *rest]
+    content = first.get("content")
+    if isinstance(content, list):
+        merged: Any = [{"type": "text", "text": f"{profile}\n\n"}, *content]
+    else:
+        merged = f"{profile}\n\n{content}" if content else profile
+    return [{**first, "content": merged}, *rest]
 
 
-def expert_sampling(expert: ExpertConfig, request: ChatRequest) -> dict[str, Any]:
-    """The expert's defaults overridden by what the client set; stop strings are combined."""
-    defaults = expert.sampling.model_dump()
-    overrides = request.sampling_overrides()
-    stop = list(dict.fromkeys(defaults.pop("stop") + overrides.pop("stop", [])))
-    return {**defaults, **overrides, "stop": stop}
-
-
-def expert_chat_request(
-    expert: ExpertConfig, request: ChatRequest, stream: bool = False, **extra: Any
-) -> Any:
-    """The ray.serve.llm ChatCompletionRequest that expert ``expert`` gets for ``request``."""
-    from ray.serve.llm.openai_api_models import ChatCompletionRequest
-
-    if stream:
-        extra.setdefault("stream_options", {"include_usage": True})
-    return ChatCompletionRequest(
-        model=expert.name,
-        messages=expert_messages(expert, request),
-        stream=stream,
-        **{**expert_sampling(expert, request), **extra},
-    )
+def expert_request(expert: ExpertConfig, request: RouterFields, **changes: Any) -> Any:
+    """The ray.serve.llm request expert ``expert`` gets for ``request``: the client's whole request
+    with the expert's model id, profile and sampling defaults (see ``RouterFields.for_expert``).
+    Streams always report usage (for metrics and cost); the router drops that chunk again when
+    the client did not ask for it."""
+    if isinstance(request, ChatRequest):
+        changes.setdefault("messages", with_profile(expert.system_prompt, list(request.messages)))
+    if request.stream:
+        changes.setdefault("stream_options", {"include_usage": True})
+    return request.for_expert(expert.name, expert.sampling, **changes)
 
 
 class ExpertRouter:
@@ -145,15 +124,15 @@ class ExpertRouter:
 
         return dict(await asyncio.gather(*(check(name) for name in self._experts)))
 
-    async def _open(self, name: str, request: ChatRequest, stream: bool) -> tuple[Any, AsyncIterator[Any]]:
+    async def _open(self, name: str, request: RouterFields) -> tuple[Any, AsyncIterator[Any]]:
         """Send the request to expert ``name``; its first reply and the rest of its reply stream.
 
         Raises ExpertFailed when the expert cannot answer (the next one may), APIError(400) when
         its engine refuses the request itself.
         """
-        llm_request = expert_chat_request(self.config.expert(name), request, stream)
+        llm_request = expert_request(self.config.expert(name), request)
         timeout = self.config.ingress.expert_timeout_s
-        replies = self.handles[name].chat.remote(llm_request)
+        replies = getattr(self.handles[name], request.call_method).remote(llm_request)
         try:
             first = await asyncio.wait_for(replies.__anext__(), timeout)
         except asyncio.TimeoutError:
@@ -175,23 +154,43 @@ class ExpertRouter:
             raise ExpertFailed(f"{name}: {error.message}")
         return first, replies
 
-    def _check_limits(self, request: ChatRequest) -> None:
+    def _check_limits(self, request: RouterFields) -> None:
         """The configured caps on what one request may ask for (400 with the limit named)."""
         limits = self.config.ingress.security
+        texts = request.texts()
         problems = []
-        if len(request.messages) > limits.max_messages:
-            problems.append(("messages", f"{len(request.messages)} messages; at most {limits.max_messages}"))
-        longest = max(len(m.text) for m in request.messages)
+        if len(texts) > limits.max_messages:
+            problems.append(("messages", f"{len(texts)} messages; at most {limits.max_messages}"))
+        longest = max(map(len, texts), default=0)
         if longest > limits.max_message_chars:
             problems.append(
                 ("messages", f"a message has {longest} characters; at most {limits.max_message_chars}")
             )
         if request.token_limit is not None and request.token_limit > limits.max_tokens:
             problems.append(("max_tokens", f"max_tokens {request.token_limit}; at most {limits.max_tokens}"))
+        if request.n > limits.max_choices:
+            problems.append(("n", f"n {request.n}; at most {limits.max_choices}"))
         if problems:
             raise APIError(
                 400, "; ".join(msg for _, msg in problems), "invalid_request_error", param=problems[0][0]
             )
+
+    def _capable(self, request: RouterFields, names: Sequence[str]) -> list[str]:
+        """The experts among ``names`` that have every capability the request needs (400 naming
+        what is missing if none has)."""
+        needs = request.needs()
+        capable = [name for name in names if needs <= self.config.expert(name).abilities]
+        if not capable:
+            have = {name: sorted(self.config.expert(name).abilities) for name in names}
+            raise APIError(
+                400,
+                f"this request needs {', '.join(sorted(needs))}, which no candidate expert is configured "
+                f"for (capabilities: {json.dumps(have)})",
+                "invalid_request_error",
+                code="capability_unsupported",
+                param="model",
+            )
+        return capable
 
     async def _decide(self, question: RouteRequest) -> tuple[RoutingDecision, bool]:
         """The policy's decision: in the worker thread, batched with concurrent ones, or inline
@@ -209,7 +208,7 @@ class ExpertRouter:
                 self._prior[name] = 0.98 * self._prior[name] + 0.02 * score
         return decision, False
 
-    async def _candidates(self, request: ChatRequest) -> tuple[list[str], dict[str, float], bool, bool]:
+    async def _candidates(self, request: RouterFields) -> tuple[list[str], dict[str, float], bool, bool]:
         """Experts to try, best first, their scores, whether the policy chose (else: bypass), and
         whether overload shed the decision to the prior."""
         if request.model == ROUTER_MODEL_NAME:
@@ -222,7 +221,9 @@ class ExpertRouter:
                     "invalid_request_error",
                     param="routing.experts",
                 )
-            question = RouteRequest(to_messages(request.messages), options.experts, options.cost_weight)
+            allowed = [name for name in self.handles if options.experts is None or name in options.experts]
+            allowed = self._capable(request, allowed)
+            question = RouteRequest(request.routing_messages(), allowed, options.cost_weight)
             decision, shed = await self._decide(question)
             return list(decision.ranking), decision.scores, True, shed
         if request.model not in self.handles:
@@ -234,9 +235,9 @@ class ExpertRouter:
                 code="model_not_found",
                 param="model",
             )
-        return [request.model], {}, False, False
+        return self._capable(request, [request.model]), {}, False, False
 
-    async def _route(self, request: ChatRequest, stream: bool) -> Routed:
+    async def _route(self, request: RouterFields) -> Routed:
         """Try the candidates best first; the expert that answered, with its first reply."""
         self._check_limits(request)
         started = time.perf_counter()
@@ -254,11 +255,11 @@ class ExpertRouter:
             )
         candidates = live[: self.config.ingress.max_attempts]
         if self.config.ingress.security.log_prompts:
-            logger.info("routing to %s: %r", candidates, request.messages[-1].text[:2000])
+            logger.info("routing to %s: %r", candidates, request.routing_messages()[-1].content[:2000])
         failures = []
         for name in candidates:
             try:
-                first, rest = await self._open(name, request, stream)
+                first, rest = await self._open(name, request)
             except ExpertFailed as exc:
                 logger.warning("expert failed, trying the next one: %s", exc)
                 self._down_until[name] = time.monotonic() + self.config.ingress.expert_cooldown_s
@@ -283,47 +284,36 @@ class ExpertRouter:
             code="experts_unavailable",
         )
 
-    async def complete(self, request: ChatRequest) -> tuple[ChatResponse, dict[str, str]]:
-        """Answer one chat request; also the response headers that explain the routing."""
-        routed = await self._route(request, stream=False)
-        name, choice, usage = routed.expert, routed.first.choices[0], routed.first.usage
+    async def complete(self, request: RouterFields) -> tuple[dict[str, Any], dict[str, str]]:
+        """Answer one request: the expert's whole response with ``expert`` (and ``routing`` when
+        asked) added; also the response headers that explain the routing."""
+        routed = await self._route(request)
+        name = routed.expert
+        body = routed.first if isinstance(routed.first, dict) else routed.first.model_dump()
+        usage = body.get("usage") or {}
         self.metrics.usage(name, usage)
         routed.info.cost_usd = self.config.expert(name).price.cost(
-            usage.prompt_tokens, usage.completion_tokens
+            usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
         )
-        explain = bool(request.routing and request.routing.explain)
-        response = ChatResponse(
-            model=name,
-            expert=name,
-            choices=[
-                Choice(
-                    message=AssistantMessage(content=choice.message.content or ""),
-                    finish_reason=choice.finish_reason,
-                )
-            ],
-            usage=Usage(
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                total_tokens=usage.total_tokens,
-            ),
-            routing=routed.info if explain else None,
-        )
-        return response, routed.headers()
+        body["expert"] = name
+        if request.routing and request.routing.explain:
+            body["routing"] = routed.info.model_dump()
+        return body, routed.headers()
 
-    async def stream(self, request: ChatRequest) -> tuple[AsyncIterator[str], dict[str, str]]:
+    async def stream(self, request: RouterFields) -> tuple[AsyncIterator[str], dict[str, str]]:
         """Answer as OpenAI server-sent events; every chunk names the expert. Fallback happens
         before the first chunk; a failure after it ends the stream with an error event."""
-        routed = await self._route(request, stream=True)
-        return self._sse_events(routed), routed.headers()
+        routed = await self._route(request)
+        return self._sse_events(routed, request.wants_usage_chunk()), routed.headers()
 
-    async def _sse_events(self, routed: Routed) -> AsyncIterator[str]:
+    async def _sse_events(self, routed: Routed, usage_chunk: bool) -> AsyncIterator[str]:
         name, finished = routed.expert, False
-        events, usage = _with_expert(routed.first, name)
+        events, usage = _with_expert(routed.first, name, usage_chunk)
         try:
             yield events
             try:
                 async for batch in routed.rest:
-                    events, batch_usage = _with_expert(batch, name)
+                    events, batch_usage = _with_expert(batch, name, usage_chunk)
                     usage = batch_usage or usage
                     yield events
             except Exception as exc:  # the expert died mid-answer: say so in the stream
@@ -369,9 +359,10 @@ async def _awaited(awaitable: Any) -> Any:
     return await awaitable
 
 
-def _with_expert(batch: Any, name: str) -> tuple[str, dict | None]:
+def _with_expert(batch: Any, name: str, usage_chunk: bool = True) -> tuple[str, dict | None]:
     """SSE text of one batch of engine chunks (``data: {...}``), each JSON chunk tagged with the
-    expert; and the usage a chunk reported, if any."""
+    expert; and the usage a chunk reported, if any. Without ``usage_chunk`` (the client did not
+    ask for usage) the final usage-only chunk is read but not passed on."""
     events = batch if isinstance(batch, list) else [batch]
     out, usage = [], None
     for event in events:
@@ -382,7 +373,11 @@ def _with_expert(batch: Any, name: str) -> tuple[str, dict | None]:
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[len("data: ") :])
-            chunk["expert"] = name
             usage = chunk.get("usage") or usage
+            if not usage_chunk:
+                if chunk.get("usage") and not chunk.get("choices"):
+                    continue
+                chunk.pop("usage", None)
+            chunk["expert"] = name
             out.append(f"data: {json.dumps(chunk)}\n\n")
     return "".join(out), usage

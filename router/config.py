@@ -75,6 +75,15 @@ class RemoteEndpoint(_Strict):
     timeout_s: float = Field(120.0, gt=0)
 
 
+Capability = Literal["tools", "json_schema", "vision", "audio"]
+"""What a request may need of an expert beyond text chat: tool calling (``tools``), structured outputs
+(``response_format`` json_object/json_schema, vLLM ``structured_outputs``), image/video or audio
+content parts."""
+
+TOOL_ENGINE_ARGS = ("enable_auto_tool_choice", "tool_call_parser")
+"""vLLM frontend arguments an expert's engine needs before it accepts ``tools``."""
+
+
 class ExpertConfig(_Strict):
     """One expert LLM: its own autoscaled Ray Serve deployment running vLLM."""
 
@@ -98,7 +107,22 @@ class ExpertConfig(_Strict):
     num_gpus: float = Field(
         0, ge=0, description="GPUs per replica (GPU only; default: tensor parallel size)."
     )
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vLLM engine arguments.")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="vLLM engine arguments, including its OpenAI frontend's (e.g. enable_auto_tool_choice, "
+        "tool_call_parser), which ray.serve.llm hands to the frontend.",
+    )
+    llm_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other ray.serve.llm LLMConfig fields (e.g. lora_config), merged over what the "
+        "fields above produce (nested dicts merged key by key); LLMConfig validates the result at start.",
+    )
+    capabilities: list[Capability] | None = Field(
+        None,
+        description="What this expert can answer beyond text. Default: json_schema (vLLM's structured "
+        "outputs), plus tools when the engine has a tool-call parser; remote experts: tools, json_schema. "
+        "Routed requests that need a capability go only to experts that have it.",
+    )
     env_vars: dict[str, str] = Field(default_factory=dict, description="Environment of the engine process.")
     autoscaling: Autoscaling = Autoscaling()
     max_ongoing_requests: int = Field(64, ge=1)
@@ -116,6 +140,35 @@ class ExpertConfig(_Strict):
         if self.accelerator == "cpu" and (self.num_gpus or self.accelerator_type):
             raise ValueError("num_gpus/accelerator_type need accelerator: gpu")
         return self
+
+    @model_validator(mode="after")
+    def _tools_need_a_parser(self) -> ExpertConfig:
+        if self.endpoint is None and "tools" in (self.capabilities or ()) and not self.parses_tool_calls:
+            raise ValueError(
+                "capabilities: 'tools' needs engine_kwargs enable_auto_tool_choice: true and a "
+                "tool_call_parser (e.g. hermes, llama3_json), without which vLLM refuses tools"
+            )
+        return self
+
+    @property
+    def all_engine_kwargs(self) -> dict[str, Any]:
+        """``engine_kwargs`` with those given under ``llm_config`` on top."""
+        return {**self.engine_kwargs, **self.llm_config.get("engine_kwargs", {})}
+
+    @property
+    def parses_tool_calls(self) -> bool:
+        """Whether the expert's vLLM engine is set up for tool calling."""
+        kwargs = self.all_engine_kwargs
+        return bool(kwargs.get("enable_auto_tool_choice") and kwargs.get("tool_call_parser"))
+
+    @property
+    def abilities(self) -> frozenset[str]:
+        """The expert's capabilities: configured, or what its engine settings give."""
+        if self.capabilities is not None:
+            return frozenset(self.capabilities)
+        if self.endpoint is not None:
+            return frozenset({"tools", "json_schema"})
+        return frozenset({"json_schema", *(["tools"] if self.parses_tool_calls else [])})
 
 
 class PolicyConfig(_Strict):
@@ -137,6 +190,7 @@ class SecurityConfig(_Strict):
     max_messages: int = Field(256, ge=1, description="Messages per request at most (400 beyond).")
     max_message_chars: int = Field(100_000, ge=1, description="Characters per message at most (400 beyond).")
     max_tokens: int = Field(4096, ge=1, description="Cap on a request's max_tokens (400 beyond).")
+    max_choices: int = Field(8, ge=1, description="Cap on a request's n, the choices generated (400 beyond).")
     log_prompts: bool = Field(False, description="Log each routed prompt's last user turn (off: no text).")
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins (none: off).")
 
@@ -150,23 +204,31 @@ class DecisionConfig(_Strict):
     """
 
     offload: Literal["auto", "always", "never"] = Field(
-        "auto", description="auto: encoder routers in the worker thread, cheap policies (random, fixed, "
-        "MLP at ~0.16 ms) inline on the loop; always/never: force it."
+        "auto",
+        description="auto: encoder routers in the worker thread, cheap policies (random, fixed, "
+        "MLP at ~0.16 ms) inline on the loop; always/never: force it.",
     )
     max_batch_size: int = Field(64, ge=1, description="Decisions scored together at most.")
     max_wait_ms: float = Field(
-        0.0, ge=0, le=50, description="Hold a batch open this long for more requests (0: batch only "
-        "what queued while the previous batch ran; an idle router adds no wait)."
+        0.0,
+        ge=0,
+        le=50,
+        description="Hold a batch open this long for more requests (0: batch only "
+        "what queued while the previous batch ran; an idle router adds no wait).",
     )
     max_queue_ms: float = Field(
-        100.0, ge=0, description="Overload guard: a decision that would wait longer than this for "
+        100.0,
+        ge=0,
+        description="Overload guard: a decision that would wait longer than this for "
         "the worker is made from the recent average of the policy's scores instead (the Zero router "
         "of recent traffic), so the router never becomes the bottleneck; the reply says so "
-        "(x-routing-shed). 0: always wait."
+        "(x-routing-shed). 0: always wait.",
     )
     threads: int | None = Field(
-        None, ge=1, description="Encoder threads (ONNX Runtime intra-op); default: the replica's CPU "
-        "share, ingress.num_cpus rounded up."
+        None,
+        ge=1,
+        description="Encoder threads (ONNX Runtime intra-op); default: the replica's CPU "
+        "share, ingress.num_cpus rounded up.",
     )
 
 

@@ -47,6 +47,11 @@ def test_minimal_config_gets_defaults():
             "experts[0].modle: Extra inputs are not permitted",
         ),
         (minimal(ingress={"max_attempts": 0}), "ingress.max_attempts"),
+        (
+            minimal(experts=[{"name": "a", "model": "m", "capabilities": ["tools"]}]),
+            "'tools' needs engine_kwargs enable_auto_tool_choice",
+        ),
+        (minimal(experts=[{"name": "a", "model": "m", "capabilities": ["telepathy"]}]), "capabilities[0]"),
     ],
 )
 def test_mistakes_are_reported_by_field(args, message):
@@ -98,3 +103,69 @@ def test_app_builder_rejects_a_policy_that_names_an_unknown_expert():
 
     with pytest.raises(ConfigError, match="policy: fixed policy: unknown expert 'art'"):
         build_app(minimal(policy={"name": "fixed", "args": {"expert": "art"}}))
+
+
+TOOL_ENGINE = {"enable_auto_tool_choice": True, "tool_call_parser": "hermes"}
+
+
+@pytest.mark.parametrize(
+    "expert, abilities",
+    [
+        ({}, {"json_schema"}),
+        ({"engine_kwargs": TOOL_ENGINE}, {"json_schema", "tools"}),
+        ({"llm_config": {"engine_kwargs": TOOL_ENGINE}}, {"json_schema", "tools"}),
+        ({"engine_kwargs": TOOL_ENGINE, "capabilities": ["tools", "vision"]}, {"tools", "vision"}),
+        ({"endpoint": {"base_url": "https://api.example.com/v1"}}, {"tools", "json_schema"}),
+        ({"endpoint": {"base_url": "https://api.example.com/v1"}, "capabilities": []}, set()),
+    ],
+)
+def test_expert_capabilities_follow_the_engine_settings_unless_configured(expert, abilities):
+    cfg = AppConfig.parse(minimal(experts=[{"name": "a", "model": "m", **expert}]))
+    assert cfg.experts[0].abilities == abilities
+
+
+def test_llm_config_reaches_ray_serve_llm_merged_and_validated_by_it():
+    from deployments.experts import expert_llm_config
+    from router.config import ExpertConfig
+
+    expert = ExpertConfig(
+        name="a",
+        model="builtin:tiny-llama",
+        engine_kwargs={"max_model_len": 512},
+        llm_config={
+            "engine_kwargs": {"tool_call_parser": "hermes"},
+            "lora_config": {
+                "dynamic_lora_loading_path": "s3://bucket/loras",
+                "max_num_adapters_per_replica": 2,
+            },
+            "log_engine_metrics": False,
+        },
+    )
+    llm = expert_llm_config(expert)
+    assert llm.engine_kwargs["max_model_len"] == 512 and llm.engine_kwargs["tool_call_parser"] == "hermes"
+    assert llm.lora_config.max_num_adapters_per_replica == 2 and llm.log_engine_metrics is False
+
+
+def test_a_wrong_llm_config_stops_the_start_naming_the_expert():
+    from deployments.app import build_app
+
+    bad = {"name": "a", "model": "builtin:tiny-llama", "llm_config": {"lora_confg": {}}}
+    with pytest.raises(ConfigError, match="expert 'a': llm_config: LLMConfig says lora_confg: Extra inputs"):
+        build_app(minimal(experts=[bad]))
+
+
+def test_hub_models_may_download_local_ones_stay_offline():
+    from deployments.experts import expert_llm_config
+    from router.config import ExpertConfig
+
+    def env(model: str) -> dict:
+        return expert_llm_config(ExpertConfig(name="a", model=model)).runtime_env["env_vars"]
+
+    assert env("builtin:tiny-llama")["HF_HUB_OFFLINE"] == "1"
+    assert "HF_HUB_OFFLINE" not in env("meta-llama/Llama-3.1-8B-Instruct")
+
+
+def test_the_gpu_config_turns_tools_on_for_the_models_that_call_tools():
+    cfg = load_serve_config(REPO / "configs/gpu_cluster.yaml")
+    tools = {e.name for e in cfg.experts if "tools" in e.abilities}
+    assert tools == {"general", "code"}

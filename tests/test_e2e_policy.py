@@ -157,4 +157,3 @@ def test_an_expert_timeout_cancels_the_generation(app, long_prompt):
     assert reply.status_code == 503 and "no answer within" in reply.json()["error"]["message"]
     assert time.monotonic() - started < TIMEOUT_S + 2
     assert seconds_until_idle("general") < 0.75  # not the >= 1.5 s rest of the answer
-

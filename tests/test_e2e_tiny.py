@@ -22,13 +22,13 @@ def direct_expert_answer(name: str, content: str) -> dict:
     """What the expert deployment itself answers, called by handle with no router in between."""
     from ray import serve
 
-    from deployments.router_core import expert_chat_request
-    from router.schemas import ChatRequest
+    from deployments.openai_api import ChatRequest
+    from deployments.router_core import expert_request
 
     expert = CONFIG.expert(name)
     request = ChatRequest.model_validate({"messages": [{"role": "user", "content": content}]})
     handle = serve.get_deployment_handle(f"expert:{name}", app_name="expert-router").options(stream=True)
-    llm_request = expert_chat_request(expert, request)
+    llm_request = expert_request(expert, request)
 
     async def call():
         async for reply in handle.chat.remote(llm_request):
@@ -142,10 +142,11 @@ BAD_REQUESTS = [
     ("/v1/chat/completions", b"{not json", 400, "not valid JSON"),
     ("/predict", b'{"messages": [{"role": "user", "content": "x"}', 400, "not valid JSON"),
     ("/v1/chat/completions", b"{}", 400, "messages: Field required"),
-    ("/predict", b'{"messages": []}', 400, "at least 1 item"),
-    ("/predict", b'{"messages": [{"role": "wizard", "content": "x"}]}', 400, "messages.0.role"),
+    ("/predict", b'{"messages": []}', 400, "at least one message"),
+    ("/predict", b'{"messages": [{"role": "wizard", "content": "x"}]}', 400, "messages[0].role: 'wizard'"),
     ("/predict", b'{"messages": [{"role": "system", "content": "x"}]}', 400, "non-empty user message"),
-    ("/predict", b'{"messages": [{"role": "user", "content": 42}]}', 400, "messages.0.content"),
+    ("/predict", b'{"messages": [{"role": "user", "content": 42}]}', 400, "messages[0].content: a string"),
+    ("/predict", b'{"messages": ["hi"]}', 400, "messages[0].role: None"),
     ("/predict", b"[1, 2, 3]", 400, ""),
     (
         "/v1/chat/completions",
@@ -231,7 +232,10 @@ def test_streaming_sends_openai_chunks_from_the_expert(tiny_server):
     body = {"model": "beta", "messages": [{"role": "user", "content": "Stream please"}], "max_tokens": 8}
     whole = httpx.post(f"{tiny_server}/v1/chat/completions", json=body, timeout=120).json()
     with httpx.stream(
-        "POST", f"{tiny_server}/v1/chat/completions", json={**body, "stream": True}, timeout=120
+        "POST",
+        f"{tiny_server}/v1/chat/completions",
+        json={**body, "stream": True, "stream_options": {"include_usage": True}},
+        timeout=120,
     ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         assert r.headers["x-expert"] == "beta"

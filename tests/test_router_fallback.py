@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from deployments.openai_api import ChatRequest
 from deployments.router_core import APIError, ExpertRouter
-from router.schemas import ChatRequest
 
 ARGS = {
     "policy": {"name": "fixed", "args": {"expert": "a"}},
@@ -24,12 +24,13 @@ ARGS = {
 REQUEST = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}]})
 
 
-def reply(text: str):
-    return SimpleNamespace(
-        error=None,
-        choices=[SimpleNamespace(message=SimpleNamespace(content=text), finish_reason="stop")],
-        usage=SimpleNamespace(prompt_tokens=3, completion_tokens=2, total_tokens=5),
-    )
+def reply(text: str) -> dict:
+    """A non-streamed answer, as a remote expert yields it (a local one: the same as a model)."""
+    return {
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
 
 
 class ExpertHandle:
@@ -115,7 +116,7 @@ def complete(ingress, request=REQUEST):
 def test_best_expert_answers():
     ingress, handles = router()
     response, headers = complete(ingress)
-    assert response.expert == "a" and response.choices[0].message.content == "a"
+    assert response["expert"] == "a" and response["choices"][0]["message"]["content"] == "a"
     assert headers["x-fallbacks"] == "0" and headers["x-routed"] == "true"
     assert handles["b"].calls == 0
 
@@ -124,7 +125,7 @@ def test_best_expert_answers():
 def test_a_failed_or_slow_expert_falls_back_to_the_next_in_the_ranking(failure):
     ingress, handles = router(a=failure)
     response, headers = complete(ingress)
-    assert response.expert == "b" and headers["x-fallbacks"] == "1"
+    assert response["expert"] == "b" and headers["x-fallbacks"] == "1"
 
 
 def test_all_attempts_failing_is_a_503():
@@ -224,7 +225,7 @@ def test_a_failed_expert_is_skipped_for_the_cooldown_and_all_down_is_a_fast_503(
     with pytest.raises(APIError):
         complete(ingress)  # a and b fail: both cool down
     response, headers = complete(ingress)
-    assert response.expert == "c" and headers["x-fallbacks"] == "0"  # skipped, not called again
+    assert response["expert"] == "c" and headers["x-fallbacks"] == "0"  # skipped, not called again
     assert handles["a"].calls == handles["b"].calls == 1
 
     bypass = ChatRequest.model_validate({"model": "a", "messages": [{"role": "user", "content": "hi"}]})
@@ -242,17 +243,17 @@ def test_after_the_cooldown_the_expert_is_tried_again():
 
     handles = {"a": ExpertHandle(flaky), "b": ExpertHandle(ok("b")), "c": ExpertHandle(ok("c"))}
     ingress = ExpertRouter(args, handles)
-    assert complete(ingress)[0].expert == "b"
+    assert complete(ingress)[0]["expert"] == "b"
     behaviour["now"] = ok("a")  # recovered
-    assert complete(ingress)[0].expert == "b"  # still cooling down
+    assert complete(ingress)[0]["expert"] == "b"  # still cooling down
     time.sleep(0.25)
-    assert complete(ingress)[0].expert == "a" and handles["a"].calls == 2
+    assert complete(ingress)[0]["expert"] == "a" and handles["a"].calls == 2
 
 
 def test_an_abandoned_expert_call_is_cancelled_on_timeout_and_fallback():
     ingress, handles = router(a=hang)
     response, _ = complete(ingress)
-    assert response.expert == "b"
+    assert response["expert"] == "b"
     assert handles["a"].replies[0].cancelled  # the timed-out call: its engine stops generating
     assert not handles["b"].replies[0].cancelled
 

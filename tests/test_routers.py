@@ -87,7 +87,9 @@ def test_ray_train_job_on_two_cpu_workers(tmp_path):
     write_table(domain_table(600, 150), tmp_path / "table.parquet")
     if ray.is_initialized():  # whatever an earlier module left behind
         ray.shutdown()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    from deployments.launch import start_local_ray
+
+    start_local_ray(num_cpus=4)
     try:
         router = train(
             tmp_path / "table.parquet",

@@ -160,16 +160,16 @@ class ExpertCalls:
         return {**out, **answer, "nll": nll}
 
     def _request(self, row: dict[str, Any]) -> Any:
-        from router.schemas import ChatRequest
+        from deployments.openai_api import ChatRequest
 
         return ChatRequest.model_validate({"messages": [{"role": "user", "content": row["query"]}]})
 
     async def answer(self, row: dict[str, Any]) -> dict[str, Any]:
-        from deployments.router_core import expert_chat_request
+        from deployments.router_core import expert_request
 
         expert = self.config.expert(row["expert"])
         extra = {"seed": self.seed, **({"max_tokens": self.max_tokens} if self.max_tokens else {})}
-        request = expert_chat_request(expert, self._request(row), **extra)
+        request = expert_request(expert, self._request(row), **extra)
         started = time.perf_counter()
         reply = await _first(self.handles[expert.name].chat.remote(request))
         seconds = time.perf_counter() - started
@@ -196,10 +196,10 @@ class ExpertCalls:
 
     def nll_prompt(self, row: dict[str, Any]) -> tuple[list[int], list[int]]:
         """Token ids of the expert's chat-templated prompt and of the reference answer."""
-        from deployments.router_core import expert_messages
+        from deployments.router_core import with_profile
 
         tokenizer = self.tokenizer(row["expert"])
-        messages = expert_messages(self.config.expert(row["expert"]), self._request(row))
+        messages = with_profile(self.config.expert(row["expert"]).system_prompt, self._request(row).messages)
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         prompt = prompt["input_ids"] if isinstance(prompt, dict) or hasattr(prompt, "keys") else prompt
         return list(prompt), tokenizer(row["reference"], add_special_tokens=False)["input_ids"]
@@ -210,7 +210,7 @@ class ExpertCalls:
         from ray.serve.llm.openai_api_models import CompletionRequest
 
         prompt, reference = self.nll_prompt(row)
-        limit = self.config.expert(row["expert"]).engine_kwargs.get("max_model_len")
+        limit = self.config.expert(row["expert"]).all_engine_kwargs.get("max_model_len")
         if not reference or (limit and len(prompt) + len(reference) >= limit):
             return float("nan")
         request = CompletionRequest(

@@ -1,0 +1,212 @@
+"""The router's OpenAI request models: ray.serve.llm's own (vLLM's) chat and text completion
+requests, so every field an expert's engine accepts passes through, plus a thin layer for what the
+router owns: the ``routing`` extension, ``model`` defaulting to ``"router"``, early 400s for values
+no engine takes, the text a policy routes on and the capabilities a request needs."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+from vllm.exceptions import VLLMValidationError
+
+from router.config import ROUTER_MODEL_NAME, SamplingDefaults
+from router.policy import Message
+from router.schemas import RoutingOptions
+
+ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+"""The roles of OpenAI's chat messages."""
+PART_NEEDS = {
+    "image_url": "vision",
+    "image_embeds": "vision",
+    "image_pil": "vision",
+    "video_url": "vision",
+    "input_audio": "audio",
+    "audio_url": "audio",
+}
+"""Capability a content part of this type needs of the expert."""
+STRUCTURED_FORMATS = {"json_object", "json_schema", "structural_tag"}
+
+
+def _encodable(text: str) -> str:
+    """Text an engine can tokenize: valid Unicode (JSON may smuggle in lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text is not valid Unicode ({exc.reason} at position {exc.start})") from None
+    return text
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a content list."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
+
+
+class RouterFields(BaseModel):
+    """What the router adds to an OpenAI request, and the checks it makes before any engine does."""
+
+    model_config = ConfigDict(extra="allow")
+    engine_request: ClassVar[type[BaseModel]]
+    """The ray.serve.llm request model an expert's LLMServer takes..."""
+    call_method: ClassVar[str]
+    """...in this method."""
+
+    model: str = Field(ROUTER_MODEL_NAME, description="'router' routes; an expert's name bypasses routing.")
+    routing: RoutingOptions | None = Field(None, description="Routing controls (expert-router extension).")
+    n: int = Field(1, ge=1, description="Choices to generate.")
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _engine_checks_are_400s(cls, data: Any, handler: Any) -> Any:
+        """vLLM's own request checks raise its VLLMValidationError: make them validation errors."""
+        try:
+            return handler(data)
+        except VLLMValidationError as exc:
+            raise ValueError(str(exc)) from None
+
+    def for_expert(self, model: str, sampling: SamplingDefaults, **changes: Any) -> Any:
+        """The request as an expert's LLMServer gets it: everything the client sent but ``routing``,
+        with ``model`` = the expert's id, the expert's sampling defaults where the client set nothing
+        (stop strings combined), and ``changes``."""
+        body = self.model_dump(exclude_unset=True, exclude={"routing"}, by_alias=True)
+        if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+            body["max_tokens"] = sampling.max_tokens
+        for key in ("temperature", "top_p"):
+            if body.get(key) is None:
+                body[key] = getattr(sampling, key)
+        client_stop = body.get("stop") or []
+        stop = [*sampling.stop, *([client_stop] if isinstance(client_stop, str) else client_stop)]
+        if stop:
+            body["stop"] = list(dict.fromkeys(stop))
+        return self.engine_request.model_validate({**body, **changes, "model": model})
+
+    @property
+    def token_limit(self) -> int | None:
+        return getattr(self, "max_completion_tokens", None) or self.max_tokens
+
+    def wants_usage_chunk(self) -> bool:
+        """Whether a streaming client asked for the final usage chunk."""
+        options = getattr(self, "stream_options", None)
+        return bool(options and options.include_usage)
+
+    def structured(self) -> bool:
+        """Whether the output is constrained (JSON mode, a JSON schema, vLLM structured outputs)."""
+        response_format = getattr(self, "response_format", None)
+        return bool(
+            getattr(self, "structured_outputs", None)
+            or (response_format is not None and response_format.type in STRUCTURED_FORMATS)
+        )
+
+
+class ChatRequest(RouterFields, ChatCompletionRequest):
+    """The body of ``/predict`` and ``/v1/chat/completions``: the whole OpenAI (and vLLM) chat request."""
+
+    engine_request: ClassVar[type[BaseModel]] = ChatCompletionRequest
+    call_method: ClassVar[str] = "chat"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _message_shapes(cls, data: Any) -> Any:
+        """One clear error for a malformed message (the union of OpenAI's message types would
+        report a mismatch with each of them)."""
+        messages = data.get("messages") if isinstance(data, dict) else None
+        for i, message in enumerate(messages if isinstance(messages, list) else []):
+            role = message.get("role") if isinstance(message, dict) else None
+            if role not in ROLES:
+                raise ValueError(f"messages[{i}].role: {role!r} is not one of {sorted(ROLES)}")
+            content = message.get("content")
+            if not (content is None or isinstance(content, str) or _is_parts(content)):
+                raise ValueError(
+                    f"messages[{i}].content: a string, a list of content parts (objects with a type) or null"
+                )
+        return data
+
+    @model_validator(mode="after")
+    def _conversation(self) -> ChatRequest:
+        if not self.messages:
+            raise ValueError("messages: at least one message is required")
+        for i, message in enumerate(self.messages):
+            # Pydantic may keep an iterable field as a one-shot, unpicklable ValidatorIterator (e.g.
+            # an empty parts list) that validates only as it is read: read it into a list now.
+            for key in ("content", "tool_calls"):
+                value = message.get(key)
+                if value is not None and not isinstance(value, (str, list)):
+                    try:
+                        message[key] = list(value)
+                    except ValidationError as exc:
+                        raise ValueError(f"messages[{i}].{key}: {exc.errors()[0]['msg']}") from None
+            _encodable(content_text(message.get("content")))
+        if not any(m["role"] == "user" and _has_content(m.get("content")) for m in self.messages):
+            raise ValueError("messages must contain at least one non-empty user message")
+        return self
+
+    def routing_messages(self) -> list[Message]:
+        """The conversation as a policy reads it: each turn's text, without tool-call JSON, tool
+        results or non-text parts (policies read the user turns)."""
+        return [
+            Message(m["role"], content_text(m.get("content")) if m["role"] != "tool" else "")
+            for m in self.messages
+        ]
+
+    def texts(self) -> list[str]:
+        """The text of every message (for the size caps)."""
+        return [content_text(m.get("content")) for m in self.messages]
+
+    def needs(self) -> set[str]:
+        """Capabilities an expert must have to answer this request."""
+        needs = {"json_schema"} if self.structured() else set()
+        if self.tools and self.tool_choice != "none":
+            needs.add("tools")
+        for message in self.messages:
+            content = message.get("content")
+            if isinstance(content, list):
+                needs |= {PART_NEEDS[p["type"]] for p in content if p.get("type") in PART_NEEDS}
+        return needs
+
+
+class TextCompletionRequest(RouterFields, CompletionRequest):
+    """The body of ``/v1/completions`` (legacy text completions), routed on the prompt's text."""
+
+    engine_request: ClassVar[type[BaseModel]] = CompletionRequest
+    call_method: ClassVar[str] = "completions"
+
+    @model_validator(mode="after")
+    def _prompt_text(self) -> TextCompletionRequest:
+        for text in self.texts():
+            _encodable(text)
+        if self.model == ROUTER_MODEL_NAME and not any(t.strip() for t in self.texts()):
+            raise ValueError(
+                "prompt: routing reads the prompt's text; send token ids or embeddings to an expert "
+                "by name (model)"
+            )
+        return self
+
+    def texts(self) -> list[str]:
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        return [p for p in prompt or [] if isinstance(p, str)]
+
+    def routing_messages(self) -> list[Message]:
+        return [Message("user", "\n".join(self.texts()))]
+
+    def needs(self) -> set[str]:
+        return {"json_schema"} if self.structured() else set()
+
+
+def _is_parts(content: Any) -> bool:
+    return isinstance(content, list) and all(
+        isinstance(p, dict) and isinstance(p.get("type"), str) for p in content
+    )
+
+
+def _has_content(content: Any) -> bool:
+    return bool(content.strip()) if isinstance(content, str) else bool(content)
