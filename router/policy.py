@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from router import kinds
 from router.config import PolicyConfig
 
 
@@ -140,7 +141,7 @@ def _trained(kind: str) -> PolicyFactory:
 _REGISTRY: dict[str, PolicyFactory] = {
     "random": RandomPolicy,
     "fixed": FixedPolicy,
-    **{kind: _trained(kind) for kind in ("mlp", "bert", "knn")},
+    **{kind: _trained(kind) for kind in kinds.names()},
 }
 
 

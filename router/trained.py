@@ -7,7 +7,6 @@ expert, training config, metrics) plus the kind's weights; :func:`load_router` r
 
 from __future__ import annotations
 
-import importlib
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -15,15 +14,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from router import kinds
 from router.encoder import check_inference_options
 from router.knob import choose
 
 META_FILE = "router.json"
-_KINDS: dict[str, type[TrainedRouter]] = {}
 
 
 class TrainedRouter(ABC):
-    """Scores experts for query texts; subclasses register themselves by ``kind``."""
+    """Scores experts for query texts; each kind is a module of ``router.kinds``."""
 
     kind: ClassVar[str]
     blocking: ClassVar[bool] = True
@@ -34,11 +33,6 @@ class TrainedRouter(ABC):
         self.expected_costs = np.asarray(expected_costs, dtype=float)
         self.config = dict(config)
         self.metrics: dict[str, Any] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if getattr(cls, "kind", None):
-            _KINDS[cls.kind] = cls
 
     @abstractmethod
     def scores(self, texts: list[str]) -> np.ndarray:
@@ -90,27 +84,15 @@ def load_router(folder: str | Path, overrides: dict[str, Any] | None = None) -> 
     if not meta_path.exists():
         raise FileNotFoundError(f"{folder} is not a router artifact (no {META_FILE})")
     meta = json.loads(meta_path.read_text())
-    kind = meta["kind"]
-    _import_kind(kind)
-    if kind not in _KINDS:
-        raise ValueError(f"unknown router kind '{kind}'; known: {', '.join(sorted(_KINDS))}")
+    router_class = kinds.load(meta["kind"]).ROUTER
     wrong = sorted(set(overrides or {}) - set(INFERENCE_OPTIONS))
     if wrong:
         raise ValueError(f"only {', '.join(INFERENCE_OPTIONS)} can be overridden, not {', '.join(wrong)}")
     config = {**meta["config"], **(overrides or {})}
     check_inference_options(config.get("backend", "onnx"), config.get("quantize"))
-    router = _KINDS[kind].load_weights(folder, meta["experts"], np.asarray(meta["expected_costs"]), config)
+    router = router_class.load_weights(folder, meta["experts"], np.asarray(meta["expected_costs"]), config)
     router.metrics = meta.get("metrics", {})
     return router
-
-
-_KIND_MODULES = {"mlp": "router.mlp", "bert": "router.bert", "knn": "router.knn"}
-
-
-def _import_kind(kind: str) -> None:
-    """Import the module that defines ``kind`` (only that one: an ONNX-served artifact needs no torch)."""
-    if kind in _KIND_MODULES:
-        importlib.import_module(_KIND_MODULES[kind])
 
 
 ONNX_FOLDER = "onnx"
@@ -134,8 +116,7 @@ def export_onnx(folder: str | Path) -> Path:
     if bundled_onnx(folder):
         return folder / ONNX_FOLDER
     meta = json.loads((folder / META_FILE).read_text())
-    _import_kind(meta["kind"])
-    source = _KINDS[meta["kind"]].encoder_source(folder, meta["config"])
+    source = kinds.load(meta["kind"]).ROUTER.encoder_source(folder, meta["config"])
     if source is None:
         raise ValueError(f"a '{meta['kind']}' router has no encoder to export")
     return copy_bundle(cached_bundle(resolve_encoder(source)), folder / ONNX_FOLDER)

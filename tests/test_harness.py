@@ -29,7 +29,7 @@ def table(tmp_path_factory):
 
 
 def test_cross_validation_reports_routers_and_baselines(table, tmp_path):
-    report = evaluate_table(table, tmp_path / "report", folds=3, kinds=["mlp"])
+    report = evaluate_table(table, tmp_path / "report", folds=3, router_kinds=["mlp"])
     routers = report["routers"]
     assert set(routers) == {"mlp", "random", "zero", "optimal"}
     for name, result in routers.items():
@@ -39,6 +39,34 @@ def test_cross_validation_reports_routers_and_baselines(table, tmp_path):
     assert sum(routers["mlp"]["counts"].values()) == 550
     written = {p.name for p in (tmp_path / "report").iterdir()}
     assert {"report.json", "report.md", "counts.png", "trilemma.png", "knob.png"} <= written
+
+
+def test_nested_cross_validation_tunes_on_inner_folds_of_the_training_part_only(table, monkeypatch):
+    import numpy as np
+    from sklearn.model_selection import KFold
+
+    from router.kinds import cluster
+    from router.table import read_table, to_matrices
+    from training import harness
+
+    seen: list[set[str]] = []
+    real_fit = harness.fit_local
+
+    def recording_fit(kind, m, *args, **kwargs):
+        seen.append(set(m.query_ids))
+        return real_fit(kind, m, *args, **kwargs)
+
+    monkeypatch.setattr(harness, "fit_local", recording_fit)
+    monkeypatch.setattr(cluster, "GRID", {"clusters": [2, 8]})
+    report = evaluate_table(table, folds=3, router_kinds=["cluster"], inner_folds=2)
+    chosen = report["routers"]["cluster"]["chosen_per_fold"]
+    assert len(chosen) == 3 and all(c["clusters"] in (2, 8) for c in chosen)
+    ids = to_matrices(read_table(table)).query_ids
+    per_fold = 2 * 2 + 1  # two settings x two inner folds, then the refit on the outer training part
+    assert len(seen) == 3 * per_fold
+    for i, (train_idx, test_idx) in enumerate(KFold(3, shuffle=True, random_state=0).split(ids)):
+        held_out = set(np.asarray(ids)[test_idx])
+        assert all(not (fit & held_out) for fit in seen[i * per_fold : (i + 1) * per_fold])
 
 
 def test_saved_artifacts_are_scored_on_the_test_split_and_calibrated(table, tmp_path):

@@ -121,7 +121,9 @@ def test_pipeline_trains_a_router_that_the_app_then_serves(tiny_server, tmp_path
     from training.pipeline import run_pipeline
 
     data, _ = instructions(tmp_path / "data.jsonl", per_domain=4)
-    result = run_pipeline(CONFIG_PATH, tmp_path / "run", data, app_name=APP, kinds=("mlp", "bert", "knn"))
+    result = run_pipeline(
+        CONFIG_PATH, tmp_path / "run", data, app_name=APP, router_kinds=("mlp", "bert", "knn")
+    )
     run = tmp_path / "run"
     assert result["router"] in ("mlp", "bert")
     assert {"mlp", "bert", "knn", "random", "zero", "optimal"} <= set(result["test"])

@@ -44,7 +44,7 @@ def test_knob_trades_quality_for_price_and_calibrates_to_a_share():
 
 
 def test_mlp_features_equal_the_vectorizers_own_tfidf():
-    from router.mlp import TfidfBags, fit_vectorizer
+    from router.kinds.mlp import TfidfBags, fit_vectorizer
 
     texts = ["Solve 2x + 3 = 7 for x.", "Write a Python function to sort a list", "what is an enzyme"]
     vectorizer = fit_vectorizer(texts)
@@ -65,7 +65,14 @@ def matrices():
 
 
 @pytest.mark.parametrize(
-    "kind, config", [("mlp", {}), ("knn", {}), ("bert", {"epochs": 2, "max_length": 64})]
+    "kind, config",
+    [
+        ("mlp", {}),
+        ("knn", {}),
+        ("knn_weighted", {}),
+        ("cluster", {}),
+        ("bert", {"epochs": 2, "max_length": 64}),
+    ],
 )
 def test_each_router_learns_the_domain_signal_and_round_trips(kind, config, matrices, tmp_path):
     train_m, test_m = matrices
@@ -129,3 +136,36 @@ def test_trained_artifact_is_a_serving_policy(matrices, tmp_path):
     }
     with pytest.raises(ValueError, match="holds a 'mlp' router, not 'knn'"):
         build_policy(PolicyConfig(name="knn", args={"artifact": str(tmp_path / "mlp")}), experts)
+
+
+def test_every_kind_is_one_registered_module_and_every_list_comes_from_the_registry():
+    import subprocess
+    import sys
+
+    from router import kinds
+    from router.policy import available_policies
+
+    assert {"mlp", "bert", "knn", "knn_weighted", "cluster"} <= set(kinds.names())
+    for name in kinds.names():
+        module = kinds.load(name)
+        assert module.ROUTER.kind == name and module.TARGETS in ("soft_labels", "quality")
+        assert callable(module.fit) and isinstance(module.DEFAULTS, dict)
+        if kinds.is_neural(name):
+            assert all(callable(getattr(module, f)) for f in ("prepare", "build_model", "from_model"))
+    assert set(kinds.names()) <= set(available_policies())
+    assert kinds.parse("all") == kinds.names()
+    with pytest.raises(ValueError, match="unknown router kind 'nope'; known: bert, cluster"):
+        kinds.parse("mlp,nope")
+    helptext = subprocess.run(
+        [sys.executable, "-m", "training.cli", "train", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert all(name in helptext for name in kinds.names())
+
+
+def test_cluster_scores_mix_the_nearest_clusters_by_similarity():
+    from router.kinds.cluster import ClusterRouter
+
+    quality = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    router = ClusterRouter(["a", "b"], np.ones(2), {"nearest": 2, "sharpness": 10.0}, np.eye(3), quality)
+    scores = router.scores_from_similarities(np.array([[0.9, 0.1, 0.0], [0.5, 0.5, -1.0]]))
+    assert scores[0, 0] > 0.99 and np.allclose(scores[1], [0.5, 0.5])  # third cluster not among nearest 2

@@ -9,6 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
+from router import kinds
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DEFAULT_INSTRUCTIONS = DEFAULT_DATA / "router_mix.jsonl.gz"
 
@@ -62,7 +64,7 @@ def _pipeline(args: argparse.Namespace) -> None:
         args.config,
         args.out,
         args.data,
-        kinds=tuple(k.strip() for k in args.routers.split(",")),
+        router_kinds=tuple(kinds.parse(args.routers)),
         serve_router=args.serve_router,
         workers=args.workers,
         **_phase1_options(args),
@@ -114,17 +116,20 @@ def _evaluate(args: argparse.Namespace) -> None:
     from training.harness import evaluate_table
 
     if not args.router and not args.folds:
-        sys.exit("evaluate: give --router DIR (artifacts) or --folds K --routers mlp,bert,knn")
+        sys.exit(
+            f"evaluate: give --router DIR (artifacts) or --folds K --routers {','.join(kinds.names())}|all"
+        )
     report = evaluate_table(
         args.table,
         args.out,
         args.router or [],
         args.folds,
-        [k.strip() for k in args.routers.split(",")] if args.folds else [],
+        kinds.parse(args.routers) if args.folds else [],
         args.quality_column,
         args.temperature,
         seed=args.seed,
         limit=args.limit,
+        inner_folds=args.inner_folds,
     )
     if args.json:
         compact = {n: {k: v for k, v in r.items() if k != "knob"} for n, r in report["routers"].items()}
@@ -189,7 +194,9 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch-size", type=int, default=16, help="pairs in flight per actor")
     gen.add_argument("--actors", type=int, default=2, help="Ray Data actors calling the experts")
     gen.set_defaults(func=_generate)
-    pipe.add_argument("--routers", default="mlp,bert,knn", help="router kinds to train")
+    pipe.add_argument(
+        "--routers", default="all", help=f"router kinds to train ({', '.join(kinds.names())}) or all"
+    )
     pipe.add_argument("--serve-router", default="best", help="'best' (test quality) or a kind")
     pipe.add_argument("--workers", type=int, default=2, help="Ray Train workers")
     pipe.set_defaults(func=_pipeline)
@@ -221,7 +228,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--temperature", type=float, default=0.1, help="soft-label temperature")
         s.set_defaults(func=func)
         if name == "train":
-            s.add_argument("--router", choices=["mlp", "bert", "knn"], required=True)
+            s.add_argument("--router", choices=kinds.names(), required=True)
             s.add_argument("--out", type=Path, required=True)
             s.add_argument("--config", help="JSON of router settings, e.g. '{\"epochs\": 5}'")
             s.add_argument("--local", action="store_true", help="train in this process instead of Ray Train")
@@ -234,10 +241,21 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument(
                 "--folds", type=int, default=0, help="K-fold cross-validation instead of artifacts"
             )
-            s.add_argument("--routers", default="mlp,knn", help="kinds to cross-validate")
+            s.add_argument(
+                "--routers",
+                default="mlp,knn",
+                help=f"kinds to cross-validate ({', '.join(kinds.names())}) or all",
+            )
             s.add_argument("--out", type=Path)
             s.add_argument("--json", action="store_true", help="print the report as one JSON object")
             s.add_argument("--seed", type=int, default=0)
+            s.add_argument(
+                "--inner-folds",
+                type=int,
+                default=3,
+                help="nested CV: a kind's tuned settings (its GRID) are chosen per outer fold by this "
+                "many inner folds of the outer training part (0: the kind's defaults)",
+            )
             s.add_argument(
                 "--limit", type=int, default=0, help="evaluate a seeded random sample of N queries"
             )

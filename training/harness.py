@@ -8,6 +8,7 @@ tables RouteLLM's APGR/CPT (strong = the pricier expert).
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import KFold
 
+from router import kinds
 from router.encoder import embedding_cache
 from router.knob import choose
 from router.table import Matrices, read_table, to_matrices
@@ -41,27 +43,70 @@ def cross_validated_scores(
     temperature: float,
     config: dict[str, Any] | None = None,
     seed: int = 0,
+    inner_folds: int = 0,
+    chosen: list[dict[str, Any]] | None = None,
 ) -> np.ndarray:
-    """Out-of-fold (n, m) scores of router ``kind`` trained on the other folds."""
+    """Out-of-fold (n, m) scores of router ``kind`` trained on the other folds. With ``inner_folds``,
+    the kind's ``GRID`` settings are chosen per outer fold by cross-validation on that fold's
+    training part only (nested); the choices are appended to ``chosen``."""
     scores = np.zeros_like(m.quality)
     splits = KFold(folds, shuffle=True, random_state=seed).split(m.query_ids)
     with embedding_cache():
         for i, (train_idx, test_idx) in enumerate(splits):
-            router = fit_local(kind, m.subset(train_idx), temperature, config)
+            train = m.subset(train_idx)
+            settings = dict(config or {})
+            if inner_folds:
+                settings = tuned_config(train, kind, inner_folds, temperature, settings, seed)
+                if chosen is not None:
+                    chosen.append({k: settings[k] for k in getattr(kinds.load(kind), "GRID", {})})
+            router = fit_local(kind, train, temperature, settings)
             scores[test_idx] = router.scores(m.subset(test_idx).queries)
-            logger.info("%s fold %d/%d done", kind, i + 1, folds)
+            logger.info("%s fold %d/%d done %s", kind, i + 1, folds, settings)
     return scores
+
+
+def strong_and_weak(m: Matrices, costs: np.ndarray) -> tuple[int, int] | None:
+    """RouteLLM's setting, where APGR and CPT mean something: two experts, the one that costs at
+    least 10% more is better on average by at least 0.01 of quality. Its (strong, weak) indexes."""
+    if len(m.experts) != 2:
+        return None
+    strong = int(np.argmax(costs))
+    weak = 1 - strong
+    gap = m.quality[:, strong].mean() - m.quality[:, weak].mean()
+    return (strong, weak) if costs[strong] >= 1.1 * costs[weak] and gap >= 0.01 else None
+
+
+def selection_score(m: Matrices, scores: np.ndarray) -> float:
+    """What model selection maximises: APGR in RouteLLM's setting, else quality at cost weight 0."""
+    costs = expected_costs(m)
+    if strong_and_weak(m, costs):
+        strong = int(np.argmax(costs))
+        return float(routellm_metrics(m, scores, strong, 1 - strong)["apgr"] or 0.0)
+    return float(summarize(m, choose(scores, costs, 0.0))["quality"])
+
+
+def tuned_config(
+    m: Matrices, kind: str, folds: int, temperature: float, config: dict[str, Any], seed: int
+) -> dict[str, Any]:
+    """``config`` with the kind's ``GRID`` setting that scores best by ``folds``-fold CV on ``m``."""
+    grid = getattr(kinds.load(kind), "GRID", {})
+    if not grid:
+        return config
+    candidates = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    results = [
+        selection_score(m, cross_validated_scores(m, kind, folds, temperature, {**config, **c}, seed + 1))
+        for c in candidates
+    ]
+    return {**config, **candidates[int(np.argmax(results))]}
 
 
 def router_result(m: Matrices, scores: np.ndarray, costs: np.ndarray) -> dict[str, Any]:
     """Criteria at cost weight 0, the knob curve, and RouteLLM metrics for two experts."""
     result = summarize(m, choose(scores, costs, 0.0))
     result["knob"] = knob_curve(m, scores, costs)
-    if len(m.experts) == 2:
-        strong = int(np.argmax(costs))
-        result.update(
-            {k: v for k, v in routellm_metrics(m, scores, strong, 1 - strong).items() if k != "curve"}
-        )
+    pair = strong_and_weak(m, costs)
+    if pair:
+        result.update({k: v for k, v in routellm_metrics(m, scores, *pair).items() if k != "curve"})
     return result
 
 
@@ -70,23 +115,27 @@ def evaluate_table(
     out: str | Path | None = None,
     routers: list[str | Path] = (),
     folds: int = 0,
-    kinds: list[str] = (),
+    router_kinds: list[str] = (),
     quality_column: str = "quality",
     temperature: float = 0.1,
     config: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
     limit: int = 0,
+    inner_folds: int = 3,
 ) -> dict[str, Any]:
     """The report (``{"routers": {NAME: {...}}, "meta": {...}}``); written to ``out`` if given."""
     m_all = to_matrices(read_table(table_path), quality_column)
     if limit and limit < len(m_all):
         m_all = m_all.subset(np.sort(np.random.default_rng(seed).choice(len(m_all), limit, replace=False)))
+    chosen: dict[str, list[dict[str, Any]]] = {}
     if folds:
         m = m_all
-        scores = {
-            kind: cross_validated_scores(m, kind, folds, temperature, (config or {}).get(kind), seed)
-            for kind in kinds
-        }
+        scores = {}
+        for kind in router_kinds:
+            chosen[kind] = []
+            scores[kind] = cross_validated_scores(
+                m, kind, folds, temperature, (config or {}).get(kind), seed, inner_folds, chosen[kind]
+            )
     else:
         m = m_all.split("test") if (m_all.splits == "test").any() else m_all
         loaded = [load_router(path) for path in routers]
@@ -96,14 +145,18 @@ def evaluate_table(
             scores[router.kind] = router.scores(m.queries)[:, order]
     costs = expected_costs(m)
     results: dict[str, Any] = {name: router_result(m, s, costs) for name, s in scores.items()}
+    for name, settings in chosen.items():
+        if any(settings):
+            results[name]["chosen_per_fold"] = settings
     results["random"] = summarize(m, random_router(m, seed))
     results["zero"] = zero_router(m)
     results["optimal"] = summarize(m, optimal_router(m, "quality"))
-    if len(m.experts) == 2:
-        strong = int(np.argmax(costs))
-        oracle = routellm_metrics(m, m.quality, strong, 1 - strong)
+    pair = strong_and_weak(m, costs)
+    if pair:
+        strong, weak = pair
+        oracle = routellm_metrics(m, m.quality, strong, weak)
         results["optimal"].update({k: oracle[k] for k in ("apgr", "cpt50", "cpt80")})
-        chance = routellm_metrics(m, np.random.default_rng(seed).random(m.quality.shape), strong, 1 - strong)
+        chance = routellm_metrics(m, np.random.default_rng(seed).random(m.quality.shape), strong, weak)
         results["random"].update({k: chance[k] for k in ("apgr", "cpt50", "cpt80")})
         # Zero-Router: mixing the two experts in proportion x recovers exactly x of the gap.
         results["zero"].update({"apgr": 0.5, "cpt50": 0.5, "cpt80": 0.8})
@@ -116,6 +169,7 @@ def evaluate_table(
             "quality_column": quality_column,
             "temperature": temperature,
             "folds": folds,
+            "inner_folds": inner_folds if folds else None,
             "limit": limit or None,
         },
     }

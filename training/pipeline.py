@@ -20,13 +20,12 @@ from typing import Any
 
 import yaml
 
+from router import kinds
 from router.config import load_serve_config
 from router.trained_policy import REPO_ROOT
 from training.generate import generate, summary
 from training.harness import evaluate_table
 from training.train import train
-
-NEURAL = ("mlp", "bert")
 
 
 def artifact_reference(path: Path) -> str:
@@ -56,7 +55,7 @@ def run_pipeline(
     limit: int | None = None,
     max_tokens: int | None = None,
     seed: int = 0,
-    kinds: tuple[str, ...] = ("mlp", "bert", "knn"),
+    router_kinds: tuple[str, ...] | None = None,
     serve_router: str = "best",
     workers: int = 2,
     app_name: str | None = None,
@@ -85,11 +84,12 @@ def run_pipeline(
     )
     timings["generate_s"] = time.perf_counter() - started
 
+    router_kinds = tuple(router_kinds or kinds.names())
     candidates = {}
-    for kind in kinds:
+    for kind in router_kinds:
         t0 = time.perf_counter()
         candidates[kind] = out / "candidates" / kind
-        train(table_path, kind, candidates[kind], use_ray=kind in NEURAL, num_workers=workers)
+        train(table_path, kind, candidates[kind], use_ray=kinds.is_neural(kind), num_workers=workers)
         timings[f"train_{kind}_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -98,7 +98,7 @@ def run_pipeline(
 
     results = report["routers"]
     if serve_router == "best":
-        serve_router = max(kinds, key=lambda k: results[k]["quality"])
+        serve_router = max(router_kinds, key=lambda k: results[k]["quality"])
     if serve_router not in candidates:
         raise ValueError(f"--serve-router {serve_router}: not among the trained routers {list(candidates)}")
     router_dir = out / "router"

@@ -17,13 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from router import bert, knn, mlp
+from router import kinds
 from router.soft_labels import soft_labels
 from router.table import Matrices, conform, read_table, to_matrices
 from router.trained import TrainedRouter
 
 logger = logging.getLogger(__name__)
-KINDS = {"mlp": mlp, "bert": bert, "knn": knn}
 
 
 def training_queries(table: pd.DataFrame, quality_column: str = "quality", split: str = "train") -> Matrices:
@@ -36,8 +35,8 @@ def fit_local(
     kind: str, m: Matrices, temperature: float = 0.1, config: dict[str, Any] | None = None
 ) -> TrainedRouter:
     """Train ``kind`` in this process on matrices ``m`` (also what cross-validation uses)."""
-    module = KINDS[kind]
-    targets = m.quality if kind == "knn" else soft_labels(m.quality, temperature)
+    module = kinds.load(kind)
+    targets = m.quality if module.TARGETS == "quality" else soft_labels(m.quality, temperature)
     cfg = {**(config or {}), "temperature": temperature}
     return module.fit(m.queries, targets, m.experts, m.cost.mean(axis=0), cfg)
 
@@ -51,12 +50,8 @@ def _loop_per_worker(cfg: dict[str, Any]) -> None:
 
     from router.neural import train_epoch
 
-    kind, params = cfg["kind"], cfg["params"]
-    model = (
-        mlp.build_model(cfg["vectorizer"], cfg["n_experts"], params)
-        if kind == "mlp"
-        else bert.build_model(cfg["n_experts"], params)
-    )
+    params = cfg["params"]
+    model = kinds.load(cfg["kind"]).build_model(cfg["n_experts"], params, **cfg["prepared"])
     model = prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=params["lr"])
     shard = ray.train.get_dataset_shard("train")
@@ -96,9 +91,10 @@ def fit_ray(
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if kind not in ("mlp", "bert"):
-        raise ValueError(f"Ray Train fits neural routers (mlp, bert), not '{kind}'")
-    module = KINDS[kind]
+    if not kinds.is_neural(kind):
+        neural = [k for k in kinds.names() if kinds.is_neural(k)]
+        raise ValueError(f"Ray Train fits neural routers ({', '.join(neural)}), not '{kind}'")
+    module = kinds.load(kind)
     params = {**module.DEFAULTS, **(config or {}), "temperature": temperature}
     if not ray.is_initialized():
         ray.init(num_cpus=max(4, num_workers + 2), include_dashboard=False, log_to_driver=False)
@@ -108,9 +104,8 @@ def fit_ray(
     dataset = ray.data.from_pandas(
         pd.DataFrame({"text": m.queries, "target": list(targets.astype(np.float32))})
     )
-    loop_cfg: dict[str, Any] = {"kind": kind, "params": params, "n_experts": len(m.experts)}
-    if kind == "mlp":
-        loop_cfg["vectorizer"] = mlp.fit_vectorizer(m.queries, params["max_features"])
+    prepared = module.prepare(m.queries, params)
+    loop_cfg = {"kind": kind, "params": params, "n_experts": len(m.experts), "prepared": prepared}
     trainer = TorchTrainer(
         _loop_per_worker,
         train_loop_config=loop_cfg,
@@ -124,19 +119,11 @@ def fit_ray(
         ),
     )
     result = trainer.fit()
-    model = (
-        mlp.build_model(loop_cfg["vectorizer"], len(m.experts), params)
-        if kind == "mlp"
-        else bert.build_model(len(m.experts), params)
-    )
+    model = module.build_model(len(m.experts), params, **prepared)
     with result.checkpoint.as_directory() as folder:
         model.load_state_dict(torch.load(Path(folder) / "model.pt"))
     costs = m.cost.mean(axis=0)
-    router = (
-        mlp.MLPRouter(m.experts, costs, params, model)
-        if kind == "mlp"
-        else bert.BertRouter.from_model(m.experts, costs, params, model)
-    )
+    router = module.from_model(m.experts, costs, params, model, **prepared)
     router.metrics = {
         "epochs": [dict(r) for r in result.metrics_dataframe[["epoch", "loss"]].to_dict("records")]
     }
@@ -157,9 +144,7 @@ def train(
 ) -> TrainedRouter:
     """Train router ``kind`` on the table's train split and save the artifact to ``out``
     (Ray Train's run folder with its checkpoints goes to ``storage_path``, default a temp folder)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown router kind '{kind}'; known: {', '.join(KINDS)}")
-    if use_ray and kind != "knn":
+    if use_ray and kinds.is_neural(kind):
         router = fit_ray(
             kind, table_path, quality_column, temperature, config, num_workers, use_gpu, storage_path
         )

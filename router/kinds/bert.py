@@ -114,6 +114,16 @@ def _length_sorted(encode: Encoder) -> Encoder:
     return run
 
 
+def prepare(texts: list[str], config: dict[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+def from_model(
+    experts: list[str], expected_costs: np.ndarray, config: dict[str, Any], model: Any
+) -> BertRouter:
+    return BertRouter.from_model(experts, expected_costs, config, model)
+
+
 def build_model(n_experts: int, config: dict[str, Any]) -> Any:
     """A fresh ``EncoderClassifier`` (torch)."""
     import torch
@@ -137,3 +147,6 @@ def fit(
     config = {**DEFAULTS, **config}
     model = fit_epochs(build_model(len(experts), config), texts, targets, config)
     return BertRouter.from_model(experts, expected_costs, config, model)
+
+
+ROUTER, TARGETS, NEURAL = BertRouter, "soft_labels", True

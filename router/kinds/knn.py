@@ -1,4 +1,6 @@
-"""1NN-Router: embed the query, find the nearest training query, score experts by how they did on it."""
+"""1NN-Router (the paper's baseline): embed the query, find the nearest training query, score experts
+by how they did on it. ``k`` > 1 averages the k nearest, weighted by a softmax of their similarity
+times ``sharpness`` (0: plain mean); ``knn_weighted`` is that variant with tuned settings."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numpy as np
 from router.encoder import DEFAULT_ENCODER, embed
 from router.trained import TrainedRouter, bundled_onnx
 
-DEFAULTS = {"encoder": DEFAULT_ENCODER, "k": 1, "backend": "onnx", "quantize": None}
+DEFAULTS = {"encoder": DEFAULT_ENCODER, "k": 1, "sharpness": 0.0, "backend": "onnx", "quantize": None}
 
 
 class KNNRouter(TrainedRouter):
@@ -38,7 +40,10 @@ class KNNRouter(TrainedRouter):
         sims = embed(list(texts), self.encoder, cfg["backend"], cfg["quantize"]) @ self.embeddings.T
         k = min(cfg["k"], len(self.embeddings))
         nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        return self.quality[nearest].mean(axis=1)
+        near = np.take_along_axis(sims, nearest, axis=1)
+        weights = np.exp(cfg["sharpness"] * (near - near.max(axis=1, keepdims=True)))
+        weights /= weights.sum(axis=1, keepdims=True)
+        return np.einsum("nk,nkm->nm", weights, self.quality[nearest])
 
     def save_weights(self, folder: Path) -> None:
         np.savez_compressed(
@@ -67,6 +72,19 @@ def fit(
     config: dict[str, Any],
 ) -> KNNRouter:
     """Index the training queries (their raw quality per expert, not soft labels)."""
-    config = {**DEFAULTS, **config}
-    index = embed(list(texts), config["encoder"], config["backend"])
-    return KNNRouter(experts, expected_costs, config, index, quality)
+    return index(KNNRouter, texts, quality, experts, expected_costs, {**DEFAULTS, **config})
+
+
+def index(
+    router_class: type[KNNRouter],
+    texts: list[str],
+    quality: np.ndarray,
+    experts: list[str],
+    expected_costs: np.ndarray,
+    config: dict[str, Any],
+) -> KNNRouter:
+    vectors = embed(list(texts), config["encoder"], config["backend"])
+    return router_class(experts, expected_costs, config, vectors, quality)
+
+
+ROUTER, TARGETS = KNNRouter, "quality"

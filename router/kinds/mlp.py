@@ -109,14 +109,25 @@ class MLPRouter(TrainedRouter):
         cls, folder: Path, experts: list[str], expected_costs: np.ndarray, config: dict
     ) -> MLPRouter:
         vectorizer = pickle.loads((folder / "vectorizer.pkl").read_bytes())
-        model = build_model(vectorizer, len(experts), config)
+        model = build_model(len(experts), config, vectorizer)
         model.load_state_dict(torch.load(folder / "mlp.pt"))
         return cls(experts, expected_costs, config, model)
 
 
-def build_model(vectorizer: TfidfVectorizer, n_experts: int, config: dict[str, Any]) -> BowMLP:
+def build_model(n_experts: int, config: dict[str, Any], vectorizer: TfidfVectorizer) -> BowMLP:
     torch.manual_seed(config.get("seed", 0))
     return BowMLP(vectorizer, n_experts, config["hidden"], config["dropout"])
+
+
+def prepare(texts: list[str], config: dict[str, Any]) -> dict[str, Any]:
+    """The vocabulary, fitted once on the driver and shipped to every training worker."""
+    return {"vectorizer": fit_vectorizer(texts, config["max_features"])}
+
+
+def from_model(
+    experts: list[str], expected_costs: np.ndarray, config: dict[str, Any], model: BowMLP, **_: Any
+) -> MLPRouter:
+    return MLPRouter(experts, expected_costs, config, model)
 
 
 def fit(
@@ -128,5 +139,8 @@ def fit(
 ) -> MLPRouter:
     """Train locally (no Ray): vectorizer on ``texts``, then the MLP on the soft ``targets``."""
     config = {**DEFAULTS, **config}
-    model = build_model(fit_vectorizer(texts, config["max_features"]), len(experts), config)
+    model = build_model(len(experts), config, **prepare(texts, config))
     return MLPRouter(experts, expected_costs, config, fit_epochs(model, texts, targets, config))
+
+
+ROUTER, TARGETS, NEURAL = MLPRouter, "soft_labels", True

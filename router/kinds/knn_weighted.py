@@ -1,0 +1,30 @@
+"""kNN-Router with k > 1: the k nearest training queries, weighted by a softmax of their similarity
+to the query; k and the weighting are chosen by nested cross-validation (``GRID``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from router.kinds import knn
+
+DEFAULTS = {**knn.DEFAULTS, "k": 30, "sharpness": 0.0}
+GRID = {"k": [10, 30, 100, 300], "sharpness": [0.0, 20.0]}
+
+
+class WeightedKNNRouter(knn.KNNRouter):
+    kind = "knn_weighted"
+
+
+def fit(
+    texts: list[str],
+    quality: np.ndarray,
+    experts: list[str],
+    expected_costs: np.ndarray,
+    config: dict[str, Any],
+) -> WeightedKNNRouter:
+    return knn.index(WeightedKNNRouter, texts, quality, experts, expected_costs, {**DEFAULTS, **config})
+
+
+ROUTER, TARGETS = WeightedKNNRouter, "quality"
