@@ -131,11 +131,12 @@ def evaluate_table(
     if folds:
         m = m_all
         scores = {}
-        for kind in router_kinds:
-            chosen[kind] = []
-            scores[kind] = cross_validated_scores(
-                m, kind, folds, temperature, (config or {}).get(kind), seed, inner_folds, chosen[kind]
-            )
+        with embedding_cache():  # every kind reuses the embeddings of the queries
+            for kind in router_kinds:
+                chosen[kind] = []
+                scores[kind] = cross_validated_scores(
+                    m, kind, folds, temperature, (config or {}).get(kind), seed, inner_folds, chosen[kind]
+                )
     else:
         m = m_all.split("test") if (m_all.splits == "test").any() else m_all
         loaded = [load_router(path) for path in routers]
