@@ -29,22 +29,24 @@ def wait_until_ready(base_url: str, timeout_s: float = 600.0) -> None:
     raise TimeoutError(f"{base_url} not ready after {timeout_s:.0f}s")
 
 
-def start_local_ray(**options: Any) -> None:
-    """``ray.init(address="local", include_dashboard=False, log_to_driver=False, **options)``, retried
-    once when the new node does not register in time. Seen twice in ~10 test runs on 2 cores when a
-    process starts a cluster seconds after shutting its previous one down (no raylet log at all)."""
+def start_local_ray(attempts: int = 3, **options: Any) -> None:
+    """``ray.init(address="local", include_dashboard=False, log_to_driver=False, **options)``, tried
+    up to ``attempts`` times. A process that starts a cluster a second after shutting its previous
+    one down sometimes fails on 2 cores, before any log is written (seen in ~1 of 5 test runs: "The
+    current node timed out during startup", or no GCS at all); a few seconds later it starts."""
     import ray
 
     options = {"address": "local", "include_dashboard": False, "log_to_driver": False, **options}
-    try:
-        ray.init(**options)
-    except Exception as exc:
-        if "timed out during startup" not in str(exc):
-            raise
-        logging.getLogger(__name__).warning("Ray did not start (%s); trying once more", exc)
-        ray.shutdown()
-        time.sleep(2)
-        ray.init(**options)
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(**options)
+            return
+        except Exception as exc:
+            if attempt == attempts:
+                raise
+            logging.getLogger(__name__).warning("Ray did not start (%s); trying again", exc)
+            ray.shutdown()
+            time.sleep(3 * attempt)
 
 
 def run_local(config: str | Path | dict, port: int, num_cpus: int = 4, timeout_s: float = 600.0) -> str:

@@ -4,48 +4,27 @@ its similarity to their centroids: one encoder pass plus a (1 x clusters) produc
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from router.encoder import DEFAULT_ENCODER, embed
-from router.trained import TrainedRouter, bundled_onnx
+from router.encoder import embed
+from router.kinds import _embedding
 
-DEFAULTS = {
-    "encoder": DEFAULT_ENCODER,
-    "clusters": 16,
-    "nearest": 3,
-    "sharpness": 20.0,
-    "seed": 0,
-    "backend": "onnx",
-    "quantize": None,
-}
+DEFAULTS = {**_embedding.DEFAULTS, "clusters": 16, "nearest": 3, "sharpness": 20.0, "seed": 0}
 GRID = {"clusters": [8, 16, 32, 64], "nearest": [1, 3]}
 """Hyper-parameters nested cross-validation chooses among."""
 
 
-class ClusterRouter(TrainedRouter):
-    kind = "cluster"
+class ClusterRouter(_embedding.EmbeddingRouter):
+    """The vectors are the cluster centroids; ``quality`` is (clusters, experts)."""
 
-    def __init__(
-        self,
-        experts: list[str],
-        expected_costs: np.ndarray,
-        config: dict[str, Any],
-        centroids: np.ndarray,
-        quality: np.ndarray,
-        encoder: str | None = None,
-    ):
-        super().__init__(experts, expected_costs, {**DEFAULTS, **config})
-        self.encoder = encoder or self.config["encoder"]
-        self.centroids = np.asarray(centroids, dtype=np.float32)
-        self.quality = np.asarray(quality, dtype=np.float32)  # (clusters, experts)
+    kind = "cluster"
+    defaults = DEFAULTS
+    weights_file, vectors_key = "clusters.npz", "centroids"
 
     def scores(self, texts: list[str]) -> np.ndarray:
-        cfg = self.config
-        sims = embed(list(texts), self.encoder, cfg["backend"], cfg["quantize"]) @ self.centroids.T
-        return self.scores_from_similarities(sims)
+        return self.scores_from_similarities(self.similarities(texts))
 
     def scores_from_similarities(self, sims: np.ndarray) -> np.ndarray:
         """Scores from (n, clusters) query-centroid cosine similarities."""
@@ -54,22 +33,6 @@ class ClusterRouter(TrainedRouter):
         logits = np.where(sims >= cut, self.config["sharpness"] * sims, -np.inf)
         weights = np.exp(logits - logits.max(axis=1, keepdims=True))
         return (weights / weights.sum(axis=1, keepdims=True)) @ self.quality
-
-    def save_weights(self, folder: Path) -> None:
-        np.savez_compressed(folder / "clusters.npz", centroids=self.centroids, quality=self.quality)
-
-    @classmethod
-    def encoder_source(cls, folder: Path, config: dict[str, Any]) -> str:
-        return config.get("encoder", DEFAULTS["encoder"])
-
-    @classmethod
-    def load_weights(
-        cls, folder: Path, experts: list[str], expected_costs: np.ndarray, config: dict
-    ) -> ClusterRouter:
-        data = np.load(folder / "clusters.npz")
-        config = {**DEFAULTS, **config}
-        bundle = bundled_onnx(folder) if config["backend"] == "onnx" else None
-        return cls(experts, expected_costs, config, data["centroids"], data["quality"], bundle)
 
 
 def fit(

@@ -4,64 +4,30 @@ times ``sharpness`` (0: plain mean); ``knn_weighted`` is that variant with tuned
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from router.encoder import DEFAULT_ENCODER, embed
-from router.trained import TrainedRouter, bundled_onnx
+from router.kinds import _embedding
 
-DEFAULTS = {"encoder": DEFAULT_ENCODER, "k": 1, "sharpness": 0.0, "backend": "onnx", "quantize": None}
+DEFAULTS = {**_embedding.DEFAULTS, "k": 1, "sharpness": 0.0}
 
 
-class KNNRouter(TrainedRouter):
-    """The index holds fp32 embeddings; queries are embedded with the configured backend and
-    quantization (int8 query embeddings against the fp32 index)."""
+class KNNRouter(_embedding.EmbeddingRouter):
+    """The index: the training queries' embeddings and their raw quality per expert."""
 
     kind = "knn"
-
-    def __init__(
-        self,
-        experts: list[str],
-        expected_costs: np.ndarray,
-        config: dict[str, Any],
-        embeddings: np.ndarray,
-        quality: np.ndarray,
-        encoder: str | None = None,
-    ):
-        super().__init__(experts, expected_costs, {**DEFAULTS, **config})
-        self.encoder = encoder or self.config["encoder"]  # or the artifact's own ONNX bundle
-        self.embeddings = np.asarray(embeddings, dtype=np.float32)
-        self.quality = np.asarray(quality, dtype=np.float32)
+    defaults = DEFAULTS
+    weights_file, vectors_key = "knn.npz", "embeddings"
 
     def scores(self, texts: list[str]) -> np.ndarray:
-        cfg = self.config
-        sims = embed(list(texts), self.encoder, cfg["backend"], cfg["quantize"]) @ self.embeddings.T
-        k = min(cfg["k"], len(self.embeddings))
+        sims = self.similarities(texts)
+        k = min(self.config["k"], len(self.vectors))
         nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         near = np.take_along_axis(sims, nearest, axis=1)
-        weights = np.exp(cfg["sharpness"] * (near - near.max(axis=1, keepdims=True)))
+        weights = np.exp(self.config["sharpness"] * (near - near.max(axis=1, keepdims=True)))
         weights /= weights.sum(axis=1, keepdims=True)
         return np.einsum("nk,nkm->nm", weights, self.quality[nearest])
-
-    def save_weights(self, folder: Path) -> None:
-        np.savez_compressed(
-            folder / "knn.npz", embeddings=self.embeddings.astype(np.float16), quality=self.quality
-        )
-
-    @classmethod
-    def encoder_source(cls, folder: Path, config: dict[str, Any]) -> str:
-        return config.get("encoder", DEFAULTS["encoder"])
-
-    @classmethod
-    def load_weights(
-        cls, folder: Path, experts: list[str], expected_costs: np.ndarray, config: dict
-    ) -> KNNRouter:
-        data = np.load(folder / "knn.npz")
-        config = {**DEFAULTS, **config}
-        bundle = bundled_onnx(folder) if config["backend"] == "onnx" else None
-        return cls(experts, expected_costs, config, data["embeddings"], data["quality"], bundle)
 
 
 def fit(
@@ -72,19 +38,7 @@ def fit(
     config: dict[str, Any],
 ) -> KNNRouter:
     """Index the training queries (their raw quality per expert, not soft labels)."""
-    return index(KNNRouter, texts, quality, experts, expected_costs, {**DEFAULTS, **config})
-
-
-def index(
-    router_class: type[KNNRouter],
-    texts: list[str],
-    quality: np.ndarray,
-    experts: list[str],
-    expected_costs: np.ndarray,
-    config: dict[str, Any],
-) -> KNNRouter:
-    vectors = embed(list(texts), config["encoder"], config["backend"])
-    return router_class(experts, expected_costs, config, vectors, quality)
+    return KNNRouter.from_texts(texts, quality, experts, expected_costs, config)
 
 
 ROUTER, TARGETS = KNNRouter, "quality"

@@ -15,6 +15,7 @@ GRID = {"k": [10, 30, 100, 300], "sharpness": [0.0, 20.0]}
 
 class WeightedKNNRouter(knn.KNNRouter):
     kind = "knn_weighted"
+    defaults = DEFAULTS
 
 
 def fit(
@@ -24,7 +25,7 @@ def fit(
     expected_costs: np.ndarray,
     config: dict[str, Any],
 ) -> WeightedKNNRouter:
-    return knn.index(WeightedKNNRouter, texts, quality, experts, expected_costs, {**DEFAULTS, **config})
+    return WeightedKNNRouter.from_texts(texts, quality, experts, expected_costs, config)
 
 
 ROUTER, TARGETS = WeightedKNNRouter, "quality"
