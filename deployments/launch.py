@@ -32,8 +32,8 @@ def wait_until_ready(base_url: str, timeout_s: float = 600.0) -> None:
 def start_local_ray(attempts: int = 3, **options: Any) -> None:
     """``ray.init(address="local", include_dashboard=False, log_to_driver=False, **options)``, tried
     up to ``attempts`` times. A process that starts a cluster a second after shutting its previous
-    one down sometimes fails on 2 cores, before any log is written (seen in ~1 of 5 test runs: "The
-    current node timed out during startup", or no GCS at all); a few seconds later it starts."""
+    one down sometimes fails on 2 cores ("The current node timed out during startup", or a session
+    with no logs at all; seen in 3 test-suite runs); a few seconds later it starts."""
     import ray
 
     options = {"address": "local", "include_dashboard": False, "log_to_driver": False, **options}

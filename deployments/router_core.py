@@ -97,6 +97,7 @@ class ExpertRouter:
         remote = {e.name: RemoteExpert(e) for e in self.config.experts if e.endpoint is not None}
         experts = {**experts, **remote}
         self._experts = experts
+        self._abilities = {e.name: e.abilities for e in self.config.experts}
         self.handles = {name: handle.options(stream=True) for name, handle in experts.items()}
         self.models = ModelList(
             data=[
@@ -179,9 +180,9 @@ class ExpertRouter:
         """The experts among ``names`` that have every capability the request needs (400 naming
         what is missing if none has)."""
         needs = request.needs()
-        capable = [name for name in names if needs <= self.config.expert(name).abilities]
+        capable = [name for name in names if needs <= self._abilities[name]]
         if not capable:
-            have = {name: sorted(self.config.expert(name).abilities) for name in names}
+            have = {name: sorted(self._abilities[name]) for name in names}
             raise APIError(
                 400,
                 f"this request needs {', '.join(sorted(needs))}, which no candidate expert is configured "

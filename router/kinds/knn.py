@@ -4,8 +4,6 @@ times ``sharpness`` (0: plain mean); ``knn_weighted`` is that variant with tuned
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from router.kinds import _embedding
@@ -30,15 +28,7 @@ class KNNRouter(_embedding.EmbeddingRouter):
         return np.einsum("nk,nkm->nm", weights, self.quality[nearest])
 
 
-def fit(
-    texts: list[str],
-    quality: np.ndarray,
-    experts: list[str],
-    expected_costs: np.ndarray,
-    config: dict[str, Any],
-) -> KNNRouter:
-    """Index the training queries (their raw quality per expert, not soft labels)."""
-    return KNNRouter.from_texts(texts, quality, experts, expected_costs, config)
-
+fit = KNNRouter.from_texts
+"""Index the training queries (their raw quality per expert, not soft labels)."""
 
 ROUTER, TARGETS = KNNRouter, "quality"

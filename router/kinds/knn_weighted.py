@@ -3,10 +3,6 @@ to the query; k and the weighting are chosen by nested cross-validation (``GRID`
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-
 from router.kinds import knn
 
 DEFAULTS = {**knn.DEFAULTS, "k": 30, "sharpness": 0.0}
@@ -18,14 +14,6 @@ class WeightedKNNRouter(knn.KNNRouter):
     defaults = DEFAULTS
 
 
-def fit(
-    texts: list[str],
-    quality: np.ndarray,
-    experts: list[str],
-    expected_costs: np.ndarray,
-    config: dict[str, Any],
-) -> WeightedKNNRouter:
-    return WeightedKNNRouter.from_texts(texts, quality, experts, expected_costs, config)
-
+fit = WeightedKNNRouter.from_texts
 
 ROUTER, TARGETS = WeightedKNNRouter, "quality"
