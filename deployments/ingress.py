@@ -2,14 +2,17 @@
 
 Routes: ``POST /predict`` (the seed's shape), ``POST /v1/chat/completions`` and ``POST
 /v1/completions`` (OpenAI, the whole request passed to the expert; ``model`` = ``"router"`` routes,
-an expert's name bypasses routing), ``GET /v1/models``, ``GET /health``,
-``GET /ready``, ``GET /status`` (experts, policy, GPUs via gpustat). Errors are OpenAI-style JSON.
+an expert's name bypasses routing), ``GET /v1/models``, ``GET /health``, ``GET /ready``,
+``GET /status`` (experts, policy, live load per expert, GPUs via gpustat). Errors are OpenAI-style
+JSON.
 :class:`RequestGuard` applies ``ingress.security``: API keys, body size, CORS.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 import os
 from typing import Any
 
@@ -19,11 +22,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments.experts import EXPERT_PREFIX
 from deployments.gpu_status import gpu_status
 from deployments.openai_api import ChatRequest, RouterFields, TextCompletionRequest
 from deployments.router_core import APIError, ExpertRouter
 from router.schemas import ModelList
 
+logger = logging.getLogger("ray.serve")
 app = FastAPI(title="expert-router", version="0.1.0")
 OPEN_PATHS = {"/health", "/ready"}
 """Probes answer without an API key."""
@@ -158,6 +163,28 @@ class RouterIngress(ExpertRouter):
             raise ValueError(f"ingress.security.api_keys_env: ${security.api_keys_env} holds no keys")
         app.state.security, app.state.metrics = security, self.metrics
         app.state.api_keys = [k.strip().encode() for k in keys.split(",") if k.strip()]
+        self._monitor: asyncio.Task | None = None
+
+    async def _watch_experts(self) -> None:
+        """Background loop: the experts' running replica counts from Serve (for the expected waits
+        and ``ingress.load.prefer_scaling``) and the load gauges; never on the request path."""
+        every = self.config.ingress.load.replicas_refresh_s
+        app_name = serve.get_replica_context().app_name
+        while True:
+            try:
+                status = await asyncio.to_thread(serve.status)
+                deployments = status.applications[app_name].deployments
+                for expert in self.config.experts:
+                    states = getattr(deployments.get(EXPERT_PREFIX + expert.name), "replica_states", None)
+                    if states is None:
+                        continue
+                    running = int(states.get("RUNNING", 0))
+                    self.load.state[expert.name].replicas = max(running, 1)
+                    self.can_scale[expert.name] = running < expert.autoscaling.max_replicas
+            except Exception as exc:  # the controller may be restarting: keep the last view
+                logger.warning("reading expert replica counts failed: %s", exc)
+            self.metrics.load(self.load.snapshot())
+            await asyncio.sleep(every)
 
     @app.post("/predict")
     async def predict(self, request: ChatRequest) -> Response:
@@ -189,6 +216,8 @@ class RouterIngress(ExpertRouter):
 
     async def _answer(self, request: RouterFields, fields: set[str] | None = None) -> Response:
         """JSON reply (only ``fields`` if given), or server-sent events when ``stream`` is set."""
+        if self._monitor is None or self._monitor.done():
+            self._monitor = asyncio.get_running_loop().create_task(self._watch_experts())
         if request.stream:
             events, headers = await self.stream(request)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
@@ -220,12 +249,23 @@ class RouterIngress(ExpertRouter):
         and the GPUs of this node (gpustat)."""
         decider = self.decider
         return {
-            "policy": self.config.policy.model_dump(),
+            "policy": {**self.config.policy.model_dump(), "unscored_experts": list(self.policy.unscored)},
             "decisions": {
                 "offloaded": decider is not None,
                 "threads": self.config.ingress.decision_threads,
                 "shed": self.shed,
                 **(decider.stats() if decider else {}),
+            },
+            "load": {
+                "settings": self.config.ingress.load.model_dump(),
+                "experts": {
+                    name: {
+                        **values,
+                        "max_in_flight": self._caps.get(name),
+                        "can_scale": self.can_scale.get(name),
+                    }
+                    for name, values in self.load.snapshot().items()
+                },
             },
             "experts": [
                 {
@@ -233,6 +273,7 @@ class RouterIngress(ExpertRouter):
                     "model": e.model,
                     "accelerator": e.accelerator,
                     "price": e.price.model_dump(),
+                    "routed_by_policy": e.name not in self.policy.unscored,
                 }
                 for e in self.config.experts
             ],

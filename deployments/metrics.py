@@ -9,7 +9,11 @@ dashboard and KubeRay's PodMonitor pick them up), prefixed ``ray_``:
 - ``expert_router_routing_latency_ms`` (histogram; routed): time to choose the expert;
 - ``expert_router_fallbacks_total`` (counter; expert): failed attempts passed on to the next expert;
 - ``expert_router_errors_total`` (counter; kind): error replies by kind (invalid_request_error, …);
-- ``expert_router_decisions_shed_total`` (counter): decisions made from the prior under overload.
+- ``expert_router_decisions_shed_total`` (counter): decisions made from the prior under overload;
+- ``expert_router_spilled_total`` (counter; expert): routed requests that skipped an expert at its
+  ``max_in_flight``; ``expert_router_overloaded_total`` (counter): 429s, every candidate full;
+- ``expert_router_in_flight``, ``expert_router_ttft_ms``, ``expert_router_tpot_ms``,
+  ``expert_router_expected_wait_ms`` (gauges; expert): this replica's live view of each expert.
 
 Outside a Ray worker (unit tests) every call is a no-op.
 """
@@ -19,6 +23,12 @@ from __future__ import annotations
 from typing import Any
 
 LATENCY_BOUNDARIES_MS = [0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250]
+LOAD_GAUGES = {
+    "in_flight": "Requests this router replica has in flight to the expert.",
+    "ttft_ms": "Moving average of the expert's time to first token (ms).",
+    "tpot_ms": "Moving average of the expert's time per output token (ms).",
+    "expected_wait_ms": "Queueing delay a new request to the expert is expected to wait (ms).",
+}
 
 
 class RouterMetrics:
@@ -56,6 +66,17 @@ class RouterMetrics:
             "expert_router_decisions_shed_total", "Decisions made from the prior under overload."
         )
 
+        self.spills = metrics.Counter(
+            "expert_router_spilled_total", "Routed requests that skipped a full expert.", tag_keys=("expert",)
+        )
+        self.overloads = metrics.Counter(
+            "expert_router_overloaded_total", "429 replies: every candidate expert at its max_in_flight."
+        )
+        self.gauges = {
+            key: metrics.Gauge(f"expert_router_{key}", help_, tag_keys=("expert",))
+            for key, help_ in LOAD_GAUGES.items()
+        }
+
     def answered(self, expert: str, routed: bool, routing_ms: float) -> None:
         if self.enabled:
             tag = str(routed).lower()
@@ -77,6 +98,23 @@ class RouterMetrics:
     def fallback(self, expert: str) -> None:
         if self.enabled:
             self.fallbacks.inc(tags={"expert": expert})
+
+    def spilled(self, expert: str) -> None:
+        if self.enabled:
+            self.spills.inc(tags={"expert": expert})
+
+    def overloaded(self) -> None:
+        if self.enabled:
+            self.overloads.inc()
+
+    def load(self, snapshot: dict[str, dict[str, Any]]) -> None:
+        """Set the load gauges from :meth:`router.load.LoadTracker.snapshot`."""
+        if not self.enabled:
+            return
+        for expert, values in snapshot.items():
+            for key, gauge in self.gauges.items():
+                if values.get(key) is not None:
+                    gauge.set(values[key], tags={"expert": expert})
 
     def error(self, kind: str) -> None:
         if self.enabled:

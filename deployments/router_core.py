@@ -1,4 +1,5 @@
-"""The router: rank the experts with the policy, call the best one, fall back down the ranking.
+"""The router: rank the experts with the policy, balance by their live load, call the best one,
+fall back down the ranking.
 
 Plain Python over DeploymentHandles (``handle.options(stream=True).chat.remote(request)``), so the
 logic is testable without a cluster; ``deployments/ingress.py`` puts HTTP routes on it.
@@ -11,6 +12,7 @@ import json
 import logging
 import math
 import time
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,7 @@ from deployments.remote_expert import RemoteExpert
 from router.batching import MicroBatcher
 from router.config import ROUTER_MODEL_NAME, AppConfig, ExpertConfig
 from router.encoder import set_inference_threads
+from router.load import Attempt, LoadTracker, load_aware_ranking
 from router.policy import RouteRequest, RoutingDecision, build_policy
 from router.schemas import ErrorBody, ErrorInfo, ModelCard, ModelList, RoutingInfo, RoutingOptions
 
@@ -33,13 +36,21 @@ class APIError(Exception):
     """An error the client sees as OpenAI-style JSON."""
 
     def __init__(
-        self, status: int, message: str, type_: str, code: str | None = None, param: str | None = None
+        self,
+        status: int,
+        message: str,
+        type_: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status, self.info = status, ErrorInfo(message=message, type=type_, code=code, param=param)
+        self.headers = headers or {}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(ErrorBody(error=self.info).model_dump(), status_code=self.status)
+        body = ErrorBody(error=self.info).model_dump()
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 class ExpertFailed(Exception):
@@ -98,6 +109,10 @@ class ExpertRouter:
         experts = {**experts, **remote}
         self._experts = experts
         self._abilities = {e.name: e.abilities for e in self.config.experts}
+        self.load = LoadTracker(list(experts))
+        self._caps = {e.name: e.max_in_flight for e in self.config.experts}
+        self.can_scale: dict[str, bool] = {}
+        """Experts whose autoscaling can still add replicas (kept current by the ingress)."""
         self.handles = {name: handle.options(stream=True) for name, handle in experts.items()}
         self.models = ModelList(
             data=[
@@ -125,35 +140,47 @@ class ExpertRouter:
 
         return dict(await asyncio.gather(*(check(name) for name in self._experts)))
 
-    async def _open(self, name: str, request: RouterFields) -> tuple[Any, AsyncIterator[Any]]:
-        """Send the request to expert ``name``; its first reply and the rest of its reply stream.
+    async def _open(self, name: str, request: RouterFields) -> tuple[Any, AsyncIterator[Any], Attempt]:
+        """Send the request to expert ``name``; its first reply, the rest of its reply stream and the
+        load tracker's record of the attempt (finished here unless it streams on).
 
         Raises ExpertFailed when the expert cannot answer (the next one may), APIError(400) when
         its engine refuses the request itself.
         """
         llm_request = expert_request(self.config.expert(name), request)
         timeout = self.config.ingress.expert_timeout_s
+        attempt = self.load.start(name)
         replies = getattr(self.handles[name], request.call_method).remote(llm_request)
         try:
-            first = await asyncio.wait_for(replies.__anext__(), timeout)
-        except asyncio.TimeoutError:
-            replies.cancel()  # the engine stops generating for an abandoned request
-            raise ExpertFailed(f"{name}: no answer within {timeout}s") from None
-        except asyncio.CancelledError:  # the client went away
-            replies.cancel()
+            try:
+                first = await asyncio.wait_for(replies.__anext__(), timeout)
+            except asyncio.TimeoutError:
+                replies.cancel()  # the engine stops generating for an abandoned request
+                raise ExpertFailed(f"{name}: no answer within {timeout}s") from None
+            except asyncio.CancelledError:  # the client went away
+                replies.cancel()
+                raise
+            except Exception as exc:  # replica died, actor error, engine crash, empty stream
+                replies.cancel()
+                raise ExpertFailed(f"{name}: {type(exc).__name__}: {exc}") from exc
+            head = first[0] if isinstance(first, list) and first else first
+            error = getattr(head, "error", None)
+            if error is not None:
+                code = int(getattr(error, "code", 500) or 500)
+                replies.cancel()
+                if 400 <= code < 500:  # the request itself is wrong for this expert (e.g. too long)
+                    raise APIError(400, f"expert '{name}': {error.message}", "invalid_request_error")
+                raise ExpertFailed(f"{name}: {error.message}")
+        except BaseException:
+            self.load.finish(attempt)
             raise
-        except Exception as exc:  # replica died, actor error, engine crash, empty stream
-            replies.cancel()
-            raise ExpertFailed(f"{name}: {type(exc).__name__}: {exc}") from exc
-        head = first[0] if isinstance(first, list) and first else first
-        error = getattr(head, "error", None)
-        if error is not None:
-            code = int(getattr(error, "code", 500) or 500)
-            replies.cancel()
-            if 400 <= code < 500:  # the request itself is wrong for this expert (e.g. too long)
-                raise APIError(400, f"expert '{name}': {error.message}", "invalid_request_error")
-            raise ExpertFailed(f"{name}: {error.message}")
-        return first, replies
+        if request.stream:
+            self.load.first(attempt)
+        else:  # the whole answer: its tokens tell the first token's time apart
+            tokens = _completion_tokens(head)
+            self.load.first(attempt, tokens)
+            self.load.finish(attempt, tokens)
+        return first, replies, attempt
 
     def _check_limits(self, request: RouterFields) -> None:
         """The configured caps on what one request may ask for (400 with the limit named)."""
@@ -238,6 +265,59 @@ class ExpertRouter:
             )
         return self._capable(request, [request.model]), {}, False, False
 
+    def _balance(
+        self, candidates: list[str], scores: dict[str, float], routed: bool, options: RoutingOptions
+    ) -> tuple[list[str], dict[str, Any]]:
+        """``candidates`` re-ranked by score - load weight x expected wait (routed requests), those
+        whose expected TTFT exceeds ``max_ttft_ms`` moved last (503 if none meets it and the client
+        is strict), and those at their ``max_in_flight`` left out (429 if none is left); and what
+        load did, for ``routing.explain`` and the headers."""
+        settings, state = self.config.ingress.load, self.load.state
+        weight = settings.load_weight if options.load_weight is None else options.load_weight
+        waits = {
+            name: 0.0
+            if settings.prefer_scaling and self.can_scale.get(name)
+            else state[name].expected_wait_s()
+            for name in candidates
+        }
+        ranking = load_aware_ranking(candidates, scores, waits, weight) if routed else list(candidates)
+        slow: list[str] = []
+        if options.max_ttft_ms is not None:
+            slow = [n for n in ranking if (state[n].expected_ttft_s() or 0.0) * 1e3 > options.max_ttft_ms]
+            if len(slow) == len(ranking) and options.strict_latency:
+                raise APIError(
+                    503,
+                    f"no candidate expert is expected to start answering within {options.max_ttft_ms:g} ms "
+                    f"(expected TTFT ms: { {n: state[n].expected_ttft_s() * 1e3 for n in slow} })",
+                    "service_unavailable",
+                    code="latency_objective_unmet",
+                    param="routing.max_ttft_ms",
+                )
+            ranking = [n for n in ranking if n not in slow] + slow
+        full = [n for n in ranking if self._caps.get(n) is not None and state[n].in_flight >= self._caps[n]]
+        if len(full) == len(ranking):
+            self.metrics.overloaded()
+            retry = self.config.ingress.load.retry_after_s
+            raise APIError(
+                429,
+                f"every candidate expert is at its max_in_flight ({', '.join(full)}); retry in {retry}s",
+                "rate_limit_error",
+                code="experts_overloaded",
+                headers={"retry-after": str(retry)},
+            )
+        ranking = [n for n in ranking if n not in full]
+        for name in full:
+            self.metrics.spilled(name)
+        info = {
+            "load_weight": weight,
+            "policy_choice": candidates[0],
+            "changed": ranking[0] != candidates[0],
+            "expected_wait_ms": {n: round(w * 1e3, 3) for n, w in waits.items()},
+            "passed_over": slow,
+            "spilled": full,
+        }
+        return ranking, info
+
     async def _route(self, request: RouterFields) -> Routed:
         """Try the candidates best first; the expert that answered, with its first reply."""
         self._check_limits(request)
@@ -254,13 +334,15 @@ class ExpertRouter:
                 "service_unavailable",
                 code="experts_unavailable",
             )
-        candidates = live[: self.config.ingress.max_attempts]
+        options = request.routing or RoutingOptions()
+        ranking, load = self._balance(live, scores, routed, options)
+        candidates = ranking[: self.config.ingress.max_attempts]
         if self.config.ingress.security.log_prompts:
             logger.info("routing to %s: %r", candidates, request.routing_messages()[-1].content[:2000])
         failures = []
         for name in candidates:
             try:
-                first, rest = await self._open(name, request)
+                first, rest, attempt = await self._open(name, request)
             except ExpertFailed as exc:
                 logger.warning("expert failed, trying the next one: %s", exc)
                 self._down_until[name] = time.monotonic() + self.config.ingress.expert_cooldown_s
@@ -276,8 +358,9 @@ class ExpertRouter:
                 routing_ms=round(routing_ms, 3),
                 fallbacks=failures,
                 shed=shed,
+                load=load,
             )
-            return Routed(name, first, rest, info)
+            return Routed(name, first, rest, info, attempt)
         raise APIError(
             503,
             "no expert could answer: " + " | ".join(failures),
@@ -305,7 +388,10 @@ class ExpertRouter:
         """Answer as OpenAI server-sent events; every chunk names the expert. Fallback happens
         before the first chunk; a failure after it ends the stream with an error event."""
         routed = await self._route(request)
-        return self._sse_events(routed, request.wants_usage_chunk()), routed.headers()
+        events = self._sse_events(routed, request.wants_usage_chunk())
+        # A stream the server never starts (client gone before the first byte) still ends its attempt.
+        weakref.finalize(events, self.load.finish, routed.attempt)
+        return events, routed.headers()
 
     async def _sse_events(self, routed: Routed, usage_chunk: bool) -> AsyncIterator[str]:
         name, finished = routed.expert, False
@@ -325,8 +411,10 @@ class ExpertRouter:
                 yield f"data: {json.dumps({'error': error.model_dump(), 'expert': name})}\n\n"
             finished = True
             self.metrics.usage(name, usage)
+            self.load.finish(routed.attempt, _completion_tokens(usage), streamed=True)
             yield "data: [DONE]\n\n"
         finally:
+            self.load.finish(routed.attempt)  # no-op when finished above
             if not finished:  # the client went away mid-stream: stop the expert's generation
                 routed.rest.cancel()
 
@@ -339,6 +427,7 @@ class Routed:
     first: Any
     rest: AsyncIterator[Any]
     info: RoutingInfo
+    attempt: Attempt
 
     def headers(self) -> dict[str, str]:
         """Response headers that explain the routing."""
@@ -353,7 +442,22 @@ class Routed:
             headers["x-cost-usd"] = f"{self.info.cost_usd:.8f}"
         if self.info.shed:
             headers["x-routing-shed"] = "true"
+        load = self.info.load or {}
+        if load.get("changed"):
+            headers["x-routing-load-changed"] = "true"
+            headers["x-routing-policy-choice"] = load["policy_choice"]
+        if load.get("expected_wait_ms"):
+            headers["x-expected-wait-ms"] = json.dumps(load["expected_wait_ms"], separators=(",", ":"))
         return headers
+
+
+def _completion_tokens(reply: Any) -> int:
+    """Output tokens a reply (or its usage) reports; 0 if none."""
+    usage = reply.get("usage", reply) if isinstance(reply, dict) else getattr(reply, "usage", reply)
+    value = (
+        usage.get("completion_tokens") if isinstance(usage, dict) else getattr(usage, "completion_tokens", 0)
+    )
+    return int(value or 0)
 
 
 async def _awaited(awaitable: Any) -> Any:

@@ -126,6 +126,12 @@ class ExpertConfig(_Strict):
     env_vars: dict[str, str] = Field(default_factory=dict, description="Environment of the engine process.")
     autoscaling: Autoscaling = Autoscaling()
     max_ongoing_requests: int = Field(64, ge=1)
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Requests one router replica keeps in flight to this expert (all its replicas); "
+        "routed requests beyond it spill to the next-ranked expert, 429 when every candidate is full.",
+    )
     sampling: SamplingDefaults = SamplingDefaults()
 
     @field_validator("name")
@@ -195,6 +201,23 @@ class SecurityConfig(_Strict):
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins (none: off).")
 
 
+class LoadConfig(_Strict):
+    """Load-aware routing (``router/load.py``): each candidate's policy score minus ``load_weight``
+    x its expected wait in seconds, from what this router replica measures on the answers."""
+
+    load_weight: float = Field(
+        1.0, ge=0, description="Score given up per second of expected wait; 0: the policy's ranking as is."
+    )
+    prefer_scaling: bool = Field(
+        True,
+        description="An expert whose autoscaling can still add replicas keeps its traffic (no wait "
+        "penalty; Serve's autoscaler sees the queue and scales) up to its max_in_flight; false: spill "
+        "by expected wait at once.",
+    )
+    retry_after_s: int = Field(1, ge=1, description="Retry-After of a 429 when every candidate is full.")
+    replicas_refresh_s: float = Field(5.0, gt=0, description="How often running replica counts are read.")
+
+
 class DecisionConfig(_Strict):
     """How routing decisions run in a router replica.
 
@@ -246,6 +269,7 @@ class IngressConfig(_Strict):
     access_log: bool = Field(False, description="Log every request in the router replicas (costs latency).")
     security: SecurityConfig = SecurityConfig()
     decisions: DecisionConfig = DecisionConfig()
+    load: LoadConfig = LoadConfig()
     env_vars: dict[str, str] = Field(
         default_factory=lambda: {
             # The router's event loop does no blocking work (encoder decisions run in a worker

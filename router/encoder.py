@@ -13,6 +13,7 @@ else ``$EXPERT_ROUTER_THREADS``, else the cores this process may use.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 from functools import lru_cache
@@ -100,19 +101,21 @@ def normalized(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-_MEMO: dict[tuple, np.ndarray] | None = None
+_memo = threading.local()
+"""This thread's ``embedding_cache`` (``.texts``: {(encoder, backend, quantize, text): vector})."""
 
 
 @contextmanager
 def embedding_cache():
-    """Within this block, texts embedded once are not re-encoded (cross-validation embeds each
-    query once, not once per fold). Off elsewhere, so serving memory does not grow."""
-    global _MEMO
-    outer, _MEMO = _MEMO, ({} if _MEMO is None else _MEMO)
+    """Within this block (in this thread), texts embedded once are not re-encoded: cross-validation
+    embeds each query once, not once per fold; an ensemble encodes a query once for all its members.
+    Off elsewhere, so serving memory does not grow."""
+    outer = getattr(_memo, "texts", None)
+    _memo.texts = {} if outer is None else outer
     try:
         yield
     finally:
-        _MEMO = outer
+        _memo.texts = outer
 
 
 def embed(
@@ -120,10 +123,11 @@ def embed(
 ) -> np.ndarray:
     """L2-normalised sentence embeddings, (n, d) float32."""
     encode = load_encoder(name, None, backend, quantize)
-    if _MEMO is None:
+    memo = getattr(_memo, "texts", None)
+    if memo is None:
         return normalized(encode(list(texts)))
     key = (name, backend, quantize)
-    todo = list(dict.fromkeys(t for t in texts if (key, t) not in _MEMO))
+    todo = list(dict.fromkeys(t for t in texts if (key, t) not in memo))
     if todo:
-        _MEMO.update({(key, t): v for t, v in zip(todo, normalized(encode(todo)))})
-    return np.stack([_MEMO[(key, t)] for t in texts]).astype(np.float32)
+        memo.update({(key, t): v for t, v in zip(todo, normalized(encode(todo)))})
+    return np.stack([memo[(key, t)] for t in texts]).astype(np.float32)

@@ -61,6 +61,9 @@ class RoutingPolicy(ABC):
     """
 
     blocking: bool = False
+    unscored: tuple[str, ...] = ()
+    """Configured experts this policy cannot score (a trained artifact that never saw them): it never
+    routes to them (they stay reachable by name); ``/status`` and a start-up warning name them."""
 
     def __init__(self, experts: Sequence[str]):
         if not experts:

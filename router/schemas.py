@@ -5,7 +5,7 @@ replies are the expert's whole response plus ``expert``."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +17,13 @@ class RoutingOptions(BaseModel):
     cost_weight: float | None = Field(None, ge=0, description="Trade quality for price (0: quality only).")
     experts: list[str] | None = Field(None, min_length=1, description="Route only among these experts.")
     explain: bool = Field(False, description="Add a 'routing' field: expert, scores, routing ms, cost.")
+    load_weight: float | None = Field(
+        None, ge=0, description="Override ingress.load.load_weight (0: ignore load)."
+    )
+    max_ttft_ms: float | None = Field(
+        None, gt=0, description="Pass over experts whose expected time to first token exceeds this."
+    )
+    strict_latency: bool = Field(False, description="With max_ttft_ms: 503 when no candidate meets it.")
 
 
 class RoutingInfo(BaseModel):
@@ -30,6 +37,11 @@ class RoutingInfo(BaseModel):
     cost_usd: float | None = None
     shed: bool = Field(
         False, description="Overload: the recent average of the policy's scores decided, not the model"
+    )
+    load: dict[str, Any] | None = Field(
+        None,
+        description="Load-aware routing: the policy's own choice, whether load changed it, expected "
+        "waits (ms), experts passed over for max_ttft_ms or spilled at their max_in_flight",
     )
 
 

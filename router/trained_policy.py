@@ -2,12 +2,17 @@
 
 Config: ``policy: {name: mlp, args: {artifact: routers/mlp, cost_weight: 0.0, window: 1}}``, plus
 ``backend`` (``onnx``/``torch``) and ``quantize`` (``int8``) to override how an encoder router's
-artifact runs. A relative artifact path is taken from the repository root. Experts the artifact
-does not know get no traffic from the policy (they stay reachable by name).
+artifact runs. A relative artifact path is taken from the repository root.
+
+When the config's experts change after training: experts the artifact does not know get no traffic
+from the policy (they stay reachable by name; :attr:`unscored` and a warning name them), and experts
+the artifact knows but the config no longer has are dropped from its scores and prices, with a
+warning. Retrain (``expert-router pipeline`` reuses the rows it has) to route to new experts.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +24,7 @@ from router.policy import Message, RouteRequest, RoutingDecision, RoutingPolicy
 from router.trained import conversation_text, load_router
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+logger = logging.getLogger(__name__)
 
 
 class TrainedPolicy(RoutingPolicy):
@@ -41,9 +47,22 @@ class TrainedPolicy(RoutingPolicy):
         self.blocking = self.router.blocking
         if kind and self.router.kind != kind:
             raise ValueError(f"artifact {artifact} holds a '{self.router.kind}' router, not '{kind}'")
-        unknown = [e for e in self.router.experts if e not in self.experts]
-        if unknown:
-            raise ValueError(f"router artifact knows experts the config lacks: {', '.join(unknown)}")
+        removed = [e for e in self.router.experts if e not in self.experts]
+        if removed:
+            logger.warning("router artifact %s: experts no longer configured, dropped: %s", artifact, removed)
+        self.columns = [i for i, e in enumerate(self.router.experts) if e in self.experts]
+        if not self.columns:
+            raise ValueError(f"router artifact {artifact} knows none of the configured experts")
+        self.scored = [self.router.experts[i] for i in self.columns]
+        self.costs = self.router.expected_costs[self.columns]
+        self.unscored = tuple(e for e in self.experts if e not in self.scored)
+        if self.unscored:
+            logger.warning(
+                "router artifact %s cannot score experts %s: the policy never routes to them "
+                "(reachable by name); retrain to include them",
+                artifact,
+                list(self.unscored),
+            )
         if cost_weight < 0 or window < 1:
             raise ValueError("cost_weight must be >= 0 and window >= 1")
         self.cost_weight, self.window = cost_weight, window
@@ -59,8 +78,8 @@ class TrainedPolicy(RoutingPolicy):
 
     def _utilities(self, raw: np.ndarray, cost_weight: float | None) -> dict[str, float]:
         weight = self.cost_weight if cost_weight is None else cost_weight
-        util = utilities(raw[None, :], self.router.expected_costs, weight)[0]
-        known = dict(zip(self.router.experts, map(float, util)))
+        util = utilities(raw[None, self.columns], self.costs, weight)[0]
+        known = dict(zip(self.scored, map(float, util)))
         return {name: known.get(name, -math.inf) for name in self.experts}
 
 

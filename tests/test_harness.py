@@ -98,3 +98,19 @@ def test_cli_imports_and_evaluates_a_two_expert_table_with_routellm_metrics(tmp_
     print("APGR", apgr)
     assert apgr["optimal"] > apgr["mlp"] > 0.53  # random is 0.5; 5-fold MLP measured 0.572
     assert abs(apgr["random"] - 0.5) < 0.06
+
+
+def test_router_against_the_best_single_expert_has_a_bootstrap_interval(table):
+    import numpy as np
+
+    from router.table import read_table, to_matrices
+    from training.evaluate import expected_costs, versus_best_expert
+
+    m = to_matrices(read_table(table))
+    costs = expected_costs(m)
+    versus = versus_best_expert(m, m.quality, costs)  # the oracle: far better, interval above zero
+    best = int(np.argmax(m.quality.mean(0)))
+    assert versus["expert"] == m.experts[best] and versus["cost"] <= versus["expert_cost"] * (1 + 1e-9)
+    assert 0 < versus["ci95"][0] < versus["difference"] < versus["ci95"][1]
+    noise = versus_best_expert(m, np.random.default_rng(0).random(m.quality.shape), costs)
+    assert noise["difference"] < 0 and noise["ci95"][1] < 0  # random routing loses to the best expert

@@ -112,6 +112,42 @@ def test_an_interrupted_run_resumes_without_losing_or_repeating_rows(tiny_server
     assert again == []  # nothing left to do
 
 
+def test_a_changed_config_generates_only_the_pairs_of_new_or_changed_experts(tiny_server, tmp_path, capsys):
+    from router.config import AppConfig
+    from training.generate import generate
+
+    data, n = instructions(tmp_path / "data.jsonl", per_domain=1)
+    out = tmp_path / "table.parquet"
+    before = generate(CONFIG, data, out, app_name=APP).set_index(["query_id", "expert"])
+    doc = CONFIG.model_dump(mode="json")
+    for expert in doc["experts"]:
+        if expert["name"] == "alpha":
+            expert["sampling"]["max_tokens"] = 3  # its answers would differ: generated again
+        else:
+            expert["price"]["output_per_1m"] = 99.0  # a price only: rows kept, cost recomputed
+    changed = AppConfig.model_validate(doc)
+    capsys.readouterr()
+    table = generate(changed, data, out, app_name=APP, progress=lambda *a: None)
+    assert f"{n} of {2 * n} (query, expert) pairs already stored; generating {n}" in capsys.readouterr().out
+    table = table.set_index(["query_id", "expert"])
+    alpha = table.xs("alpha", level="expert")
+    assert (alpha.loc[alpha["error"] == "", "output_tokens"] <= 3).all()
+    beta, beta_before = table.xs("beta", level="expert"), before.xs("beta", level="expert")
+    assert beta["answer"].equals(beta_before["answer"])  # reused, not regenerated
+    answered = beta["error"] == ""
+    expected = (
+        beta["input_tokens"] * changed.expert("beta").price.input_per_1m + beta["output_tokens"] * 99.0
+    ) / 1e6
+    assert np.allclose(beta.loc[answered, "cost"], expected[answered])
+
+    doc["experts"] = [e for e in doc["experts"] if e["name"] == "alpha"]  # beta removed
+    calls: list[int] = []
+    only_alpha = generate(
+        AppConfig.model_validate(doc), data, out, app_name=APP, progress=lambda *a: calls.append(1)
+    )
+    assert calls == [] and set(only_alpha["expert"]) == {"alpha"} and len(only_alpha) == n
+
+
 def test_pipeline_trains_a_router_that_the_app_then_serves(tiny_server, tmp_path):
     import yaml
     from ray import serve

@@ -44,7 +44,8 @@ def test_knob_trades_quality_for_price_and_calibrates_to_a_share():
 
 
 def test_mlp_features_equal_the_vectorizers_own_tfidf():
-    from router.kinds.mlp import TfidfBags, fit_vectorizer
+    from router.kinds._tfidf import fit_vectorizer
+    from router.kinds.mlp import TfidfBags
 
     texts = ["Solve 2x + 3 = 7 for x.", "Write a Python function to sort a list", "what is an enzyme"]
     vectorizer = fit_vectorizer(texts)
@@ -71,6 +72,9 @@ def matrices():
         ("knn", {}),
         ("knn_weighted", {}),
         ("cluster", {}),
+        ("pointwise", {}),
+        ("pointwise", {"features": "tfidf", "C": 10.0}),
+        ("ensemble", {}),
         ("bert", {"epochs": 2, "max_length": 64}),
     ],
 )
@@ -82,7 +86,7 @@ def test_each_router_learns_the_domain_signal_and_round_trips(kind, config, matr
     chance = 1 / len(test_m.experts)
     assert accuracy > chance + 0.3, f"{kind}: accuracy {accuracy:.2f} vs chance {chance:.2f}"
     # One self-describing artifact: the same predictions after save/load.
-    loaded = load_router(router.save(tmp_path / kind))
+    loaded = load_router(router.save(tmp_path / "artifact"))
     assert loaded.kind == kind and loaded.experts == router.experts
     assert np.allclose(loaded.scores(test_m.queries[:25]), scores[:25], atol=1e-3)
     assert np.allclose(loaded.expected_costs, train_m.cost.mean(0))
@@ -138,6 +142,26 @@ def test_trained_artifact_is_a_serving_policy(matrices, tmp_path):
         build_policy(PolicyConfig(name="knn", args={"artifact": str(tmp_path / "mlp")}), experts)
 
 
+def test_policy_follows_changed_experts_with_warnings_instead_of_failing(matrices, tmp_path, caplog):
+    import logging
+
+    train_m, test_m = matrices
+    fit_local("knn", train_m).save(tmp_path / "knn")
+    router = load_router(tmp_path / "knn")
+    removed, kept = train_m.experts[0], list(train_m.experts[1:])
+    args = {"artifact": str(tmp_path / "knn")}
+    with caplog.at_level(logging.WARNING):
+        policy = build_policy(PolicyConfig(name="knn", args=args), [*kept, "new"])
+    assert policy.unscored == ("new",)
+    assert f"dropped: ['{removed}']" in caplog.text and "cannot score experts ['new']" in caplog.text
+    texts = test_m.queries[:20]
+    expected = [kept[i] for i in router.scores(texts)[:, 1:].argmax(1)]
+    decisions = [policy.route([Message("user", t)]) for t in texts]
+    assert [d.expert for d in decisions] == expected and all(d.ranking[-1] == "new" for d in decisions)
+    with pytest.raises(ValueError, match="knows none of the configured experts"):
+        build_policy(PolicyConfig(name="knn", args=args), ["other"])
+
+
 def test_every_kind_is_one_registered_module_and_every_list_comes_from_the_registry():
     import subprocess
     import sys
@@ -169,3 +193,35 @@ def test_cluster_scores_mix_the_nearest_clusters_by_similarity():
     router = ClusterRouter(["a", "b"], np.ones(2), {"nearest": 2, "sharpness": 10.0}, np.eye(3), quality)
     scores = router.scores_from_similarities(np.array([[0.9, 0.1, 0.0], [0.5, 0.5, -1.0]]))
     assert scores[0, 0] > 0.99 and np.allclose(scores[1], [0.5, 0.5])  # third cluster not among nearest 2
+
+
+def test_pointwise_predicts_each_experts_probability_of_a_good_answer(matrices):
+    import dataclasses
+
+    train_m, test_m = matrices
+    binary = dataclasses.replace(train_m, quality=(train_m.quality > 0.6).astype(float))  # 0/1 outcomes
+    router = fit_local("pointwise", binary)
+    scores = router.scores(test_m.queries)
+    assert router.binary and ((scores > 0) & (scores < 1)).all()
+    assert np.mean(scores.argmax(1) == test_m.quality.argmax(1)) > 0.6
+    # Graded quality: ridge, scores in quality units (the training data's range, roughly).
+    graded = fit_local("pointwise", train_m)
+    assert not graded.binary and abs(graded.scores(test_m.queries).mean() - train_m.quality.mean()) < 0.1
+
+
+def test_ensemble_is_the_mean_of_its_members_and_encodes_a_query_once(matrices, monkeypatch):
+    from router import encoder
+
+    train_m, test_m = matrices
+    router = fit_local("ensemble", train_m, config={"members": ["pointwise", "knn_weighted"]})
+    texts = test_m.queries[:10]
+    members = [member.scores(texts) for member in router.members]
+    calls = []
+    real = encoder.load_encoder
+    monkeypatch.setattr(
+        encoder, "load_encoder", lambda *a, **k: lambda t: calls.append(len(t)) or real(*a, **k)(t)
+    )
+    assert np.allclose(router.scores(texts), np.mean(members, axis=0))
+    assert calls == [10]  # one encoder pass for both members
+    with pytest.raises(ValueError, match="'mlp' does not"):
+        fit_local("ensemble", train_m, config={"members": ["mlp"]})

@@ -165,6 +165,42 @@ def knob_curve(
     return [{"cost_weight": float(w), **summarize(m, choose(scores, costs, w))} for w in grid]
 
 
+def versus_best_expert(
+    m: Matrices, scores: np.ndarray, costs: np.ndarray, rounds: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """The router against the best single expert (highest mean quality) at no more than its cost.
+
+    The knob point is the smallest cost weight whose total cost is at most that expert's (chosen on
+    cost alone, never on quality); the difference is the mean per-query quality difference, paired,
+    with a percentile bootstrap 95% interval over queries (``rounds`` resamples).
+    """
+    best = int(np.argmax(m.quality.mean(axis=0)))
+    budget = float(np.nansum(m.cost[:, best]))
+    for weight in default_weights(scores, costs):
+        choice = choose(scores, costs, weight)
+        if np.nansum(_picked(m.cost, choice)) <= budget * (1 + 1e-9):
+            break
+    diff = _picked(m.quality, choice) - m.quality[:, best]
+    rng = np.random.default_rng(seed)
+    means = np.concatenate(
+        [
+            diff[rng.integers(0, len(diff), (min(200, rounds - i), len(diff)))].mean(axis=1)
+            for i in range(0, rounds, 200)
+        ]
+    )
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {
+        "expert": m.experts[best],
+        "cost_weight": float(weight),
+        "quality": _num(_picked(m.quality, choice).mean()),
+        "expert_quality": _num(m.quality[:, best].mean()),
+        "difference": _num(diff.mean()),
+        "ci95": [_num(low), _num(high)],
+        "cost": _num(np.nansum(_picked(m.cost, choice))),
+        "expert_cost": _num(budget),
+    }
+
+
 def routellm_metrics(m: Matrices, scores: np.ndarray, strong: int, weak: int) -> dict[str, Any]:
     """RouteLLM's APGR and CPT(50%), CPT(80%) for routing between experts ``strong`` and ``weak``.
 
@@ -348,6 +384,17 @@ def report_markdown(results: dict[str, Any], plots: dict[str, Path]) -> str:
         lines += _md_table(
             ["router", "APGR", "CPT(50%)", "CPT(80%)"],
             [[n, s.get("apgr"), s.get("cpt50"), s.get("cpt80")] for n, s in with_apgr.items()],
+        )
+    versus = {n: s["vs_best_expert"] for n, s in routers.items() if "vs_best_expert" in s}
+    if versus:
+        expert = next(iter(versus.values()))["expert"]
+        lines += ["", f"## Against the best single expert ({expert}) at no more than its cost", ""]
+        lines += _md_table(
+            ["router", "quality", "cost", "difference", "95% CI (bootstrap)"],
+            [
+                [n, v["quality"], v["cost"], v["difference"], f"[{_fmt(v['ci95'][0])}, {_fmt(v['ci95'][1])}]"]
+                for n, v in versus.items()
+            ],
         )
     lines += ["", "## Plots", ""]
     lines += [f"![{key}]({path.name})" for key, path in plots.items()]

@@ -13,8 +13,12 @@ app for the duration of the job. A Ray Data pipeline streams (query, expert) pai
 
 Finished batches are appended as Parquet parts next to the output (``OUT.parts/``): an interrupted
 run loses no finished row, a rerun does only the missing pairs, and the table is written from the
-parts at the end. Rows that cannot be scored (empty reference, prompt too long, expert error) are
-kept with the reason in ``error``.
+parts at the end. The same holds when the config's experts change: each row carries its expert's
+fingerprint (:func:`expert_fingerprint`), so a rerun generates only the pairs of new experts and of
+experts whose answers would differ (model, prompt, engine or sampling changed), keeps the rest, and
+leaves removed experts out of the table; costs always come from the current prices. Rows that
+cannot be scored (empty reference, prompt too long, expert error) are kept with the reason in
+``error``.
 
 Why calling the deployments rather than a separate batch engine: the job uses exactly the serving
 definitions (models, prompts, sampling, prices), shares the replicas when the app already runs, and
@@ -25,6 +29,7 @@ from many requests in flight, which is what the async actors provide.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 import uuid
@@ -36,7 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from router.config import AppConfig
+from router.config import AppConfig, ExpertConfig
 from router.encoder import DEFAULT_ENCODER
 from router.table import conform, write_table
 
@@ -70,6 +75,16 @@ def load_instructions(
     return df[cols].astype({c: "string" for c in cols}).fillna("").reset_index(drop=True)
 
 
+ANSWER_FIELDS = {"model", "system_prompt", "engine_kwargs", "llm_config", "sampling", "env_vars"}
+"""What an expert's answers depend on (its price does not: costs are recomputed from tokens)."""
+
+
+def expert_fingerprint(expert: ExpertConfig) -> str:
+    """A short hash of the expert's :data:`ANSWER_FIELDS`: rows made under another one are stale."""
+    fields = json.dumps(expert.model_dump(mode="json", include=ANSWER_FIELDS), sort_keys=True)
+    return hashlib.sha256(fields.encode()).hexdigest()[:16]
+
+
 class PartStore:
     """Finished rows as Parquet parts in a folder: append-only, so a crash loses no finished part."""
 
@@ -77,12 +92,18 @@ class PartStore:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
 
-    def read(self) -> pd.DataFrame:
+    def read(self, fingerprints: dict[str, str] | None = None) -> pd.DataFrame:
+        """Every stored row, or only those of these experts made under these fingerprints."""
         parts = sorted(self.folder.glob("part-*.parquet"))
-        return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
+        df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
+        if fingerprints is None or not len(df):
+            return df
+        current = df["expert"].map(fingerprints)
+        made_under = df["fingerprint"] if "fingerprint" in df else current  # parts from before fingerprints
+        return df[current.notna() & (made_under == current)].reset_index(drop=True)
 
-    def done(self) -> set[tuple[str, str]]:
-        df = self.read()
+    def done(self, fingerprints: dict[str, str] | None = None) -> set[tuple[str, str]]:
+        df = self.read(fingerprints)
         return set(zip(df["query_id"], df["expert"])) if len(df) else set()
 
     def append(self, rows: pd.DataFrame) -> None:
@@ -296,8 +317,11 @@ def generate(
     out = Path(out)
     queries = load_instructions(data, limit_per_domain, limit, seed)
     parts = PartStore(out.with_name(out.name + ".parts"))
-    todo = pending_pairs(queries, config.expert_names, parts.done())
+    fingerprints = {e.name: expert_fingerprint(e) for e in config.experts}
+    todo = pending_pairs(queries, config.expert_names, parts.done(fingerprints))
     total, finished = len(queries) * len(config.experts), len(queries) * len(config.experts) - len(todo)
+    if finished:
+        print(f"phase 1: {finished} of {total} (query, expert) pairs already stored; generating {len(todo)}")
     report = progress or _print_progress
     if len(todo):
         with experts_serving(config, app_name) as app:
@@ -329,14 +353,26 @@ def generate(
             )
             started = time.perf_counter()
             for batch in pipeline.iter_batches(batch_format="pandas", batch_size=None):
-                parts.append(batch)
+                parts.append(batch.assign(fingerprint=batch["expert"].map(fingerprints)))
                 finished += len(batch)
                 report(finished, total, (finished - (total - len(todo))) / (time.perf_counter() - started))
-    rows = parts.read()
-    rows = rows[rows["query_id"].isin(set(queries["query_id"])) & rows["expert"].isin(config.expert_names)]
-    table = conform(rows.drop_duplicates(["query_id", "expert"], keep="last"))
+    rows = parts.read(fingerprints)
+    rows = rows[rows["query_id"].isin(set(queries["query_id"]))].drop_duplicates(
+        ["query_id", "expert"], keep="last"
+    )
+    table = conform(with_current_prices(rows, config))
     write_table(table, out)
     return table
+
+
+def with_current_prices(rows: pd.DataFrame, config: AppConfig) -> pd.DataFrame:
+    """``rows`` with each answered row's cost from its tokens and the expert's price in ``config``."""
+    prices = {e.name: e.price for e in config.experts}
+    answered = rows["error"].fillna("") == ""
+    per_input = rows["expert"].map({n: p.input_per_1m for n, p in prices.items()})
+    per_output = rows["expert"].map({n: p.output_per_1m for n, p in prices.items()})
+    cost = (rows["input_tokens"] * per_input + rows["output_tokens"] * per_output) / 1e6
+    return rows.assign(cost=cost.where(answered, rows["cost"]))
 
 
 def _free_port() -> int:

@@ -28,6 +28,7 @@ from training.evaluate import (
     random_router,
     routellm_metrics,
     summarize,
+    versus_best_expert,
     write_report,
     zero_router,
 )
@@ -104,6 +105,7 @@ def router_result(m: Matrices, scores: np.ndarray, costs: np.ndarray) -> dict[st
     """Criteria at cost weight 0, the knob curve, and RouteLLM metrics for two experts."""
     result = summarize(m, choose(scores, costs, 0.0))
     result["knob"] = knob_curve(m, scores, costs)
+    result["vs_best_expert"] = versus_best_expert(m, scores, costs)
     pair = strong_and_weak(m, costs)
     if pair:
         result.update({k: v for k, v in routellm_metrics(m, scores, *pair).items() if k != "curve"})

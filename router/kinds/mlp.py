@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from router.kinds._tfidf import fit_vectorizer
 from router.neural import fit_epochs, predict_proba
 from router.trained import TrainedRouter
 
@@ -30,12 +31,6 @@ DEFAULTS = {
     "max_features": 30000,
     "seed": 0,
 }
-
-
-def fit_vectorizer(texts: list[str], max_features: int = 30000) -> TfidfVectorizer:
-    """TF-IDF over words and word pairs of the training queries (sublinear tf, l2 norm)."""
-    vectorizer = TfidfVectorizer(max_features=max_features, ngram_range=(1, 2), sublinear_tf=True, min_df=1)
-    return vectorizer.fit(texts)
 
 
 class TfidfBags:
