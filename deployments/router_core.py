@@ -280,7 +280,8 @@ class ExpertRouter:
             else state[name].expected_wait_s()
             for name in candidates
         }
-        ranking = load_aware_ranking(candidates, scores, waits, weight) if routed else list(candidates)
+        slack = settings.wait_slack_ms / 1e3
+        ranking = load_aware_ranking(candidates, scores, waits, weight, slack) if routed else list(candidates)
         slow: list[str] = []
         if options.max_ttft_ms is not None:
             slow = [n for n in ranking if (state[n].expected_ttft_s() or 0.0) * 1e3 > options.max_ttft_ms]

@@ -208,6 +208,9 @@ class LoadConfig(_Strict):
     load_weight: float = Field(
         1.0, ge=0, description="Score given up per second of expected wait; 0: the policy's ranking as is."
     )
+    wait_slack_ms: float = Field(
+        50.0, ge=0, description="Expected waits up to this are noise, not queueing: no penalty."
+    )
     prefer_scaling: bool = Field(
         True,
         description="An expert whose autoscaling can still add replicas keeps its traffic (no wait "

@@ -4,7 +4,8 @@ Per expert the router counts the requests it has in flight and keeps moving aver
 measures on the answers that pass through: time to first token (TTFT: the first streamed chunk, or
 a whole non-streamed reply less its tokens at the measured time per output token), time per output
 token (TPOT, streams; for whole replies the lowest recent time per token stands in), and the
-expert's *idle* TTFT (its lowest recent TTFT). The expected wait is
+expert's *idle* TTFT (the moving average over requests sent while nothing else was in flight to
+it; lowered by any faster loaded sample). The expected wait is
 the measured queueing delay (TTFT above idle) scaled by how many requests are in flight per
 replica now against how many were when it was measured: O(1) per update, no calls on the request
 path (replica counts are read from Serve in the background).
@@ -70,7 +71,7 @@ class LoadTracker:
     alpha: float = 0.2
     """Weight of a new sample in the moving averages."""
     idle_drift: float = 0.02
-    """How fast the idle TTFT drifts up towards newer samples (a stale minimum fades)."""
+    """How fast the lowest time per token of whole replies drifts up towards newer samples."""
     state: dict[str, ExpertLoad] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -98,7 +99,11 @@ class LoadTracker:
         load.load_at_sample = _ewma(
             load.load_at_sample, (attempt.load + 1.0) / max(load.replicas, 1), self.alpha
         )
-        load.idle_ttft_s = _floor(load.idle_ttft_s, ttft, self.idle_drift)
+        idle = load.idle_ttft_s
+        if attempt.load == 0:  # nothing else in flight: an idle sample
+            load.idle_ttft_s = _ewma(idle, ttft, self.alpha)
+        elif idle is None or ttft < idle:  # a loaded expert's TTFT bounds its idle one from above
+            load.idle_ttft_s = ttft
 
     def finish(self, attempt: Attempt, output_tokens: int = 0, streamed: bool = False) -> None:
         """The attempt ended (answered, failed or abandoned); a finished stream's TPOT is sampled.
@@ -136,15 +141,18 @@ def load_aware_ranking(
     scores: dict[str, float],
     waits_s: dict[str, float],
     load_weight: float,
+    slack_s: float = 0.0,
 ) -> list[str]:
-    """``ranking`` re-ordered by score - ``load_weight`` x expected wait (stable: ties keep the
-    policy's order; experts with no finite score keep their places at the end)."""
+    """``ranking`` re-ordered by score - ``load_weight`` x (expected wait - ``slack_s``, at least 0)
+    (stable: ties keep the policy's order; experts with no finite score stay at the end). Waits
+    within the slack are measurement noise, not queueing: they change nothing."""
     if load_weight <= 0:
         return list(ranking)
 
     def utility(name: str) -> float:
         score = scores.get(name, -math.inf)
-        return score - load_weight * waits_s.get(name, 0.0) if math.isfinite(score) else -math.inf
+        penalty = load_weight * max(0.0, waits_s.get(name, 0.0) - slack_s)
+        return score - penalty if math.isfinite(score) else -math.inf
 
     return sorted(ranking, key=lambda name: -utility(name))
 

@@ -78,6 +78,8 @@ def test_load_weight_zero_is_the_policys_ranking_exactly_and_a_weight_trades_sco
     assert load_aware_ranking(["a", "b", "c"], scores, waits, 0.0) == ["a", "b", "c"]
     assert load_aware_ranking(["a", "b", "c"], scores, waits, 0.1) == ["a", "b", "c"]  # 0.2 < 0.3 gap
     assert load_aware_ranking(["a", "b", "c"], scores, waits, 1.0) == ["b", "a", "c"]  # -inf stays last
+    noise = {"a": 0.04, "b": 0.0}  # within the slack: no penalty, however large the weight
+    assert load_aware_ranking(["a", "b"], scores, noise, 100.0, slack_s=0.05) == ["a", "b"]
 
 
 def test_a_busy_top_expert_gives_way_and_the_reply_says_why():
