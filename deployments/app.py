@@ -25,8 +25,14 @@ def build_app(args: dict[str, Any]) -> Application:
     except ValueError as exc:  # LLMConfig refused an expert's llm_config
         raise ConfigError(f"invalid expert-router configuration:\n  {exc}") from None
     ingress = config.ingress
+    actor_options = {"num_cpus": ingress.num_cpus, "runtime_env": {"env_vars": ingress.env_vars}}
+    if ingress.resources:
+        actor_options["resources"] = dict(ingress.resources)
+    per_node = ingress.max_replicas_per_node
+    placement = {"max_replicas_per_node": per_node} if per_node else {}
     return RouterIngress.options(
-        ray_actor_options={"num_cpus": ingress.num_cpus, "runtime_env": {"env_vars": ingress.env_vars}},
+        ray_actor_options=actor_options,
+        **placement,
         max_ongoing_requests=ingress.max_ongoing_requests,
         logging_config={"enable_access_log": ingress.access_log},
         autoscaling_config=ingress.autoscaling.model_dump(exclude_none=True),

@@ -58,11 +58,12 @@ def expert_llm_config(expert: ExpertConfig) -> LLMConfig:
     kwargs: dict[str, Any] = {}
     if on_cpu:
         kwargs["accelerator_config"] = {"kind": "cpu"}
-        kwargs["placement_group_config"] = {"bundles": [{"CPU": expert.num_cpus}]}
+        kwargs["placement_group_config"] = {"bundles": [{"CPU": expert.num_cpus, **expert.resources}]}
     else:
         kwargs["accelerator_type"] = expert.accelerator_type
-        if expert.num_gpus:
-            kwargs["placement_group_config"] = {"bundle_per_worker": {"GPU": expert.num_gpus}}
+        if expert.num_gpus or expert.resources:
+            bundle = {"GPU": expert.num_gpus or 1, **expert.resources}
+            kwargs["placement_group_config"] = {"bundle_per_worker": bundle}
     config = {
         "model_loading_config": {"model_id": expert.name, "model_source": source},
         "engine_kwargs": engine_kwargs,

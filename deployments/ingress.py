@@ -167,7 +167,8 @@ class RouterIngress(ExpertRouter):
 
     async def _watch_experts(self) -> None:
         """Background loop: the experts' running replica counts from Serve (for the expected waits
-        and ``ingress.load.prefer_scaling``) and the load gauges; never on the request path."""
+        and ``ingress.load.prefer_scaling``), experts left with none (``lost``) and the load gauges;
+        never on the request path."""
         every = self.config.ingress.load.replicas_refresh_s
         app_name = serve.get_replica_context().app_name
         while True:
@@ -181,6 +182,10 @@ class RouterIngress(ExpertRouter):
                     running = int(states.get("RUNNING", 0))
                     self.load.state[expert.name].replicas = max(running, 1)
                     self.can_scale[expert.name] = running < expert.autoscaling.max_replicas
+                    if running == 0 and expert.autoscaling.min_replicas > 0:
+                        self.lost.add(expert.name)
+                    else:
+                        self.lost.discard(expert.name)
             except Exception as exc:  # the controller may be restarting: keep the last view
                 logger.warning("reading expert replica counts failed: %s", exc)
             self.metrics.load(self.load.snapshot())
@@ -249,7 +254,11 @@ class RouterIngress(ExpertRouter):
         and the GPUs of this node (gpustat)."""
         decider = self.decider
         return {
-            "policy": {**self.config.policy.model_dump(), "unscored_experts": list(self.policy.unscored)},
+            "policy": {
+                **self.config.policy.model_dump(),
+                "unscored_experts": list(self.policy.unscored),
+                "update_error": self.policy_update_error,
+            },
             "decisions": {
                 "offloaded": decider is not None,
                 "threads": self.config.ingress.decision_threads,
@@ -263,6 +272,7 @@ class RouterIngress(ExpertRouter):
                         **values,
                         "max_in_flight": self._caps.get(name),
                         "can_scale": self.can_scale.get(name),
+                        "lost": name in self.lost,
                     }
                     for name, values in self.load.snapshot().items()
                 },

@@ -200,6 +200,25 @@ def _template(pod: Pod, opts: Options, config_map: str | None) -> dict[str, Any]
     return {"metadata": {"labels": LABELS}, "spec": spec}
 
 
+def cpu_min_workers(config: AppConfig, opts: Options) -> int:
+    """CPU worker pods at least: as asked, and enough for the router's minimum replicas when they
+    are spread (``ingress.max_replicas_per_node``)."""
+    ingress = config.ingress
+    per_node = ingress.max_replicas_per_node
+    spread = math.ceil(ingress.autoscaling.min_replicas / per_node) if per_node else 0
+    return max(opts.cpu_min_workers, spread)
+
+
+NODE_RESOURCE_CAPACITY = "1000"
+"""What a worker pod offers of each custom resource the config's replicas ask for: enough that the
+resource acts as a node label (placement), while CPUs/GPUs bound how many replicas fit."""
+
+
+def advertised(requests: list[dict[str, float]]) -> dict[str, str]:
+    """The custom resources a worker group offers so that replicas asking for ``requests`` land on it."""
+    return {name: NODE_RESOURCE_CAPACITY for request in requests for name in request}
+
+
 def cluster_spec(
     config: AppConfig, opts: Options, serve_port: int, serving: bool, config_map: str | None = None
 ) -> dict[str, Any]:
@@ -218,6 +237,10 @@ def cluster_spec(
         "ray-worker", opts.gpu_worker_cpus, opts.gpu_worker_memory, gpu.gpus_per_worker, serve, probe
     )
     accelerator = {f"accelerator_type:{gpu.accelerator_type}": "1"} if gpu.accelerator_type else {}
+    local = [e for e in config.experts if e.endpoint is None]
+    on_cpu = [e.resources for e in local if e.accelerator == "cpu"]
+    router_labels = advertised([config.ingress.resources, *on_cpu])
+    expert_labels = advertised([e.resources for e in local if e.accelerator == "gpu"])
 
     def group(name: str, pod: Pod, low: int, high: int, extra: dict[str, str]) -> dict[str, Any]:
         resources = {"CPU": str(pod.cpus), **({"GPU": str(pod.gpus)} if pod.gpus else {}), **extra}
@@ -248,8 +271,8 @@ def cluster_spec(
             "template": _template(head, opts, config_map),
         },
         "workerGroupSpecs": [
-            group("cpu", cpu, opts.cpu_min_workers, opts.cpu_max_workers, {}),
-            group("gpu", gpu_pod, gpu.min_workers, gpu.max_workers, accelerator),
+            group("cpu", cpu, cpu_min_workers(config, opts), opts.cpu_max_workers, router_labels),
+            group("gpu", gpu_pod, gpu.min_workers, gpu.max_workers, {**accelerator, **expert_labels}),
         ],
     }
 
@@ -323,7 +346,7 @@ def entrypoints(config_file: str, opts: Options) -> dict[str, str]:
         "generate": f"expert-router generate --config {CONFIG_DIR}/{config_file} --data {opts.data}"
         f" --out {opts.table}",
         "train": f"expert-router train --table {opts.table} --router bert --out {opts.router_dir}"
-        f" --workers {opts.train_workers} --gpu",
+        f" --workers {opts.train_workers} --gpu --storage-path {ARTIFACTS}/ray-train",
     }
 
 

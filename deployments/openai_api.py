@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from vllm.exceptions import VLLMValidationError
@@ -25,7 +27,8 @@ PART_NEEDS = {
     "input_audio": "audio",
     "audio_url": "audio",
 }
-"""Capability a content part of this type needs of the expert."""
+"""Capability a content part of this type needs of the expert (checked when the router chooses: a
+request naming an expert goes to it, and its engine refuses parts it cannot take)."""
 STRUCTURED_FORMATS = {"json_object", "json_schema", "structural_tag"}
 
 
@@ -89,6 +92,11 @@ class RouterFields(BaseModel):
         return self.engine_request.model_validate({**body, **changes, "model": model})
 
     @property
+    def routed(self) -> bool:
+        """Whether the router chooses the expert (else the client named one)."""
+        return self.model == ROUTER_MODEL_NAME
+
+    @property
     def token_limit(self) -> int | None:
         return getattr(self, "max_completion_tokens", None) or self.max_tokens
 
@@ -144,8 +152,29 @@ class ChatRequest(RouterFields, ChatCompletionRequest):
                     except ValidationError as exc:
                         raise ValueError(f"messages[{i}].{key}: {exc.errors()[0]['msg']}") from None
             _encodable(content_text(message.get("content")))
-        if not any(m["role"] == "user" and _has_content(m.get("content")) for m in self.messages):
-            raise ValueError("messages must contain at least one non-empty user message")
+        has_user_turn = any(m["role"] == "user" and _has_content(m.get("content")) for m in self.messages)
+        if self.routed and not has_user_turn:
+            raise ValueError(
+                "messages must contain at least one non-empty user message: routing reads it (name an "
+                "expert in `model` to send a conversation without one)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tool_schemas(self) -> ChatRequest:
+        """Each tool's ``parameters`` must be a JSON schema (checked against JSON Schema 2020-12's
+        metaschema): engines would ignore a malformed one, or fail compiling it into a grammar."""
+        for i, tool in enumerate(self.tools or []):
+            schema = tool.function.parameters
+            if schema is None:
+                continue
+            try:
+                Draft202012Validator.check_schema(schema)
+            except SchemaError as exc:
+                where = "/".join(map(str, exc.path)) or "(root)"
+                raise ValueError(
+                    f"tools[{i}].function.parameters is not a valid JSON schema: {exc.message} (at {where})"
+                ) from None
         return self
 
     def routing_messages(self) -> list[Message]:
@@ -161,11 +190,12 @@ class ChatRequest(RouterFields, ChatCompletionRequest):
         return [content_text(m.get("content")) for m in self.messages]
 
     def needs(self) -> set[str]:
-        """Capabilities an expert must have to answer this request."""
+        """Capabilities the router requires of the expert for this request: tools and structured
+        output always; vision/audio for media parts only when it routes (see ``PART_NEEDS``)."""
         needs = {"json_schema"} if self.structured() else set()
         if self.tools and self.tool_choice != "none":
             needs.add("tools")
-        for message in self.messages:
+        for message in self.messages if self.routed else ():
             content = message.get("content")
             if isinstance(content, list):
                 needs |= {PART_NEEDS[p["type"]] for p in content if p.get("type") in PART_NEEDS}
@@ -182,7 +212,7 @@ class TextCompletionRequest(RouterFields, CompletionRequest):
     def _prompt_text(self) -> TextCompletionRequest:
         for text in self.texts():
             _encodable(text)
-        if self.model == ROUTER_MODEL_NAME and not any(t.strip() for t in self.texts()):
+        if self.routed and not any(t.strip() for t in self.texts()):
             raise ValueError(
                 "prompt: routing reads the prompt's text; send token ids or embeddings to an expert "
                 "by name (model)"

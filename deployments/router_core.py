@@ -15,6 +15,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -23,10 +24,10 @@ from deployments.metrics import RouterMetrics
 from deployments.openai_api import ChatRequest, RouterFields
 from deployments.remote_expert import RemoteExpert
 from router.batching import MicroBatcher
-from router.config import ROUTER_MODEL_NAME, AppConfig, ExpertConfig
+from router.config import ROUTER_MODEL_NAME, AppConfig, ExpertConfig, PolicyConfig, RouterUserConfig
 from router.encoder import set_inference_threads
 from router.load import Attempt, LoadTracker, load_aware_ranking
-from router.policy import RouteRequest, RoutingDecision, build_policy
+from router.policy import RouteRequest, RoutingDecision, RoutingPolicy, build_policy
 from router.schemas import ErrorBody, ErrorInfo, ModelCard, ModelList, RoutingInfo, RoutingOptions
 
 logger = logging.getLogger("ray.serve")
@@ -91,19 +92,9 @@ class ExpertRouter:
         self.config = AppConfig.parse(config)
         self.metrics = RouterMetrics()
         self._down_until: dict[str, float] = {}  # expert -> monotonic time it is skipped until
-        decisions = self.config.ingress.decisions
         set_inference_threads(self.config.ingress.decision_threads)
-        self.policy = build_policy(self.config.policy, self.config.expert_names)
-        # Load lazily built parts now, not on the first user request; the warm-up's scores start
-        # the moving average that decides when overload sheds a decision (-inf stays -inf: experts
-        # the policy never routes to stay last).
-        self._prior = dict(self.policy.warm_up().scores)
-        offload = decisions.offload == "always" or (decisions.offload == "auto" and self.policy.blocking)
-        self.decider: MicroBatcher[RouteRequest, RoutingDecision] | None = (
-            MicroBatcher(self.policy.route_batch, decisions.max_batch_size, decisions.max_wait_ms)
-            if offload
-            else None
-        )
+        self.decider: MicroBatcher[RouteRequest, RoutingDecision] | None = None
+        self.use_policy(self.config.policy, *self.load_policy(self.config.policy))
         self.shed = 0
         remote = {e.name: RemoteExpert(e) for e in self.config.experts if e.endpoint is not None}
         experts = {**experts, **remote}
@@ -113,11 +104,54 @@ class ExpertRouter:
         self._caps = {e.name: e.max_in_flight for e in self.config.experts}
         self.can_scale: dict[str, bool] = {}
         """Experts whose autoscaling can still add replicas (kept current by the ingress)."""
+        self.lost: set[str] = set()
+        """Experts with no running replica though they keep at least one (node or replica lost, not
+        yet replaced; kept current by the ingress): tried after every other candidate."""
         self.handles = {name: handle.options(stream=True) for name, handle in experts.items()}
+        self._args_policy = self.config.policy
+        self.policy_update_error: str | None = None
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve's in-place update of this deployment's ``user_config`` (``RouterUserConfig``): a
+        changed ``policy`` is built off the event loop while the replica keeps serving, then routes
+        every request that follows. One that fails to build is refused and the current policy stays
+        (logged, and on ``/status`` as ``policy.update_error``)."""
+        try:
+            wanted = RouterUserConfig.model_validate(user_config or {}).policy or self._args_policy
+            if wanted == self.config.policy:
+                return
+            policy, prior = await asyncio.to_thread(self.load_policy, wanted)
+        except Exception as exc:
+            self.policy_update_error = f"{type(exc).__name__}: {exc}"
+            logger.error("policy update refused; still routing by %s: %s", self.config.policy, exc)
+            return
+        self.use_policy(wanted, policy, prior)
+        self.policy_update_error = None
+        logger.info("routing by policy %s now", wanted)
+
+    def load_policy(self, config: PolicyConfig) -> tuple[RoutingPolicy, dict[str, float]]:
+        """The policy of ``config`` with its lazily built parts loaded now (not on the first user
+        request), and its warm-up scores: they start the moving average that decides when overload
+        sheds a decision (-inf stays -inf: experts the policy never routes to stay last). Blocking."""
+        policy = build_policy(config, self.config.expert_names)
+        return policy, dict(policy.warm_up().scores)
+
+    def use_policy(self, config: PolicyConfig, policy: RoutingPolicy, prior: dict[str, float]) -> None:
+        """Route with ``policy`` from now on (no await here: one request sees one policy). Decisions
+        already queued for the worker thread are made by whichever policy is current when their
+        batch runs."""
+        decisions = self.config.ingress.decisions
+        offload = decisions.offload == "always" or (decisions.offload == "auto" and policy.blocking)
+        if offload and self.decider is not None:
+            self.decider.fn = policy.route_batch
+        elif offload:
+            self.decider = MicroBatcher(policy.route_batch, decisions.max_batch_size, decisions.max_wait_ms)
+        else:
+            self.decider = None  # a former worker thread idles until the replica stops
+        self.policy, self._prior = policy, prior
+        self.config = self.config.model_copy(update={"policy": config})
         self.models = ModelList(
-            data=[
-                ModelCard(id=ROUTER_MODEL_NAME, description=f"routes by policy '{self.config.policy.name}'")
-            ]
+            data=[ModelCard(id=ROUTER_MODEL_NAME, description=f"routes by policy '{config.name}'")]
             + [
                 ModelCard(id=e.name, description=e.description, price=e.price.model_dump())
                 for e in self.config.experts
@@ -164,7 +198,7 @@ class ExpertRouter:
                 replies.cancel()
                 raise ExpertFailed(f"{name}: {type(exc).__name__}: {exc}") from exc
             head = first[0] if isinstance(first, list) and first else first
-            error = getattr(head, "error", None)
+            error = _stream_error(head) if isinstance(head, str) else getattr(head, "error", None)
             if error is not None:
                 code = int(getattr(error, "code", 500) or 500)
                 replies.cancel()
@@ -337,6 +371,7 @@ class ExpertRouter:
             )
         options = request.routing or RoutingOptions()
         ranking, load = self._balance(live, scores, routed, options)
+        ranking = [n for n in ranking if n not in self.lost] + [n for n in ranking if n in self.lost]
         candidates = ranking[: self.config.ingress.max_attempts]
         if self.config.ingress.security.log_prompts:
             logger.info("routing to %s: %r", candidates, request.routing_messages()[-1].content[:2000])
@@ -459,6 +494,23 @@ def _completion_tokens(reply: Any) -> int:
         usage.get("completion_tokens") if isinstance(usage, dict) else getattr(usage, "completion_tokens", 0)
     )
     return int(value or 0)
+
+
+def _stream_error(events: str) -> SimpleNamespace | None:
+    """The error a stream opens with (``code``, ``message``, like an ErrorResponse's), or None.
+    vLLM checks some fields only once it generates (e.g. ``top_logprobs`` against the engine's
+    limit) and then streams the error as the first event instead of answering it."""
+    first = events.split("\n\n", 1)[0]
+    if not first.startswith("data: {"):
+        return None
+    try:
+        error = json.loads(first.removeprefix("data: ")).get("error")
+    except ValueError:
+        return None
+    if not isinstance(error, dict):
+        return None
+    code = error.get("code")
+    return SimpleNamespace(code=code if isinstance(code, int) else 500, message=error.get("message", ""))
 
 
 async def _awaited(awaitable: Any) -> Any:

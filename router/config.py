@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ROUTER_MODEL_NAME = "router"
 """The model name that asks the ingress to route (also what ``model`` defaults to)."""
@@ -75,6 +83,19 @@ class RemoteEndpoint(_Strict):
     timeout_s: float = Field(120.0, gt=0)
 
 
+def _custom_only(resources: dict[str, float]) -> dict[str, float]:
+    reserved = sorted(set(resources) & {"CPU", "GPU", "memory"})
+    if reserved:
+        raise ValueError(f"{', '.join(reserved)}: set by num_cpus/num_gpus, not as custom resources")
+    return resources
+
+
+NodeResources = Annotated[
+    dict[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_:.-]*$")], Annotated[float, Field(gt=0)]],
+    AfterValidator(_custom_only),
+]
+"""Custom Ray resources (name -> amount per replica); CPU/GPU/memory have their own fields."""
+
 Capability = Literal["tools", "json_schema", "vision", "audio"]
 """What a request may need of an expert beyond text chat: tool calling (``tools``), structured outputs
 (``response_format`` json_object/json_schema, vLLM ``structured_outputs``), image/video or audio
@@ -124,6 +145,12 @@ class ExpertConfig(_Strict):
         "Routed requests that need a capability go only to experts that have it.",
     )
     env_vars: dict[str, str] = Field(default_factory=dict, description="Environment of the engine process.")
+    resources: NodeResources = Field(
+        default_factory=dict,
+        description="Custom Ray resources each replica needs (its engine's placement bundle), e.g. "
+        "{expert_node: 1}: pins the expert to the nodes that offer them (a KubeRay worker group's "
+        "resources; deployments/k8s_manifests.py adds them to the GPU group).",
+    )
     autoscaling: Autoscaling = Autoscaling()
     max_ongoing_requests: int = Field(64, ge=1)
     max_in_flight: int | None = Field(
@@ -262,6 +289,14 @@ class IngressConfig(_Strict):
     """The router deployment that is also the HTTP ingress."""
 
     num_cpus: float = Field(0.1, gt=0)
+    resources: NodeResources = Field(
+        default_factory=dict,
+        description="Custom Ray resources each router replica needs, e.g. {router_node: 1}: pins the "
+        "ingress to the nodes that offer them (deployments/k8s_manifests.py adds them to the CPU group).",
+    )
+    max_replicas_per_node: int | None = Field(
+        None, ge=1, description="Router replicas per node at most: 1 spreads them, so a node loss takes one."
+    )
     max_ongoing_requests: int = Field(256, ge=1)
     autoscaling: Autoscaling = Autoscaling()
     expert_timeout_s: float = Field(120.0, gt=0, description="Budget for one expert call.")
@@ -289,6 +324,17 @@ class IngressConfig(_Strict):
     def decision_threads(self) -> int:
         """Encoder threads of a router replica: configured, or its CPU share rounded up."""
         return self.decisions.threads or max(1, math.ceil(self.num_cpus))
+
+
+class RouterUserConfig(_Strict):
+    """The router deployment's Ray Serve ``user_config`` (``deployments: [{name: router,
+    user_config: ...}]`` in the serve config): what changes on the running router replicas in place,
+    without restarting them or the experts. (A change of the app's ``args`` makes Serve redeploy
+    every deployment of the app, experts included.)"""
+
+    policy: PolicyConfig | None = Field(
+        None, description="Routing policy to use instead of args' policy (unset: args' policy)."
+    )
 
 
 class AppConfig(_Strict):

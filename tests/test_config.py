@@ -52,6 +52,12 @@ def test_minimal_config_gets_defaults():
             "'tools' needs engine_kwargs enable_auto_tool_choice",
         ),
         (minimal(experts=[{"name": "a", "model": "m", "capabilities": ["telepathy"]}]), "capabilities[0]"),
+        (
+            minimal(experts=[{"name": "a", "model": "m", "resources": {"GPU": 1}}]),
+            "GPU: set by num_cpus/num_gpus",
+        ),
+        (minimal(ingress={"resources": {"router_node": 0}}), "ingress.resources.router_node"),
+        (minimal(ingress={"max_replicas_per_node": 0}), "ingress.max_replicas_per_node"),
     ],
 )
 def test_mistakes_are_reported_by_field(args, message):
@@ -169,3 +175,20 @@ def test_the_gpu_config_turns_tools_on_for_the_models_that_call_tools():
     cfg = load_serve_config(REPO / "configs/gpu_cluster.yaml")
     tools = {e.name for e in cfg.experts if "tools" in e.abilities}
     assert tools == {"general", "code"}
+
+
+def test_placement_resources_reach_the_expert_bundle_and_the_router_replicas():
+    from deployments.app import build_app
+    from deployments.experts import expert_llm_config
+    from router.config import ExpertConfig
+
+    cpu = ExpertConfig(name="a", model="builtin:tiny-llama", resources={"expert_node": 1})
+    assert expert_llm_config(cpu).placement_group_config == {"bundles": [{"CPU": 0.5, "expert_node": 1}]}
+    gpu = ExpertConfig(name="g", model="org/model", accelerator="gpu", resources={"expert_node": 1})
+    assert expert_llm_config(gpu).placement_group_config["bundle_per_worker"] == {"GPU": 1, "expert_node": 1}
+
+    remote = {"name": "r", "model": "m", "endpoint": {"base_url": "http://127.0.0.1:9/v1"}}
+    ingress = {"resources": {"router_node": 1}, "max_replicas_per_node": 1}
+    router = build_app(minimal(experts=[remote], ingress=ingress))._bound_deployment._replica_config
+    assert router.ray_actor_options["resources"] == {"router_node": 1}
+    assert router.max_replicas_per_node == 1

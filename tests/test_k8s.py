@@ -282,6 +282,23 @@ def test_every_expert_fits_one_gpu_worker_and_groups_agree_with_limits(name):
         assert gpu["minReplicas"] == cpu["minReplicas"] == 0
 
 
+def test_router_replicas_are_spread_over_cpu_nodes_that_offer_their_resource():
+    """The GPU config keeps two router replicas, one per CPU node (a node loss takes one): the CPU
+    group offers the ingress's custom resource and keeps at least two pods."""
+    cluster = SERVICE["spec"]["rayClusterConfig"]
+    cpu, gpu = group(cluster, "cpu"), group(cluster, "gpu")
+    ingress = APP.ingress
+    assert ingress.autoscaling.min_replicas == 2 and ingress.max_replicas_per_node == 1
+    assert set(ingress.resources) <= set(cpu["resources"])
+    assert not set(ingress.resources) & set(gpu["resources"])
+    assert cpu["minReplicas"] >= 2
+
+
+def test_the_train_job_checkpoints_to_shared_storage():
+    """A restarted worker on another node resumes from checkpoints on the shared claim."""
+    assert "--storage-path /artifacts/" in MANIFESTS["rayjob-train.yaml"]["spec"]["entrypoint"]
+
+
 def test_every_pod_runs_as_non_root():
     autoscalers = [c["autoscalerOptions"]["securityContext"] for c in clusters().values()]
     for where, spec in pod_specs():

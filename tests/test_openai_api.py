@@ -111,11 +111,21 @@ def test_a_request_names_the_capabilities_it_needs(extra, needs):
     assert request.needs() == needs
 
 
-def test_media_parts_need_vision_or_audio():
+def test_media_parts_need_vision_or_audio_when_routed():
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
     audio = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
-    request = ChatRequest.model_validate({"messages": [{"role": "user", "content": [image, audio]}]})
-    assert request.needs() == {"vision", "audio"} and request.routing_messages()[0].content == ""
+    body = {"messages": [{"role": "user", "content": [image, audio]}], "tools": TOOLS}
+    request = ChatRequest.model_validate(body)
+    assert request.needs() == {"vision", "audio", "tools"} and request.routing_messages()[0].content == ""
+    # Named, the expert gets the parts and its engine says what it cannot take; tools still count.
+    assert ChatRequest.model_validate({**body, "model": "math"}).needs() == {"tools"}
+
+
+def test_a_named_expert_needs_no_user_turn():
+    system_only = {"messages": [{"role": "system", "content": "Tell a story."}]}
+    assert ChatRequest.model_validate({**system_only, "model": "math"}).routed is False
+    with pytest.raises(ValidationError, match="non-empty user message"):
+        ChatRequest.model_validate(system_only)
 
 
 def test_streams_always_report_usage_to_the_router():
@@ -141,6 +151,20 @@ def test_streams_always_report_usage_to_the_router():
         ({"messages": "not a list"}, "valid list"),
         ({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}, "`tools` must be set"),
         ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "function"),
+        (
+            {
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}],
+            },
+            "tools[0].function.parameters is not a valid JSON schema",
+        ),
+        (
+            {
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"pattern": "("}}}],
+            },
+            "not a valid JSON schema",
+        ),
         ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "`logprobs` must be set"),
         ({"messages": [{"role": "user", "content": "x"}], "routing": {"bogus": 1}}, "Extra inputs"),
     ],

@@ -112,6 +112,35 @@ def test_an_interrupted_run_resumes_without_losing_or_repeating_rows(tiny_server
     assert again == []  # nothing left to do
 
 
+def test_a_run_whose_expert_calls_actor_is_killed_completes_every_pair_once(tiny_server, tmp_path):
+    """One of Ray Data's ExpertCalls actors is killed (SIGKILL, as on a lost node) after the first
+    stored batch: Ray Data restarts it and retries its batches; every (query, expert) pair ends up
+    in the table exactly once."""
+    import signal
+
+    import psutil
+
+    from training.generate import generate
+
+    data, n = instructions(tmp_path / "data.jsonl")
+    killed: list[int] = []
+
+    def kill_an_actor(done: int, total: int, rate: float) -> None:
+        if killed:
+            return
+        for proc in psutil.process_iter(["cmdline"]):
+            if "ExpertCalls" in " ".join(proc.info["cmdline"] or []):
+                proc.send_signal(signal.SIGKILL)
+                killed.append(proc.pid)
+                return
+
+    out = tmp_path / "table.parquet"
+    table = generate(CONFIG, data, out, app_name=APP, batch_size=4, progress=kill_an_actor)
+    assert killed, "no ExpertCalls actor process found"
+    assert len(table) == n * 2 and not table.duplicated(["query_id", "expert"]).any()
+    assert (table["error"] != "").sum() == 2 * 2  # only the two bad rows, for each expert
+
+
 def test_a_changed_config_generates_only_the_pairs_of_new_or_changed_experts(tiny_server, tmp_path, capsys):
     from router.config import AppConfig
     from training.generate import generate

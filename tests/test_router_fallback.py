@@ -128,6 +128,37 @@ def test_a_failed_or_slow_expert_falls_back_to_the_next_in_the_ranking(failure):
     assert response["expert"] == "b" and headers["x-fallbacks"] == "1"
 
 
+def test_an_expert_left_without_replicas_is_tried_after_every_other_candidate():
+    """The policy's first choice lost its node (Serve reports no running replica): the others are
+    tried first; if they all fail it still gets its turn (Serve may be placing it again)."""
+    ingress, handles = router()
+    ingress.lost = {"a"}
+    response, _ = complete(ingress)
+    assert response["expert"] == "b" and handles["a"].calls == 0
+    ingress, handles = router(b=crash, c=crash)
+    ingress.lost = {"a"}
+    ingress.config = ingress.config.model_copy(
+        update={"ingress": ingress.config.ingress.model_copy(update={"max_attempts": 3})}
+    )
+    response, headers = complete(ingress)
+    assert response["expert"] == "a" and headers["x-fallbacks"] == "2"
+    assert handles["b"].calls == handles["c"].calls == 1
+
+
+def test_a_policy_updated_in_place_routes_what_follows_and_a_broken_one_is_refused():
+    """``reconfigure`` (Serve's in-place ``user_config`` update) swaps the policy on a running router;
+    one that cannot be built leaves the current one routing; an empty one restores args' policy."""
+    ingress, handles = router()
+    asyncio.run(ingress.reconfigure({"policy": {"name": "fixed", "args": {"expert": "b"}}}))
+    response, headers = complete(ingress)
+    assert response["expert"] == "b" and json.loads(headers["x-routing-scores"])["b"] == 1.0
+    asyncio.run(ingress.reconfigure({"policy": {"name": "knn", "args": {"artifact": "/no/such/router"}}}))
+    assert "no/such/router" in ingress.policy_update_error
+    assert complete(ingress)[0]["expert"] == "b" and ingress.config.policy.args == {"expert": "b"}
+    asyncio.run(ingress.reconfigure({}))
+    assert complete(ingress)[0]["expert"] == "a" and ingress.policy_update_error is None
+
+
 def test_all_attempts_failing_is_a_503():
     ingress, handles = router(a=crash, b=crash)
     with pytest.raises(APIError) as info:

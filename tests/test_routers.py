@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -92,7 +97,24 @@ def test_each_router_learns_the_domain_signal_and_round_trips(kind, config, matr
     assert np.allclose(loaded.expected_costs, train_m.cost.mean(0))
 
 
-def test_ray_train_job_on_two_cpu_workers(tmp_path):
+def kill_at_first_checkpoint(runs: Path, process_marker: str, killed: list[int]) -> None:
+    """Wait for the first checkpoint under ``runs``, then SIGKILL one process whose command line
+    (Ray's process title) contains ``process_marker``, as a lost node or the OOM killer would."""
+    import psutil
+
+    deadline = time.monotonic() + 300
+    while not list(runs.glob("*/checkpoint_*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for proc in psutil.process_iter(["cmdline"]):
+        if process_marker in " ".join(proc.info["cmdline"] or []):
+            proc.send_signal(signal.SIGKILL)
+            killed.append(proc.pid)
+            return
+
+
+def test_ray_train_job_on_two_cpu_workers_survives_a_killed_worker(tmp_path):
+    """Ray Train on two CPU workers; one worker process is killed after the first epoch's
+    checkpoint: the run restarts its workers from the last checkpoint and finishes every epoch."""
     import ray
 
     write_table(domain_table(600, 150), tmp_path / "table.parquet")
@@ -101,19 +123,29 @@ def test_ray_train_job_on_two_cpu_workers(tmp_path):
     from deployments.launch import start_local_ray
 
     start_local_ray(num_cpus=4)
+    killed: list[int] = []
+    killer = threading.Thread(
+        target=kill_at_first_checkpoint, args=(tmp_path / "runs", "RayTrainWorker", killed)
+    )
+    killer.start()
     try:
         router = train(
             tmp_path / "table.parquet",
             "mlp",
             tmp_path / "mlp",
-            config={"epochs": 10, "batch_size": 32},
+            config={"epochs": 30, "batch_size": 32},
             num_workers=2,
+            storage_path=tmp_path / "runs",
         )
     finally:
+        killer.join()
         ray.shutdown()
-    epochs = router.metrics["epochs"]
-    assert [e["epoch"] for e in epochs] == list(range(10))  # reported per epoch
-    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    assert killed, "no Ray Train worker was found to kill"
+    epochs = [e["epoch"] for e in router.metrics["epochs"]]
+    assert router.metrics["resumed"] and epochs[-1] == 29  # the restarted run went on to the end
+    assert epochs == sorted(set(epochs)) and epochs[0] > 0  # from the checkpoint, not from scratch
+    losses = router.metrics["epochs"]
+    assert losses[-1]["loss"] < losses[0]["loss"]
     loaded = load_router(tmp_path / "mlp")
     test_m = to_matrices(domain_table(600, 150)).split("test")
     accuracy = np.mean(loaded.scores(test_m.queries).argmax(1) == test_m.quality.argmax(1))

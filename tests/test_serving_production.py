@@ -254,51 +254,88 @@ def test_prometheus_metrics_count_requests_tokens_fallbacks_and_errors(server):
     assert "count me" not in text and os.environ.get("ER_KEYS") is None
 
 
+CHAT_BODIES = [
+    ('{"messages":[{"role":"user","content":"\\ud800 lone surrogate"}]}', 400),
+    ('{"messages":[{"role":"user","content":"nul \\u0000, rtl \\u202e, \\ud83d\\ude00, \\u4e2d"}]}', 200),
+    ('{"messages":[{"role":"user","content":"hi"}],"unknown_field":{"nested":[1,2,3]}}', 200),
+    ('{"messages":[{"role":"user","content":[{"type":"text","text":"parts"}]}]}', 200),
+    # ~370 KB: over this app's body limit (the message cap is checked in the caps test)
+    ('{"messages":' + json.dumps([{"role": "user", "content": "x"}] * 10000) + "}", 413),
+    ('{"messages":[{"role":"user","content":"hi"}],"max_tokens":-5}', 400),
+    ('{"messages":[{"role":"user","content":"hi"}],"max_tokens":99999999999999999999}', 400),
+    ('{"messages":[{"role":"user","content":"hi"}],"temperature":"hot"}', 400),
+    # The whole OpenAI request: agent turns pass, what no engine takes is refused up front.
+    (
+        '{"messages":[{"role":"user","content":"2+3?"},{"role":"assistant","content":null,'
+        '"tool_calls":[{"id":"c","type":"function","function":{"name":"add","arguments":"{}"}}]},'
+        '{"role":"tool","tool_call_id":"c","content":"5"}]}',
+        200,
+    ),
+    ('{"messages":[{"role":"user","content":"hi"}],"n":2,"temperature":0.7}', 200),
+    ('{"messages":[{"role":"user","content":"hi"}],"n":99,"temperature":0.7}', 400),
+    (
+        '{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"parameters":[]}}]}',
+        400,
+    ),
+    # parameters that are no JSON schema: 400 even with tool_choice "none", where no engine reads them
+    (
+        '{"messages":[{"role":"user","content":"hi"}],"tool_choice":"none",'
+        '"tools":[{"type":"function","function":{"name":"f","parameters":{"type":5}}}]}',
+        400,
+    ),
+    ('{"messages":[{"role":"user","content":"hi"}],"tool_choice":"required"}', 400),
+    ('{"messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_schema"}}', 400),
+    ('{"messages":[{"role":"user","content":"hi"}],"top_logprobs":2}', 400),
+    ('{"messages":[{"role":"tool","tool_call_id":"c","content":"5"}]}', 400),
+    ('{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:,"}}]}]}', 400),
+    ("[]", 400),
+    ('"just a string"', 400),
+    ("{", 400),
+    # A conversation without a user turn: routing has nothing to read; named, the expert takes it.
+    ('{"messages":[{"role":"system","content":"x"}]}', 400),
+    ('{"messages":[{"role":"system","content":"x"}],"model":"alpha"}', 200),
+]
+"""Bodies for /v1/chat/completions, each with its status."""
+COMPLETION_BODIES = [
+    ('{"prompt":"\\ud800 lone surrogate"}', 400),
+    ('{"prompt":"nul \\u0000, rtl \\u202e, \\ud83d\\ude00, \\u4e2d"}', 200),
+    ('{"prompt":"hi","unknown_field":{"nested":[1,2,3]}}', 200),
+    ('{"prompt":[1,2,3],"model":"alpha"}', 200),  # token ids go to an expert named directly...
+    ('{"prompt":[1,2,3]}', 400),  # ...routing reads text
+    ('{"prompt":""}', 400),
+    ('{"prompt":{"not":"a prompt"}}', 400),
+    ('{"prompt":' + json.dumps("x" * 70000) + "}", 413),
+    ('{"prompt":"hi","max_tokens":-5}', 400),
+    ('{"prompt":"hi","max_tokens":99999999999999999999}', 400),
+    ('{"prompt":"hi","temperature":"hot"}', 400),
+    ('{"prompt":"hi","n":99,"temperature":0.7}', 400),
+    ('{"prompt":"hi","logprobs":99}', 400),  # over the engine's max_logprobs: the engine's 400
+    ('{"prompt":"hi","stream_options":{"include_usage":true}}', 400),
+    ('{"prompt":"hi","response_format":{"type":"json_schema"}}', 400),
+    ('{"prompt":"hi","model":"nobody"}', 404),
+    ("[]", 400),
+    ('"just a string"', 400),
+    ("{", 400),
+]
+"""Bodies for /v1/completions, each with its status."""
+
+
 @pytest.mark.parametrize(
-    "raw, status",
-    [
-        ('{"messages":[{"role":"user","content":"\\ud800 lone surrogate"}]}', 400),
-        ('{"messages":[{"role":"user","content":"nul \\u0000, rtl \\u202e, \\ud83d\\ude00, \\u4e2d"}]}', 200),
-        ('{"messages":[{"role":"user","content":"hi"}],"unknown_field":{"nested":[1,2,3]}}', 200),
-        ('{"messages":[{"role":"user","content":[{"type":"text","text":"parts"}]}]}', 200),
-        # ~370 KB: over this app's body limit (the message cap is checked in the caps test)
-        ('{"messages":' + json.dumps([{"role": "user", "content": "x"}] * 10000) + "}", 413),
-        ('{"messages":[{"role":"user","content":"hi"}],"max_tokens":-5}', 400),
-        ('{"messages":[{"role":"user","content":"hi"}],"max_tokens":99999999999999999999}', 400),
-        ('{"messages":[{"role":"user","content":"hi"}],"temperature":"hot"}', 400),
-        # The whole OpenAI request: agent turns pass, what no engine takes is refused up front.
-        (
-            '{"messages":[{"role":"user","content":"2+3?"},{"role":"assistant","content":null,'
-            '"tool_calls":[{"id":"c","type":"function","function":{"name":"add","arguments":"{}"}}]},'
-            '{"role":"tool","tool_call_id":"c","content":"5"}]}',
-            200,
-        ),
-        ('{"messages":[{"role":"user","content":"hi"}],"n":2,"temperature":0.7}', 200),
-        ('{"messages":[{"role":"user","content":"hi"}],"n":99,"temperature":0.7}', 400),
-        (
-            '{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"parameters":[]}}]}',
-            400,
-        ),
-        ('{"messages":[{"role":"user","content":"hi"}],"tool_choice":"required"}', 400),
-        ('{"messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_schema"}}', 400),
-        ('{"messages":[{"role":"user","content":"hi"}],"top_logprobs":2}', 400),
-        ('{"messages":[{"role":"tool","tool_call_id":"c","content":"5"}]}', 400),
-        ('{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:,"}}]}]}', 400),
-        ("[]", 400),
-        ('"just a string"', 400),
-        ("{", 400),
-    ],
+    "path, raw, status",
+    [("/v1/chat/completions", *case) for case in CHAT_BODIES]
+    + [("/v1/completions", *case) for case in COMPLETION_BODIES],
 )
-def test_hostile_bodies_get_their_own_status_and_the_server_keeps_serving(server, raw, status):
+def test_hostile_bodies_get_their_own_status_and_the_server_keeps_serving(server, path, raw, status):
     reply = httpx.post(
-        f"{server['base']}/v1/chat/completions",
+        f"{server['base']}{path}",
         content=raw.encode("utf-8", "surrogatepass"),
         headers={**AUTH, "Content-Type": "application/json"},
         timeout=60,
     )
     assert reply.status_code == status, reply.text
     if status == 200:
-        assert reply.json()["choices"][0]["message"]["role"] == "assistant"
+        choice = reply.json()["choices"][0]
+        assert choice["message"]["role"] == "assistant" if "chat" in path else isinstance(choice["text"], str)
     else:
         error = reply.json()["error"]
         assert error["message"] and error["type"] == "invalid_request_error"
@@ -320,7 +357,12 @@ def test_fuzzed_requests_never_get_a_5xx(server, mode):
         max_examples=20, deadline=None, database=None, suppress_health_check=list(hypothesis.HealthCheck)
     )
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} >= {"/predict", "/v1/chat/completions", "/v1/models"}
+    assert {op.path for op in operations} >= {
+        "/predict",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+    }
     for operation in operations:
         if mode == "negative" and not list(operation.body):
             continue  # nothing to violate in a request without a body

@@ -106,6 +106,8 @@ def _train(args: argparse.Namespace) -> None:
         use_ray=not args.local,
         num_workers=args.workers,
         use_gpu=args.gpu,
+        storage_path=args.storage_path,
+        max_failures=args.max_failures,
     )
     print(
         json.dumps({"router": router.kind, "experts": router.experts, "out": str(args.out), **router.metrics})
@@ -234,6 +236,16 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--local", action="store_true", help="train in this process instead of Ray Train")
             s.add_argument("--workers", type=int, default=2)
             s.add_argument("--gpu", action="store_true")
+            s.add_argument(
+                "--storage-path",
+                help="Ray Train's run folder (checkpoints); shared storage on a multi-node cluster",
+            )
+            s.add_argument(
+                "--max-failures",
+                type=int,
+                default=3,
+                help="restarts from the last checkpoint after a worker dies",
+            )
         else:
             s.add_argument(
                 "--router", type=Path, action="append", help="a router artifact folder (repeatable)"

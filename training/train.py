@@ -52,10 +52,18 @@ def _loop_per_worker(cfg: dict[str, Any]) -> None:
 
     params = cfg["params"]
     model = kinds.load(cfg["kind"]).build_model(cfg["n_experts"], params, **cfg["prepared"])
+    resumed = ray.train.get_checkpoint()  # set when a failed run restarts: go on from its last epoch
+    state = None
+    if resumed:
+        with resumed.as_directory() as folder:
+            model.load_state_dict(torch.load(Path(folder) / "model.pt"))
+            state = torch.load(Path(folder) / "train_state.pt")
     model = prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=params["lr"])
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
     shard = ray.train.get_dataset_shard("train")
-    for epoch in range(params["epochs"]):
+    for epoch in range(state["epoch"] + 1 if state else 0, params["epochs"]):
         batches = (
             (list(b["text"]), np.stack(b["target"]))
             for b in shard.iter_batches(
@@ -70,8 +78,10 @@ def _loop_per_worker(cfg: dict[str, Any]) -> None:
             checkpoint = None
             if ray.train.get_context().get_world_rank() == 0:
                 torch.save(getattr(model, "module", model).state_dict(), Path(tmp) / "model.pt")
+                state = {"epoch": epoch, "optimizer": optimizer.state_dict()}
+                torch.save(state, Path(tmp) / "train_state.pt")
                 checkpoint = Checkpoint.from_directory(tmp)
-            ray.train.report({"epoch": epoch, "loss": loss}, checkpoint=checkpoint)
+            ray.train.report({"epoch": epoch, "loss": loss, "resumed": bool(resumed)}, checkpoint=checkpoint)
 
 
 def fit_ray(
@@ -83,12 +93,15 @@ def fit_ray(
     num_workers: int = 2,
     use_gpu: bool = False,
     storage_path: str | Path | None = None,
+    max_failures: int = 3,
 ) -> TrainedRouter:
-    """Train a neural router (mlp, bert) as a Ray Train job over ``num_workers`` workers."""
+    """Train a neural router (mlp, bert) as a Ray Train job over ``num_workers`` workers; a run whose
+    worker dies (node lost, OOM) restarts up to ``max_failures`` times from its last epoch's
+    checkpoint (model and optimizer state)."""
     import ray
     import ray.data
     import torch
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if not kinds.is_neural(kind):
@@ -116,6 +129,7 @@ def fit_ray(
         run_config=RunConfig(
             name=f"expert-router-{kind}",
             storage_path=str(Path(storage_path or tempfile.mkdtemp(prefix="er-train-")).resolve()),
+            failure_config=FailureConfig(max_failures=max_failures),
         ),
     )
     result = trainer.fit()
@@ -125,7 +139,8 @@ def fit_ray(
     costs = m.cost.mean(axis=0)
     router = module.from_model(m.experts, costs, params, model, **prepared)
     router.metrics = {
-        "epochs": [dict(r) for r in result.metrics_dataframe[["epoch", "loss"]].to_dict("records")]
+        "epochs": [dict(r) for r in result.metrics_dataframe[["epoch", "loss"]].to_dict("records")],
+        "resumed": bool(result.metrics.get("resumed")),
     }
     return router
 
@@ -141,12 +156,14 @@ def train(
     num_workers: int = 2,
     use_gpu: bool = False,
     storage_path: str | Path | None = None,
+    max_failures: int = 3,
 ) -> TrainedRouter:
     """Train router ``kind`` on the table's train split and save the artifact to ``out``
     (Ray Train's run folder with its checkpoints goes to ``storage_path``, default a temp folder)."""
     if use_ray and kinds.is_neural(kind):
         router = fit_ray(
-            kind, table_path, quality_column, temperature, config, num_workers, use_gpu, storage_path
+            kind, table_path, quality_column, temperature, config, num_workers, use_gpu, storage_path,
+            max_failures,
         )
     else:
         router = fit_local(
