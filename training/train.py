@@ -63,7 +63,8 @@ def _loop_per_worker(cfg: dict[str, Any]) -> None:
     if state:
         optimizer.load_state_dict(state["optimizer"])
     shard = ray.train.get_dataset_shard("train")
-    for epoch in range(state["epoch"] + 1 if state else 0, params["epochs"]):
+    losses: list[float] = state["losses"] if state else []  # per epoch, carried across restarts
+    for epoch in range(len(losses), params["epochs"]):
         batches = (
             (list(b["text"]), np.stack(b["target"]))
             for b in shard.iter_batches(
@@ -73,15 +74,16 @@ def _loop_per_worker(cfg: dict[str, Any]) -> None:
                 local_shuffle_seed=params["seed"] + epoch,
             )
         )
-        loss = train_epoch(model, optimizer, batches)
+        losses.append(train_epoch(model, optimizer, batches))
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if ray.train.get_context().get_world_rank() == 0:
                 torch.save(getattr(model, "module", model).state_dict(), Path(tmp) / "model.pt")
-                state = {"epoch": epoch, "optimizer": optimizer.state_dict()}
+                state = {"losses": losses, "optimizer": optimizer.state_dict()}
                 torch.save(state, Path(tmp) / "train_state.pt")
                 checkpoint = Checkpoint.from_directory(tmp)
-            ray.train.report({"epoch": epoch, "loss": loss, "resumed": bool(resumed)}, checkpoint=checkpoint)
+            metrics = {"epoch": epoch, "loss": losses[-1], "losses": losses, "resumed": bool(resumed)}
+            ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def fit_ray(
@@ -101,7 +103,7 @@ def fit_ray(
     import ray
     import ray.data
     import torch
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if not kinds.is_neural(kind):
@@ -130,6 +132,7 @@ def fit_ray(
             name=f"expert-router-{kind}",
             storage_path=str(Path(storage_path or tempfile.mkdtemp(prefix="er-train-")).resolve()),
             failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
     result = trainer.fit()
@@ -139,8 +142,8 @@ def fit_ray(
     costs = m.cost.mean(axis=0)
     router = module.from_model(m.experts, costs, params, model, **prepared)
     router.metrics = {
-        "epochs": [dict(r) for r in result.metrics_dataframe[["epoch", "loss"]].to_dict("records")],
-        "resumed": bool(result.metrics.get("resumed")),
+        "epochs": [{"epoch": i, "loss": loss} for i, loss in enumerate(result.metrics["losses"])],
+        "resumed": bool(result.metrics["resumed"]),
     }
     return router
 
