@@ -112,31 +112,38 @@ def test_an_interrupted_run_resumes_without_losing_or_repeating_rows(tiny_server
     assert again == []  # nothing left to do
 
 
-def test_a_run_whose_expert_calls_actor_is_killed_completes_every_pair_once(tiny_server, tmp_path):
-    """One of Ray Data's ExpertCalls actors is killed (SIGKILL, as on a lost node) after the first
-    stored batch: Ray Data restarts it and retries its batches; every (query, expert) pair ends up
-    in the table exactly once."""
+def test_a_run_whose_expert_calls_actors_are_killed_completes_every_pair_once(tiny_server, tmp_path):
+    """The ExpertCalls actors of the Ray Data pipeline are killed with SIGKILL while they work on a
+    batch, as if their node were lost: Ray Data restarts them and retries their batches; every
+    (query, expert) pair ends up in the table exactly once."""
     import signal
+    import threading
+    import time
 
     import psutil
 
     from training.generate import generate
 
-    data, n = instructions(tmp_path / "data.jsonl")
+    data, n = instructions(tmp_path / "data.jsonl", per_domain=4)
     killed: list[int] = []
+    stop = threading.Event()
 
-    def kill_an_actor(done: int, total: int, rate: float) -> None:
-        if killed:
-            return
-        for proc in psutil.process_iter(["cmdline"]):
-            if "ExpertCalls" in " ".join(proc.info["cmdline"] or []):
-                proc.send_signal(signal.SIGKILL)
-                killed.append(proc.pid)
-                return
+    def kill_working_actors() -> None:  # Ray titles an actor's process by its class and method
+        while not stop.is_set() and not killed:
+            for proc in psutil.process_iter(["cmdline"]):
+                if "MapBatches(ExpertCalls)).submit" in " ".join(proc.info["cmdline"] or []):
+                    proc.send_signal(signal.SIGKILL)
+                    killed.append(proc.pid)
+            time.sleep(0.02)
 
-    out = tmp_path / "table.parquet"
-    table = generate(CONFIG, data, out, app_name=APP, batch_size=4, progress=kill_an_actor)
-    assert killed, "no ExpertCalls actor process found"
+    killer = threading.Thread(target=kill_working_actors)
+    killer.start()
+    try:
+        table = generate(CONFIG, data, tmp_path / "table.parquet", app_name=APP, batch_size=4)
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no ExpertCalls actor was seen working"
     assert len(table) == n * 2 and not table.duplicated(["query_id", "expert"]).any()
     assert (table["error"] != "").sum() == 2 * 2  # only the two bad rows, for each expert
 
