@@ -128,7 +128,7 @@ class ChatRequest(RouterFields, ChatCompletionRequest):
         messages = data.get("messages") if isinstance(data, dict) else None
         for i, message in enumerate(messages if isinstance(messages, list) else []):
             role = message.get("role") if isinstance(message, dict) else None
-            if role not in ROLES:
+            if not isinstance(role, str) or role not in ROLES:
                 raise ValueError(f"messages[{i}].role: {role!r} is not one of {sorted(ROLES)}")
             content = message.get("content")
             if not (content is None or isinstance(content, str) or _is_parts(content)):

@@ -140,6 +140,8 @@ def test_streams_always_report_usage_to_the_router():
         ({}, "messages"),
         ({"messages": []}, "at least one message"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, "wizard"),
+        ({"messages": [{"role": []}]}, "messages[0].role: []"),  # found by the schemathesis fuzz test
+        ({"messages": [{"role": {"a": 1}, "content": "x"}]}, "is not one of"),
         ({"messages": [{"role": "user"}]}, "non-empty user message"),
         ({"messages": [{"role": "system", "content": "only a system turn"}]}, "non-empty user message"),
         ({"messages": [{"role": "user", "content": "   "}]}, "non-empty user message"),
