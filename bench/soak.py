@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the JSON (with every RSS sample) here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
 
     app = tiny_app_args()
     experts = [e["name"] for e in app["experts"]]
