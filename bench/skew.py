@@ -9,6 +9,12 @@ first for ``--skew`` of them (the policy is asked offline about each candidate).
 in ``--rounds`` so machine drift hits both alike. Every answer is ``--max-tokens`` tokens long
 (``ignore_eos``), so each request is the same work.
 
+Each expert's engine runs at most ``--capacity`` sequences at once (vLLM ``max_num_seqs``), as a
+GPU's memory bounds an expert's batch: beyond it requests queue in the engine, and that is the
+saturation load-aware routing answers. Unbounded (``--capacity 0``: the tests' 64), both tiny
+engines share this machine's two cores with the proxy and the clients, so a spilled request adds
+no capacity, only contention — a measurement of the machine, not of the routing.
+
 Per point: p50/p99 latency, requests/s, ``top_choice_share`` (answered by the policy's top-ranked
 expert), ``quality_retained`` (the mean predicted quality of the answering experts over that of
 the policy's top choices, both from ``x-routing-scores``), answers per expert, statuses. Prints
@@ -157,10 +163,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skew", type=float, default=0.9)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--capacity", type=int, default=8, help="each engine's max_num_seqs (0: the tiny app's own)"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     app_args = tiny_app_args()
+    if args.capacity:
+        for expert in app_args["experts"]:
+            expert["engine_kwargs"]["max_num_seqs"] = args.capacity
     queries, favourite = skewed_queries(app_args, args.requests, args.skew)
     base = run_local(app_args, free_port(), num_cpus=8)
     points = []
@@ -186,6 +198,7 @@ def main() -> None:
         "favourite": favourite,
         "skew": args.skew,
         "max_tokens": args.max_tokens,
+        "capacity": args.capacity or None,
         "load_settings": status["load"]["settings"],
         "points": points,
         "saturation": {

@@ -175,7 +175,10 @@ class RouterIngress(ExpertRouter):
             try:
                 status = await asyncio.to_thread(serve.status)
                 deployments = status.applications[app_name].deployments
+                own = getattr(deployments.get(serve.get_replica_context().deployment), "replica_states", None)
+                routers = max(int((own or {}).get("RUNNING", 1)), 1)
                 for expert in self.config.experts:
+                    self.load.state[expert.name].routers = routers
                     states = getattr(deployments.get(EXPERT_PREFIX + expert.name), "replica_states", None)
                     if states is None:
                         continue

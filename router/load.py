@@ -5,10 +5,17 @@ measures on the answers that pass through: time to first token (TTFT: the first 
 a whole non-streamed reply less its tokens at the measured time per output token), time per output
 token (TPOT, streams; for whole replies the lowest recent time per token stands in), and the
 expert's *idle* TTFT (the moving average over requests sent while nothing else was in flight to
-it; lowered by any faster loaded sample). The expected wait is
-the measured queueing delay (TTFT above idle) scaled by how many requests are in flight per
-replica now against how many were when it was measured: O(1) per update, no calls on the request
-path (replica counts are read from Serve in the background).
+it; lowered by any faster loaded sample).
+
+The expected wait of a new request: where the expert's **capacity** is known (the sequences one
+replica's engine runs at once, vLLM's ``max_num_seqs``), a request beyond capacity x replicas
+queues in the engine, so the wait is the requests ahead of it over that capacity times the
+measured service time (the moving average of whole request durations that did not queue); within
+capacity there is no wait, and so no needless spilling below saturation. Where it is not known
+(remote experts, engines without a ``max_num_seqs``), the measured queueing delay (TTFT above idle)
+scaled by how many requests are in flight per replica now against how many were when it was
+measured. O(1) per update, no calls on the request path (replica counts are read from Serve in the
+background).
 
 The load-aware utility of a candidate is its policy score (predicted quality minus the cost term)
 minus ``load_weight`` x expected wait in seconds; ``load_weight`` 0 leaves the policy's ranking
@@ -40,9 +47,28 @@ class ExpertLoad:
     """Running replicas of the expert, where known (the ingress reads them from Serve)."""
     floor_tpot_s: float | None = None
     """Lowest recent time per output token of whole (non-streamed) replies."""
+    capacity: int | None = None
+    """Requests one replica runs at once (its engine's ``max_num_seqs``), where known."""
+    routers: int = 1
+    """Router replicas sending to the expert: this one sees about 1/routers of its traffic and
+    counts on that share of its capacity."""
+    service_s: float | None = None
+    """Moving average of the duration of answered requests that started within capacity."""
+
+    def slots(self) -> int | None:
+        """This router replica's share of the requests all the expert's replicas run at once,
+        where the capacity is known."""
+        if self.capacity is None:
+            return None
+        return max(1, round(self.capacity * max(self.replicas, 1) / max(self.routers, 1)))
 
     def expected_wait_s(self) -> float:
-        """Queueing delay a new request should expect: measured excess TTFT x load now / then."""
+        """Queueing delay a new request should expect: with a known capacity, the requests ahead of
+        it beyond capacity over capacity x service time; else measured excess TTFT x load now / then."""
+        slots = self.slots()
+        if slots is not None:
+            ahead = self.in_flight + 1 - slots
+            return ahead / slots * self.service_s if ahead > 0 and self.service_s else 0.0
         if self.ttft_s is None or self.idle_ttft_s is None or not self.load_at_sample:
             return 0.0
         excess = max(0.0, self.ttft_s - self.idle_ttft_s)
@@ -68,6 +94,8 @@ class LoadTracker:
     """Every expert's :class:`ExpertLoad`, updated by the router as requests start and finish."""
 
     experts: Sequence[str]
+    capacities: dict[str, int | None] = field(default_factory=dict)
+    """Per expert, requests one replica runs at once (see :attr:`ExpertLoad.capacity`)."""
     alpha: float = 0.2
     """Weight of a new sample in the moving averages."""
     idle_drift: float = 0.02
@@ -75,7 +103,7 @@ class LoadTracker:
     state: dict[str, ExpertLoad] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.state = {name: ExpertLoad() for name in self.experts}
+        self.state = {name: ExpertLoad(capacity=self.capacities.get(name)) for name in self.experts}
 
     def start(self, expert: str) -> Attempt:
         load = self.state[expert]
@@ -116,6 +144,9 @@ class LoadTracker:
         if attempt.first_at is None:
             return
         load.answered += 1
+        slots = load.slots()
+        if slots is None or attempt.load < slots:  # it did not queue: a service time sample
+            load.service_s = _ewma(load.service_s, time.perf_counter() - attempt.started, self.alpha)
         if streamed and output_tokens > 1:
             tpot = (time.perf_counter() - attempt.first_at) / (output_tokens - 1)
             load.tpot_s = _ewma(load.tpot_s, tpot, self.alpha)
@@ -131,6 +162,8 @@ class LoadTracker:
                 "expected_wait_ms": _ms(s.expected_wait_s()),
                 "answered": s.answered,
                 "replicas": s.replicas,
+                "capacity": s.capacity,
+                "service_ms": _ms(s.service_s),
             }
             for name, s in self.state.items()
         }

@@ -29,8 +29,10 @@ class TrainedRouter(ABC):
     """Whether scoring is heavy enough to run off the event loop (encoders); see RoutingPolicy."""
 
     def __init__(self, experts: list[str], expected_costs: np.ndarray, config: dict[str, Any]):
+        """``expected_costs``: (m,) per expert, or the training queries' (n, m) costs (averaged)."""
         self.experts = list(experts)
-        self.expected_costs = np.asarray(expected_costs, dtype=float)
+        costs = np.asarray(expected_costs, dtype=float)
+        self.expected_costs = np.nanmean(costs, axis=0) if costs.ndim == 2 else costs
         self.config = dict(config)
         self.metrics: dict[str, Any] = {}
 
@@ -54,9 +56,15 @@ class TrainedRouter(ABC):
     ) -> TrainedRouter:
         """Rebuild the router from ``folder``."""
 
+    def predict(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(n, m) scores and (n, m) expected costs for ``texts``: the per-expert expected costs,
+        unless the kind predicts cost per query (the cluster router: its clusters' mean cost)."""
+        scores = self.scores(texts)
+        return scores, np.broadcast_to(self.expected_costs, scores.shape)
+
     def choose(self, texts: list[str], cost_weight: float = 0.0) -> np.ndarray:
         """Chosen expert index per text under the cost/quality knob."""
-        return choose(self.scores(texts), self.expected_costs, cost_weight)
+        return choose(*self.predict(texts), cost_weight, self.expected_costs)
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)

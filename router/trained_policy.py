@@ -54,7 +54,6 @@ class TrainedPolicy(RoutingPolicy):
         if not self.columns:
             raise ValueError(f"router artifact {artifact} knows none of the configured experts")
         self.scored = [self.router.experts[i] for i in self.columns]
-        self.costs = self.router.expected_costs[self.columns]
         self.unscored = tuple(e for e in self.experts if e not in self.scored)
         if self.unscored:
             logger.warning(
@@ -68,17 +67,22 @@ class TrainedPolicy(RoutingPolicy):
         self.cost_weight, self.window = cost_weight, window
 
     def scores(self, messages: Sequence[Message], cost_weight: float | None = None) -> dict[str, float]:
-        raw = self.router.scores([conversation_text(list(messages), self.window)])
-        return self._utilities(raw[0], cost_weight)
+        raw, costs = self.router.predict([conversation_text(list(messages), self.window)])
+        return self._utilities(raw[0], costs[0], cost_weight)
 
     def route_batch(self, requests: Sequence[RouteRequest]) -> list[RoutingDecision]:
         """One forward pass of the router for every request's text."""
-        raw = self.router.scores([conversation_text(list(r.messages), self.window) for r in requests])
-        return [self.rank(self._utilities(row, r.cost_weight), r.candidates) for row, r in zip(raw, requests)]
+        raw, costs = self.router.predict([conversation_text(list(r.messages), self.window) for r in requests])
+        return [
+            self.rank(self._utilities(row, cost, r.cost_weight), r.candidates)
+            for row, cost, r in zip(raw, costs, requests)
+        ]
 
-    def _utilities(self, raw: np.ndarray, cost_weight: float | None) -> dict[str, float]:
+    def _utilities(self, raw: np.ndarray, costs: np.ndarray, cost_weight: float | None) -> dict[str, float]:
+        """Utilities of the scored experts (expected costs relative to the priciest scored one)."""
         weight = self.cost_weight if cost_weight is None else cost_weight
-        util = utilities(raw[None, self.columns], self.costs, weight)[0]
+        reference = self.router.expected_costs[self.columns]
+        util = utilities(raw[None, self.columns], costs[None, self.columns], weight, reference)[0]
         known = dict(zip(self.scored, map(float, util)))
         return {name: known.get(name, -math.inf) for name in self.experts}
 

@@ -114,3 +114,14 @@ def test_router_against_the_best_single_expert_has_a_bootstrap_interval(table):
     assert 0 < versus["ci95"][0] < versus["difference"] < versus["ci95"][1]
     noise = versus_best_expert(m, np.random.default_rng(0).random(m.quality.shape), costs)
     assert noise["difference"] < 0 and noise["ci95"][1] < 0  # random routing loses to the best expert
+
+
+def test_the_pipeline_serves_the_best_router_among_small_artifacts():
+    from training.pipeline import best_router
+
+    results = {"bert": {"quality": 0.9}, "knn": {"quality": 0.7}, "cluster": {"quality": 0.7}}
+    sizes = {"bert": 87.0, "knn": 0.2, "cluster": 0.05}
+    assert best_router(results, sizes, max_mb=10) == "cluster"  # tie on quality: the smaller one
+    assert best_router(results, sizes, max_mb=100) == "bert"
+    large = {"bert": 87.0, "knn": 20.0, "cluster": 30.0}
+    assert best_router(results, large, max_mb=10) == "bert"  # none is small: any size

@@ -40,6 +40,32 @@ def test_expected_wait_is_the_measured_excess_ttft_scaled_by_load_now_against_th
     assert loaded(0.5, 0.1, in_flight=0).expected_ttft_s() == pytest.approx(0.5)
 
 
+def test_with_a_known_capacity_only_requests_beyond_it_wait_one_service_time_per_round():
+    full = ExpertLoad(capacity=8, service_s=2.0, in_flight=7)
+    assert full.expected_wait_s() == 0.0  # the 8th request runs at once: no wait below saturation
+    full.in_flight = 11  # the 12th: 4 ahead of it beyond 8 slots, half a round of 2 s
+    assert full.expected_wait_s() == pytest.approx(4 / 8 * 2.0)
+    full.replicas = 2  # 16 slots: runs at once
+    assert full.expected_wait_s() == 0.0
+    full.routers = 4  # four router replicas share those 16: this one counts on 4
+    assert full.slots() == 4 and full.expected_wait_s() == pytest.approx(8 / 4 * 2.0)
+    assert ExpertLoad(capacity=8, in_flight=20).expected_wait_s() == 0.0  # no service time yet
+    # The tracker samples the service time only from requests that did not queue.
+    tracker = LoadTracker(["a"], capacities={"a": 1})
+    first = tracker.start("a")
+    queued = tracker.start("a")  # started with one in flight at capacity 1: it queued
+    time.sleep(0.03)
+    tracker.first(first, tokens=2)
+    tracker.finish(first, 2)
+    service = tracker.state["a"].service_s
+    assert 0.025 < service < 0.2
+    tracker.first(queued, tokens=2)
+    tracker.finish(queued, 2)
+    assert tracker.state["a"].service_s == service
+    snapshot = tracker.snapshot()["a"]
+    assert snapshot["capacity"] == 1 and snapshot["service_ms"] == pytest.approx(service * 1e3, abs=1e-3)
+
+
 def test_tracker_counts_in_flight_and_measures_ttft_and_tpot():
     tracker = LoadTracker(["a"])
     stream = tracker.start("a")
@@ -96,6 +122,19 @@ def test_a_busy_top_expert_gives_way_and_the_reply_says_why():
     # An expert that can still add replicas keeps its traffic (prefer_scaling).
     ingress.can_scale["a"] = True
     assert asyncio.run(ingress.complete(request()))[0]["expert"] == "a"
+
+
+def test_an_expert_with_room_keeps_its_traffic_and_one_past_its_capacity_gives_way():
+    four = {"max_num_seqs": 4}
+    experts = [{"name": n, "model": "builtin:tiny-llama", "engine_kwargs": four} for n in "abc"]
+    ingress, _ = router({**ARGS, "experts": experts})
+    state = ingress.load.state["a"]
+    assert state.capacity == 4
+    state.service_s, state.in_flight = 3.0, 3  # busy and slow, but the 4th request has a slot
+    assert asyncio.run(ingress.complete(request()))[0]["expert"] == "a"
+    state.service_s, state.in_flight = 3.0, 6  # 3 ahead of a new request beyond 4 slots: 3/4 x 3 s
+    body, _ = asyncio.run(ingress.complete(request(explain=True)))
+    assert body["expert"] == "b" and body["routing"]["load"]["expected_wait_ms"]["a"] == 2250.0
 
 
 def test_max_ttft_passes_over_slow_experts_and_strict_is_a_503():

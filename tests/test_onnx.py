@@ -43,6 +43,39 @@ def test_onnx_fp32_embeddings_equal_torch_and_sentence_transformers_on_any_shape
         assert np.abs(embed([text]) - embed([text], backend="torch")).max() < 1e-4
 
 
+def test_builtin_encoders_resolve_offline_or_say_what_to_install(monkeypatch, tmp_path):
+    from importlib import metadata
+
+    from router import encoder
+
+    with pytest.raises(ValueError, match="unknown builtin encoder 'builtin:nope'; known: builtin:all-MiniLM"):
+        resolve_encoder("builtin:nope")
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(metadata, "distribution", missing)
+        patched.setattr(encoder, "models_dir", lambda: tmp_path)  # not built yet
+        with pytest.raises(ValueError, match=r"pip install 'expert-router\[encoders\]'"):
+            resolve_encoder("builtin:all-mpnet-base-v2")
+    try:
+        metadata.distribution(encoder.MPNET_PARTS[0])
+    except metadata.PackageNotFoundError:
+        pytest.skip("the encoders extra is not installed")
+    # all-mpnet-base-v2, joined from its five packages and exported to ONNX: the canonical
+    # sentence-transformers embeddings, and related texts closer than unrelated ones.
+    from sentence_transformers import SentenceTransformer
+
+    name = "builtin:all-mpnet-base-v2"
+    model = SentenceTransformer(resolve_encoder(name), device="cpu")
+    reference = model.encode(TEXTS, normalize_embeddings=True)
+    vectors = embed(TEXTS, name)
+    assert vectors.shape == (len(TEXTS), 768) and np.abs(vectors - reference).max() < 1e-4
+    a, b, c = embed(["What is 17 times 23?", "Compute 17 * 23.", "Name a French painter."], name)
+    assert a @ b > a @ c + 0.2
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """BERT and 1NN routers trained on the domain table, saved as artifacts."""

@@ -197,7 +197,10 @@ def test_pipeline_trains_a_router_that_the_app_then_serves(tiny_server, tmp_path
         CONFIG_PATH, tmp_path / "run", data, app_name=APP, router_kinds=("mlp", "bert", "knn")
     )
     run = tmp_path / "run"
-    assert result["router"] in ("mlp", "bert")
+    sizes = result["artifact_mb"]
+    small = [kind for kind, mb in sizes.items() if mb <= result["max_artifact_mb"]]
+    assert sizes["bert"] > 10 > sizes["knn"]  # the fine-tuned encoder is too large to prefer
+    assert result["router"] == max(small, key=lambda k: (result["test"][k]["quality"], -sizes[k]))
     assert {"mlp", "bert", "knn", "random", "zero", "optimal"} <= set(result["test"])
     assert (run / "report" / "report.md").exists() and (run / "report" / "counts.png").exists()
 

@@ -48,6 +48,17 @@ def test_knob_trades_quality_for_price_and_calibrates_to_a_share():
     assert calibrate(scores, costs, expert=0, target_share=0.9) == 0.0  # out of reach: the closest
 
 
+def test_knob_takes_expected_costs_per_query():
+    from training.evaluate import cheapest_weight
+
+    scores = np.array([[0.6, 0.5], [0.6, 0.5]])
+    costs = np.array([[10.0, 1.0], [1.0, 10.0]])  # expert 0 is dear on query 0, cheap on query 1
+    assert choose(scores, costs, 0.0).tolist() == [0, 0]
+    assert choose(scores, costs, 0.5).tolist() == [1, 0]
+    assert choose(scores, costs[0], 0.5).tolist() == [1, 1]  # (m,): the same costs for every query
+    assert choose(scores, costs, cheapest_weight(scores, costs)).tolist() == [1, 0]
+
+
 def test_mlp_features_equal_the_vectorizers_own_tfidf():
     from router.kinds._tfidf import fit_vectorizer
     from router.kinds.mlp import TfidfBags
@@ -79,6 +90,8 @@ def matrices():
         ("cluster", {}),
         ("pointwise", {}),
         ("pointwise", {"features": "tfidf", "C": 10.0}),
+        ("pointwise", {"features": "embedding+stats"}),
+        ("pointwise", {"features": "tfidf+stats"}),
         ("ensemble", {}),
         ("bert", {"epochs": 2, "max_length": 64}),
     ],
@@ -95,6 +108,7 @@ def test_each_router_learns_the_domain_signal_and_round_trips(kind, config, matr
     assert loaded.kind == kind and loaded.experts == router.experts
     assert np.allclose(loaded.scores(test_m.queries[:25]), scores[:25], atol=1e-3)
     assert np.allclose(loaded.expected_costs, train_m.cost.mean(0))
+    assert np.allclose(loaded.predict(test_m.queries[:25])[1], router.predict(test_m.queries[:25])[1])
 
 
 def kill_at_first_checkpoint(runs: Path, process_marker: str, killed: list[int]) -> None:
@@ -224,8 +238,37 @@ def test_cluster_scores_mix_the_nearest_clusters_by_similarity():
 
     quality = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
     router = ClusterRouter(["a", "b"], np.ones(2), {"nearest": 2, "sharpness": 10.0}, np.eye(3), quality)
-    scores = router.scores_from_similarities(np.array([[0.9, 0.1, 0.0], [0.5, 0.5, -1.0]]))
+    scores = router.assignment(np.array([[0.9, 0.1, 0.0], [0.5, 0.5, -1.0]])) @ router.quality
     assert scores[0, 0] > 0.99 and np.allclose(scores[1], [0.5, 0.5])  # third cluster not among nearest 2
+
+
+def test_cluster_router_predicts_each_experts_cost_on_queries_like_this_one(matrices, tmp_path):
+    import dataclasses
+
+    train_m, test_m = matrices
+    dear = train_m.experts.index("math")  # the math expert answers math at length: 20x its usual cost
+    cost = train_m.cost.copy()
+    cost[train_m.domains == "math", dear] *= 20
+    settings = {"clusters": 10, "nearest": 1}
+    router = fit_local("cluster", dataclasses.replace(train_m, cost=cost), config=settings)
+    _, predicted = router.predict(test_m.queries)
+    on_math = predicted[test_m.domains == "math", dear].mean()
+    elsewhere = predicted[test_m.domains != "math", dear].mean()
+    assert on_math > 2 * elsewhere  # clusters mix domains (math beside physics): not all 20x
+    assert np.allclose(router.expected_costs, np.nanmean(cost, axis=0))
+    loaded = load_router(router.save(tmp_path / "cluster"))
+    assert np.allclose(loaded.predict(test_m.queries)[1], predicted, atol=1e-6)
+    # Served: the knob weighs the math expert's cost on math queries, not its average.
+    args = {"artifact": str(tmp_path / "cluster")}
+    policy = build_policy(PolicyConfig(name="cluster", args=args), train_m.experts)
+
+    def penalty(domain: str) -> float:
+        texts = [q for q, d in zip(test_m.queries, test_m.domains) if d == domain][:10]
+        messages = [[Message("user", text)] for text in texts]
+        drops = [policy.scores(m)["math"] - policy.scores(m, cost_weight=0.5)["math"] for m in messages]
+        return float(np.mean(drops))
+
+    assert penalty("math") > 2 * penalty("general")
 
 
 def test_pointwise_predicts_each_experts_probability_of_a_good_answer(matrices):

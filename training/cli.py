@@ -67,6 +67,7 @@ def _pipeline(args: argparse.Namespace) -> None:
         router_kinds=tuple(kinds.parse(args.routers)),
         serve_router=args.serve_router,
         workers=args.workers,
+        max_artifact_mb=args.max_artifact_mb,
         **_phase1_options(args),
     )
     print(json.dumps(result))
@@ -129,9 +130,11 @@ def _evaluate(args: argparse.Namespace) -> None:
         kinds.parse(args.routers) if args.folds else [],
         args.quality_column,
         args.temperature,
+        config=json.loads(args.config) if args.config else None,
         seed=args.seed,
         limit=args.limit,
         inner_folds=args.inner_folds,
+        grid=json.loads(args.grid) if args.grid else None,
     )
     if args.json:
         compact = {n: {k: v for k, v in r.items() if k != "knob"} for n, r in report["routers"].items()}
@@ -148,10 +151,10 @@ def _calibrate(args: argparse.Namespace) -> None:
     router = load_router(args.router)
     m = to_matrices(read_table(args.table), args.quality_column)
     m = m.split("train") if (m.splits == "train").any() else m
-    scores = router.scores(m.queries)
+    scores, costs = router.predict(m.queries)
     expert = router.experts.index(args.expert)
-    weight = calibrate(scores, router.expected_costs, expert, args.share)
-    share = float((choose(scores, router.expected_costs, weight) == expert).mean())
+    weight = calibrate(scores, costs, expert, args.share, reference=router.expected_costs)
+    share = float((choose(scores, costs, weight, router.expected_costs) == expert).mean())
     print(json.dumps({"cost_weight": weight, "expert": args.expert, "share": share, "queries": len(m)}))
 
 
@@ -199,7 +202,17 @@ def parser() -> argparse.ArgumentParser:
     pipe.add_argument(
         "--routers", default="all", help=f"router kinds to train ({', '.join(kinds.names())}) or all"
     )
-    pipe.add_argument("--serve-router", default="best", help="'best' (test quality) or a kind")
+    pipe.add_argument(
+        "--serve-router",
+        default="best",
+        help="'best' (test quality among artifacts under --max-artifact-mb) or a kind",
+    )
+    pipe.add_argument(
+        "--max-artifact-mb",
+        type=float,
+        default=10.0,
+        help="'best' prefers routers whose artifact is smaller (any size if none is)",
+    )
     pipe.add_argument("--workers", type=int, default=2, help="Ray Train workers")
     pipe.set_defaults(func=_pipeline)
 
@@ -259,6 +272,15 @@ def parser() -> argparse.ArgumentParser:
                 help=f"kinds to cross-validate ({', '.join(kinds.names())}) or all",
             )
             s.add_argument("--out", type=Path)
+            s.add_argument(
+                "--config",
+                help='JSON of settings per kind, e.g. \'{"pointwise": {"C": 0.1}}\'',
+            )
+            s.add_argument(
+                "--grid",
+                help="JSON of settings nested CV also chooses among, for every kind that has them, e.g. "
+                '\'{"encoder": ["builtin:all-MiniLM-L6-v2", "builtin:all-mpnet-base-v2"]}\'',
+            )
             s.add_argument("--json", action="store_true", help="print the report as one JSON object")
             s.add_argument("--seed", type=int, default=0)
             s.add_argument(

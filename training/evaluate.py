@@ -130,17 +130,23 @@ def expected_costs(m: Matrices) -> np.ndarray:
 
 
 def cheapest_weight(scores: np.ndarray, costs: np.ndarray) -> float:
-    """A cost weight at which :func:`router.knob.choose` sends every query to the cheapest expert.
+    """A cost weight at which :func:`router.knob.choose` sends every query to its cheapest expert.
 
-    Experts priced like the cheapest one cannot be separated by the weight and are ignored.
+    ``costs``: (m,) per expert or (n, m) per query. Experts priced like the cheapest one cannot be
+    separated by the weight and are ignored.
     """
     scores = np.asarray(scores, dtype=float)
-    rel = relative_costs(costs)
-    cheap = int(np.argmin(rel))
-    dearer = rel > rel[cheap]
-    if not dearer.any() or scores.size == 0:
+    if scores.size == 0:
         return 1.0
-    need = (scores[:, dearer] - scores[:, [cheap]]) / (rel[dearer] - rel[cheap])[None, :]
+    rel = np.broadcast_to(relative_costs(costs), scores.shape)
+    rows = np.arange(len(scores))
+    cheap = np.argmin(rel, axis=1)
+    above = rel - rel[rows, cheap][:, None]
+    dearer = above > 0
+    if not dearer.any():
+        return 1.0
+    gain = scores - scores[rows, cheap][:, None]
+    need = np.where(dearer, gain / np.where(dearer, above, 1.0), -np.inf)
     return max(float(need.max()), 0.0) * 1.01 + 1e-9
 
 
@@ -155,7 +161,8 @@ def knob_curve(
 ) -> list[dict[str, Any]]:
     """:func:`summarize` of ``choose(scores, costs, w)`` for each cost weight ``w`` (plus ``cost_weight``).
 
-    ``scores`` (n, m) predicted quality, ``costs`` (m,) expected cost per expert; ``weights``
+    ``scores`` (n, m) predicted quality, ``costs`` expected costs, (m,) per expert or (n, m) per
+    query; ``weights``
     default to :func:`default_weights` (0 … everything to the cheapest expert).
     """
     scores = np.asarray(scores, dtype=float)
@@ -368,8 +375,7 @@ def report_markdown(results: dict[str, Any], plots: dict[str, Path]) -> str:
     routers, experts = results["routers"], _experts(results)
     lines = ["# Router evaluation", ""]
     meta = results.get("meta", {})
-    scalars = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool)) or v is None}
-    lines += [f"- {k}: {_fmt(v)}" for k, v in scalars.items()]
+    lines += [f"- {k}: {json.dumps(v) if isinstance(v, (dict, list)) else _fmt(v)}" for k, v in meta.items()]
     lines += ["", "## Criteria", ""]
     lines += _md_table(
         ["router", *(_LABELS[c] for c in CRITERIA)],

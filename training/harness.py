@@ -37,7 +37,7 @@ from training.train import fit_local
 logger = logging.getLogger(__name__)
 
 
-def cross_validated_scores(
+def cross_validated_predictions(
     m: Matrices,
     kind: str,
     folds: int,
@@ -46,24 +46,26 @@ def cross_validated_scores(
     seed: int = 0,
     inner_folds: int = 0,
     chosen: list[dict[str, Any]] | None = None,
-) -> np.ndarray:
-    """Out-of-fold (n, m) scores of router ``kind`` trained on the other folds. With ``inner_folds``,
-    the kind's ``GRID`` settings are chosen per outer fold by cross-validation on that fold's
+    grid: dict[str, list[Any]] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold (n, m) scores and expected costs of router ``kind`` trained on the other folds
+    (see :meth:`router.trained.TrainedRouter.predict`). With ``inner_folds``,
+    the settings of :func:`search_grid` are chosen per outer fold by cross-validation on that fold's
     training part only (nested); the choices are appended to ``chosen``."""
-    scores = np.zeros_like(m.quality)
+    scores, costs = np.zeros_like(m.quality), np.zeros_like(m.quality)
     splits = KFold(folds, shuffle=True, random_state=seed).split(m.query_ids)
     with embedding_cache():
         for i, (train_idx, test_idx) in enumerate(splits):
             train = m.subset(train_idx)
             settings = dict(config or {})
             if inner_folds:
-                settings = tuned_config(train, kind, inner_folds, temperature, settings, seed)
+                settings = tuned_config(train, kind, inner_folds, temperature, settings, seed, grid)
                 if chosen is not None:
-                    chosen.append({k: settings[k] for k in getattr(kinds.load(kind), "GRID", {})})
+                    chosen.append({k: settings[k] for k in search_grid(kind, grid)})
             router = fit_local(kind, train, temperature, settings)
-            scores[test_idx] = router.scores(m.subset(test_idx).queries)
+            scores[test_idx], costs[test_idx] = router.predict(m.subset(test_idx).queries)
             logger.info("%s fold %d/%d done %s", kind, i + 1, folds, settings)
-    return scores
+    return scores, costs
 
 
 def strong_and_weak(m: Matrices, costs: np.ndarray) -> tuple[int, int] | None:
@@ -79,34 +81,50 @@ def strong_and_weak(m: Matrices, costs: np.ndarray) -> tuple[int, int] | None:
 
 def selection_score(m: Matrices, scores: np.ndarray) -> float:
     """What model selection maximises: APGR in RouteLLM's setting, else quality at cost weight 0."""
-    costs = expected_costs(m)
-    if strong_and_weak(m, costs):
-        strong = int(np.argmax(costs))
-        return float(routellm_metrics(m, scores, strong, 1 - strong)["apgr"] or 0.0)
-    return float(summarize(m, choose(scores, costs, 0.0))["quality"])
+    pair = strong_and_weak(m, expected_costs(m))
+    if pair:
+        return float(routellm_metrics(m, scores, *pair)["apgr"] or 0.0)
+    return float(summarize(m, choose(scores, expected_costs(m), 0.0))["quality"])
+
+
+def search_grid(kind: str, extra: dict[str, list[Any]] | None = None) -> dict[str, list[Any]]:
+    """What nested CV chooses among for ``kind``: its ``GRID``, plus those of ``extra``'s settings
+    the kind has (e.g. ``{"encoder": [...]}`` for the kinds that embed)."""
+    module = kinds.load(kind)
+    known = getattr(module, "DEFAULTS", {})
+    return {**getattr(module, "GRID", {}), **{k: v for k, v in (extra or {}).items() if k in known}}
 
 
 def tuned_config(
-    m: Matrices, kind: str, folds: int, temperature: float, config: dict[str, Any], seed: int
+    m: Matrices,
+    kind: str,
+    folds: int,
+    temperature: float,
+    config: dict[str, Any],
+    seed: int,
+    extra_grid: dict[str, list[Any]] | None = None,
 ) -> dict[str, Any]:
-    """``config`` with the kind's ``GRID`` setting that scores best by ``folds``-fold CV on ``m``."""
-    grid = getattr(kinds.load(kind), "GRID", {})
+    """``config`` with the :func:`search_grid` setting that scores best by ``folds``-fold CV on ``m``."""
+    grid = search_grid(kind, extra_grid)
     if not grid:
         return config
     candidates = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     results = [
-        selection_score(m, cross_validated_scores(m, kind, folds, temperature, {**config, **c}, seed + 1))
+        selection_score(
+            m, cross_validated_predictions(m, kind, folds, temperature, {**config, **c}, seed + 1)[0]
+        )
         for c in candidates
     ]
     return {**config, **candidates[int(np.argmax(results))]}
 
 
 def router_result(m: Matrices, scores: np.ndarray, costs: np.ndarray) -> dict[str, Any]:
-    """Criteria at cost weight 0, the knob curve, and RouteLLM metrics for two experts."""
+    """Criteria at cost weight 0, the knob curve (``costs``: the router's expected costs, (m,) or
+    (n, m)), and RouteLLM metrics for two experts."""
     result = summarize(m, choose(scores, costs, 0.0))
     result["knob"] = knob_curve(m, scores, costs)
     result["vs_best_expert"] = versus_best_expert(m, scores, costs)
-    pair = strong_and_weak(m, costs)
+    pair = strong_and_weak(m, expected_costs(m))
     if pair:
         result.update({k: v for k, v in routellm_metrics(m, scores, *pair).items() if k != "curve"})
     return result
@@ -124,37 +142,52 @@ def evaluate_table(
     seed: int = 0,
     limit: int = 0,
     inner_folds: int = 3,
+    grid: dict[str, list[Any]] | None = None,
 ) -> dict[str, Any]:
-    """The report (``{"routers": {NAME: {...}}, "meta": {...}}``); written to ``out`` if given."""
+    """The report (``{"routers": {NAME: {...}}, "meta": {...}}``); written to ``out`` if given.
+    ``config``: settings per kind; ``grid``: settings nested CV also chooses among (see
+    :func:`search_grid`)."""
+    known = {k for kind in router_kinds for k in getattr(kinds.load(kind), "DEFAULTS", {})}
+    unknown = set(grid or {}) - known
+    if unknown:
+        raise ValueError(f"--grid settings no kind among {list(router_kinds)} has: {sorted(unknown)}")
     m_all = to_matrices(read_table(table_path), quality_column)
     if limit and limit < len(m_all):
         m_all = m_all.subset(np.sort(np.random.default_rng(seed).choice(len(m_all), limit, replace=False)))
     chosen: dict[str, list[dict[str, Any]]] = {}
     if folds:
         m = m_all
-        scores = {}
+        predictions = {}
         with embedding_cache():  # every kind reuses the embeddings of the queries
             for kind in router_kinds:
                 chosen[kind] = []
-                scores[kind] = cross_validated_scores(
-                    m, kind, folds, temperature, (config or {}).get(kind), seed, inner_folds, chosen[kind]
+                predictions[kind] = cross_validated_predictions(
+                    m,
+                    kind,
+                    folds,
+                    temperature,
+                    (config or {}).get(kind),
+                    seed,
+                    inner_folds,
+                    chosen[kind],
+                    grid,
                 )
     else:
         m = m_all.split("test") if (m_all.splits == "test").any() else m_all
         loaded = [load_router(path) for path in routers]
-        scores = {}
+        predictions = {}
         for router in loaded:
             order = [router.experts.index(e) for e in m.experts]
-            scores[router.kind] = router.scores(m.queries)[:, order]
-    costs = expected_costs(m)
-    results: dict[str, Any] = {name: router_result(m, s, costs) for name, s in scores.items()}
+            scores, costs = router.predict(m.queries)
+            predictions[router.kind] = scores[:, order], costs[:, order]
+    results: dict[str, Any] = {name: router_result(m, *p) for name, p in predictions.items()}
     for name, settings in chosen.items():
         if any(settings):
             results[name]["chosen_per_fold"] = settings
     results["random"] = summarize(m, random_router(m, seed))
     results["zero"] = zero_router(m)
     results["optimal"] = summarize(m, optimal_router(m, "quality"))
-    pair = strong_and_weak(m, costs)
+    pair = strong_and_weak(m, expected_costs(m))
     if pair:
         strong, weak = pair
         oracle = routellm_metrics(m, m.quality, strong, weak)
@@ -174,6 +207,8 @@ def evaluate_table(
             "folds": folds,
             "inner_folds": inner_folds if folds else None,
             "limit": limit or None,
+            "config": config or None,
+            "grid": grid or None,
         },
     }
     if out:

@@ -5,7 +5,8 @@ Output folder::
 
     OUT/table.parquet        the labelled table (phase 1), with OUT/table.parquet.parts/ while running
     OUT/candidates/<kind>/   every trained router artifact
-    OUT/router/              the chosen router (best test quality, or the kind asked for)
+    OUT/router/              the chosen router: the best test quality among the artifacts under
+                             ``max_artifact_mb`` (any size if none is), or the kind asked for
     OUT/report/              report.md / report.json / PNG plots on the table's test split
     OUT/serve_config.yaml    the input serving config with its policy pointing at OUT/router
 """
@@ -34,6 +35,18 @@ def artifact_reference(path: Path) -> str:
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
+def artifact_mb(folder: Path) -> float:
+    """The size of an artifact folder in MB (what a router replica loads)."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+
+
+def best_router(results: dict[str, Any], sizes: dict[str, float], max_mb: float) -> str:
+    """The kind with the highest test quality among those under ``max_mb`` (all if none is);
+    ties go to the smaller artifact."""
+    small = [k for k in sizes if sizes[k] <= max_mb] or list(sizes)
+    return max(small, key=lambda k: (results[k]["quality"], -sizes[k]))
+
+
 def write_serving_config(source: Path, dest: Path, kind: str, artifact: Path) -> Path:
     """``source`` (a Serve config file) with every application's policy set to the trained router."""
     doc = yaml.safe_load(source.read_text())
@@ -59,11 +72,13 @@ def run_pipeline(
     serve_router: str = "best",
     workers: int = 2,
     app_name: str | None = None,
+    max_artifact_mb: float = 10.0,
 ) -> dict[str, Any]:
     """Run every step; return a summary (timings, table summary, test criteria, chosen router).
 
-    Needs a connected Ray. ``serve_router``: ``best`` (highest test quality among the trained
-    routers) or a kind. ``app_name``: use experts already running in that Serve app.
+    Needs a connected Ray. ``serve_router``: ``best`` (:func:`best_router`: the highest test quality
+    among the artifacts under ``max_artifact_mb``) or a kind. ``app_name``: use experts already
+    running in that Serve app.
     """
     config_path, out = Path(config_path), Path(out)
     config = load_serve_config(config_path)
@@ -97,8 +112,9 @@ def run_pipeline(
     timings["evaluate_s"] = time.perf_counter() - t0
 
     results = report["routers"]
+    sizes = {kind: artifact_mb(folder) for kind, folder in candidates.items()}
     if serve_router == "best":
-        serve_router = max(router_kinds, key=lambda k: results[k]["quality"])
+        serve_router = best_router(results, sizes, max_artifact_mb)
     if serve_router not in candidates:
         raise ValueError(f"--serve-router {serve_router}: not among the trained routers {list(candidates)}")
     router_dir = out / "router"
@@ -113,6 +129,8 @@ def run_pipeline(
             for name, r in results.items()
         },
         "router": serve_router,
+        "artifact_mb": {kind: round(mb, 3) for kind, mb in sizes.items()},
+        "max_artifact_mb": max_artifact_mb,
         "serve_config": str(serving),
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }

@@ -38,7 +38,7 @@ def fit_local(
     module = kinds.load(kind)
     targets = m.quality if module.TARGETS == "quality" else soft_labels(m.quality, temperature)
     cfg = {**(config or {}), "temperature": temperature}
-    return module.fit(m.queries, targets, m.experts, m.cost.mean(axis=0), cfg)
+    return module.fit(m.queries, targets, m.experts, m.cost, cfg)
 
 
 def _loop_per_worker(cfg: dict[str, Any]) -> None:
@@ -139,7 +139,7 @@ def fit_ray(
     model = module.build_model(len(m.experts), params, **prepared)
     with result.checkpoint.as_directory() as folder:
         model.load_state_dict(torch.load(Path(folder) / "model.pt"))
-    costs = m.cost.mean(axis=0)
+    costs = np.nanmean(m.cost, axis=0)
     router = module.from_model(m.experts, costs, params, model, **prepared)
     router.metrics = {
         "epochs": [{"epoch": i, "loss": loss} for i, loss in enumerate(result.metrics["losses"])],

@@ -3,8 +3,9 @@ imported only when used (serving an ONNX kNN artifact imports no torch).
 
 A kind module defines ``ROUTER`` (its :class:`router.trained.TrainedRouter` subclass), ``DEFAULTS``
 (its settings), ``TARGETS`` (what it fits: ``"soft_labels"``, the softmax of quality / T, or
-``"quality"``, the raw per-expert quality) and ``fit(texts, targets, experts, expected_costs,
-config)``. A kind that trains by gradient also sets ``NEURAL = True`` and defines ``prepare(texts,
+``"quality"``, the raw per-expert quality) and ``fit(texts, targets, experts, costs, config)``
+(``costs``: the training queries' (n, m) costs; a router keeps their per-expert mean, or more).
+A kind that trains by gradient also sets ``NEURAL = True`` and defines ``prepare(texts,
 config)`` (driver-side state, e.g. a vocabulary), ``build_model(n_experts, config, **prepared)``
 and ``from_model(experts, expected_costs, config, model, **prepared)`` for the Ray Train job.
 

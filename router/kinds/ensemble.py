@@ -50,8 +50,13 @@ class EnsembleRouter(TrainedRouter):
         self.members = list(members)
 
     def scores(self, texts: list[str]) -> np.ndarray:
+        return self.predict(texts)[0]
+
+    def predict(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The mean of the members' scores and of their expected costs."""
         with embedding_cache():
-            return np.mean([member.scores(texts) for member in self.members], axis=0)
+            scores, costs = zip(*(member.predict(texts) for member in self.members))
+        return np.mean(scores, axis=0), np.mean(costs, axis=0)
 
     def save_weights(self, folder: Path) -> None:
         for i, member in enumerate(self.members):
@@ -79,20 +84,20 @@ def fit(
     texts: list[str],
     quality: np.ndarray,
     experts: list[str],
-    expected_costs: np.ndarray,
+    costs: np.ndarray,
     config: dict[str, Any],
 ) -> EnsembleRouter:
-    """Each member fitted on the same queries and per-expert quality."""
+    """Each member fitted on the same queries, per-expert quality and costs."""
     config = {**DEFAULTS, **config}
     _check_members(config["members"])
     shared = {k: config[k] for k in SHARED}
     members = [
         kinds.load(name).fit(
-            texts, quality, experts, expected_costs, {**config["member_config"].get(name, {}), **shared}
+            texts, quality, experts, costs, {**config["member_config"].get(name, {}), **shared}
         )
         for name in config["members"]
     ]
-    return EnsembleRouter(experts, expected_costs, config, members)
+    return EnsembleRouter(experts, costs, config, members)
 
 
 ROUTER, TARGETS = EnsembleRouter, "quality"

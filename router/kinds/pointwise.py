@@ -1,5 +1,6 @@
 """Pointwise quality predictor: per expert, the predicted quality of that expert on this query, on
-the query's sentence embedding or its TF-IDF bag of words. For 0/1 outcomes a logistic regression
+the query's sentence embedding, its TF-IDF bag of words, or either joined with a few text
+statistics (length, how many numbers: cheap difficulty signals). For 0/1 outcomes a logistic regression
 per expert (scores are probabilities of a good answer); for graded quality a ridge regression.
 Scores are in quality units, so the cost knob trades quality against cost directly. One encoder
 pass (or one TF-IDF transform) plus an (experts x features) product per decision."""
@@ -7,6 +8,7 @@ pass (or one TF-IDF transform) plus an (experts x features) product per decision
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +19,29 @@ from router.kinds import _embedding
 from router.kinds._tfidf import fit_vectorizer
 from router.trained import TrainedRouter, bundled_onnx
 
-FEATURES = ("embedding", "tfidf")
+FEATURES = ("embedding", "tfidf", "embedding+stats", "tfidf+stats")
 DEFAULTS = {**_embedding.DEFAULTS, "features": "embedding", "C": 1.0, "max_features": 30000}
-GRID = {"features": list(FEATURES), "C": [0.1, 1.0, 10.0]}
+GRID = {"features": ["embedding", "tfidf", "embedding+stats"], "C": [0.1, 1.0, 10.0]}
 """Hyper-parameters nested cross-validation chooses among (C: inverse regularisation strength)."""
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+
+
+def text_statistics(texts: list[str]) -> np.ndarray:
+    """(n, 6): log(1 + x) of characters, words, lines, numbers, distinct numbers, and the share of
+    characters that are digits or operators."""
+    rows = []
+    for text in texts:
+        numbers = _NUMBER.findall(text)
+        symbols = sum(c.isdigit() or c in "+-*/=^%$<>" for c in text)
+        counts = [len(text), len(text.split()), text.count("\n") + 1, len(numbers), len(set(numbers))]
+        rows.append([*np.log1p(counts), symbols / max(len(text), 1)])
+    return np.asarray(rows, dtype=np.float32).reshape(len(texts), 6)
 
 
 class PointwiseRouter(TrainedRouter):
     """``weights`` (experts, features) and ``bias`` (experts,) of one linear model per expert;
-    ``binary``: logistic (scores = sigmoid) or ridge (scores = the linear prediction)."""
+    ``binary``: logistic (scores = sigmoid) or ridge (scores = the linear prediction);
+    ``stats_scale`` (2, 6): the training mean and deviation the text statistics are standardised by."""
 
     kind = "pointwise"
 
@@ -39,6 +55,7 @@ class PointwiseRouter(TrainedRouter):
         binary: bool,
         vectorizer: Any = None,
         encoder: str | None = None,
+        stats_scale: np.ndarray | None = None,
     ):
         super().__init__(experts, expected_costs, {**DEFAULTS, **config})
         if self.config["features"] not in FEATURES:
@@ -48,28 +65,43 @@ class PointwiseRouter(TrainedRouter):
         self.binary = bool(binary)
         self.vectorizer = vectorizer
         self.encoder = encoder or self.config["encoder"]
+        self.stats_scale = None if stats_scale is None else np.asarray(stats_scale, dtype=np.float32)
 
     def features(self, texts: list[str]) -> Any:
-        """(n, features): unit sentence embeddings, or the fitted TF-IDF (sparse)."""
-        if self.config["features"] == "tfidf":
-            return self.vectorizer.transform(list(texts))
+        """(n, features): unit sentence embeddings or the fitted TF-IDF (sparse), then the
+        standardised text statistics if asked for."""
+        texts = list(texts)
         cfg = self.config
-        return embed(list(texts), self.encoder, cfg["backend"], cfg["quantize"])
+        base, _, stats = cfg["features"].partition("+")
+        if base == "tfidf":
+            x = self.vectorizer.transform(texts)
+        else:
+            x = embed(texts, self.encoder, cfg["backend"], cfg["quantize"])
+        if not stats:
+            return x
+        z = (text_statistics(texts) - self.stats_scale[0]) / self.stats_scale[1]
+        if base == "tfidf":
+            from scipy.sparse import csr_matrix, hstack
+
+            return hstack([x, csr_matrix(z)]).tocsr()
+        return np.hstack([x, z])
 
     def scores(self, texts: list[str]) -> np.ndarray:
         z = np.asarray(self.features(texts) @ self.weights.T) + self.bias
         return 1.0 / (1.0 + np.exp(-z)) if self.binary else z
 
     def save_weights(self, folder: Path) -> None:
+        scale = {} if self.stats_scale is None else {"stats_scale": self.stats_scale}
         np.savez_compressed(
-            folder / "pointwise.npz", weights=self.weights, bias=self.bias, binary=self.binary
+            folder / "pointwise.npz", weights=self.weights, bias=self.bias, binary=self.binary, **scale
         )
         if self.vectorizer is not None:
             (folder / "vectorizer.pkl").write_bytes(pickle.dumps(self.vectorizer))
 
     @classmethod
     def encoder_source(cls, folder: Path, config: dict[str, Any]) -> str | None:
-        return config.get("encoder", DEFAULTS["encoder"]) if config.get("features") == "embedding" else None
+        embeds = config.get("features", DEFAULTS["features"]).startswith("embedding")
+        return config.get("encoder", DEFAULTS["encoder"]) if embeds else None
 
     @classmethod
     def load_weights(
@@ -78,7 +110,7 @@ class PointwiseRouter(TrainedRouter):
         data = np.load(folder / "pointwise.npz")
         config = {**DEFAULTS, **config}
         vectorizer = None
-        if config["features"] == "tfidf":
+        if config["features"].startswith("tfidf"):
             vectorizer = pickle.loads((folder / "vectorizer.pkl").read_bytes())
         bundle = bundled_onnx(folder) if config["backend"] == "onnx" else None
         return cls(
@@ -90,6 +122,7 @@ class PointwiseRouter(TrainedRouter):
             bool(data["binary"]),
             vectorizer,
             bundle,
+            data["stats_scale"] if "stats_scale" in data else None,
         )
 
 
@@ -118,10 +151,14 @@ def fit(
     config = {**DEFAULTS, **config}
     quality = np.nan_to_num(np.asarray(quality, dtype=float))
     binary = bool(np.isin(quality, (0.0, 1.0)).all())
-    vectorizer = fit_vectorizer(texts, config["max_features"]) if config["features"] == "tfidf" else None
+    tfidf = config["features"].startswith("tfidf")
+    vectorizer = fit_vectorizer(texts, config["max_features"]) if tfidf else None
     router = PointwiseRouter(
         experts, expected_costs, config, np.zeros((len(experts), 0)), [0.0], binary, vectorizer
     )
+    if config["features"].endswith("+stats"):
+        raw = text_statistics(texts)
+        router.stats_scale = np.stack([raw.mean(axis=0), raw.std(axis=0) + 1e-6])
     x = router.features(texts)
     fitted = [_linear_fit(x, quality[:, j], binary, config["C"]) for j in range(len(experts))]
     router.weights = np.stack([w for w, _ in fitted]).astype(np.float32)
