@@ -1,6 +1,6 @@
-"""End to end with the shipped routing policy (routers/default, 1NN on ONNX int8) in front of real
-vLLM tiny-model experts named as in serve_config.yaml; and cancellation of abandoned expert calls,
-observed in the engines themselves."""
+"""End to end with the shipped routing policy (routers/default, the cluster router on ONNX int8)
+in front of real vLLM tiny-model experts named as in serve_config.yaml; and cancellation of
+abandoned expert calls, observed in the engines themselves."""
 
 from __future__ import annotations
 
