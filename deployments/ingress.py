@@ -170,12 +170,13 @@ class RouterIngress(ExpertRouter):
         and ``ingress.load.prefer_scaling``), experts left with none (``lost``) and the load gauges;
         never on the request path."""
         every = self.config.ingress.load.replicas_refresh_s
-        app_name = serve.get_replica_context().app_name
+        context = serve.get_replica_context()
+        app_name, own_name = context.app_name, context.deployment
         while True:
             try:
                 status = await asyncio.to_thread(serve.status)
                 deployments = status.applications[app_name].deployments
-                own = getattr(deployments.get(serve.get_replica_context().deployment), "replica_states", None)
+                own = getattr(deployments.get(own_name), "replica_states", None)
                 routers = max(int((own or {}).get("RUNNING", 1)), 1)
                 for expert in self.config.experts:
                     self.load.state[expert.name].routers = routers

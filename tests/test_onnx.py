@@ -46,7 +46,7 @@ def test_onnx_fp32_embeddings_equal_torch_and_sentence_transformers_on_any_shape
 def test_builtin_encoders_resolve_offline_or_say_what_to_install(monkeypatch, tmp_path):
     from importlib import metadata
 
-    from router import encoder
+    from router import encoder, model_cache
 
     with pytest.raises(ValueError, match="unknown builtin encoder 'builtin:nope'; known: builtin:all-MiniLM"):
         resolve_encoder("builtin:nope")
@@ -56,7 +56,7 @@ def test_builtin_encoders_resolve_offline_or_say_what_to_install(monkeypatch, tm
 
     with monkeypatch.context() as patched:
         patched.setattr(metadata, "distribution", missing)
-        patched.setattr(encoder, "models_dir", lambda: tmp_path)  # not built yet
+        patched.setattr(model_cache, "models_dir", lambda: tmp_path)  # not built yet
         with pytest.raises(ValueError, match=r"pip install 'expert-router\[encoders\]'"):
             resolve_encoder("builtin:all-mpnet-base-v2")
     try:
