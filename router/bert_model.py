@@ -17,7 +17,8 @@ class EncoderClassifier(torch.nn.Module):
 
         path = resolve_encoder(encoder)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.encoder = AutoModel.from_pretrained(path)
+        # fp32 for training whatever the stored precision (transformers 5 would keep fp16 weights fp16)
+        self.encoder = AutoModel.from_pretrained(path, dtype=torch.float32)
         if getattr(self.encoder, "pooler", None) is not None:
             self.encoder.pooler = None  # mean pooling instead; unused weights would stall DDP
         self.head = torch.nn.Linear(self.encoder.config.hidden_size, n_experts)
@@ -26,7 +27,7 @@ class EncoderClassifier(torch.nn.Module):
     def pooled(self, texts: list[str]) -> torch.Tensor:
         enc = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
+        ).to(self.head.weight.device)
         return pool(self.encoder(**enc).last_hidden_state, enc["attention_mask"])
 
     def forward(self, texts: list[str]) -> torch.Tensor:

@@ -26,8 +26,9 @@ def train_epoch(
     model.train()
     total, count = 0.0, 0
     for texts, targets in batches:
-        target = torch.as_tensor(np.asarray(targets), dtype=torch.float32)
-        loss = soft_cross_entropy(model(list(texts)), target)
+        logits = model(list(texts))
+        target = torch.as_tensor(np.asarray(targets), dtype=torch.float32, device=logits.device)
+        loss = soft_cross_entropy(logits, target)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -52,13 +53,22 @@ def predict_proba(model: torch.nn.Module, texts: list[str], batch_size: int = 25
     """Softmax of the logits, (n, m)."""
     model.eval()
     out = [torch.softmax(model(texts[s : s + batch_size]), dim=-1) for s in range(0, len(texts), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, 0))
+    return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0))
+
+
+def training_device(name: str = "cpu") -> torch.device:
+    """``auto``: the first GPU where torch sees one, else the CPU; else the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def fit_epochs(
     model: torch.nn.Module, texts: list[str], targets: np.ndarray, config: dict
 ) -> torch.nn.Module:
-    """Train ``model`` in this process for ``config["epochs"]`` (AdamW, ``lr``, ``batch_size``)."""
+    """Train ``model`` in this process for ``config["epochs"]`` (AdamW, ``lr``, ``batch_size``) on
+    ``config["device"]`` (default the CPU; see :func:`training_device`)."""
+    model.to(training_device(config.get("device", "cpu")))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"])
     for epoch in range(config["epochs"]):
         train_epoch(model, optimizer, batches(texts, targets, config["batch_size"], config["seed"] + epoch))

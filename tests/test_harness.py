@@ -37,6 +37,10 @@ def test_cross_validation_reports_routers_and_baselines(table, tmp_path):
     assert report["meta"]["queries"] == 550  # every query scored out of fold
     assert routers["optimal"]["quality"] >= routers["mlp"]["quality"] > routers["random"]["quality"] + 0.2
     assert sum(routers["mlp"]["counts"].values()) == 550
+    from router.kinds.mlp import GRID  # nested by default: the epochs chosen per outer fold
+
+    assert [set(c) for c in routers["mlp"]["chosen_per_fold"]] == [{"epochs"}] * 3
+    assert all(c["epochs"] in GRID["epochs"] for c in routers["mlp"]["chosen_per_fold"])
     written = {p.name for p in (tmp_path / "report").iterdir()}
     assert {"report.json", "report.md", "counts.png", "trilemma.png", "knob.png"} <= written
 

@@ -223,6 +223,8 @@ def test_every_kind_is_one_registered_module_and_every_list_comes_from_the_regis
         assert callable(module.fit) and isinstance(module.DEFAULTS, dict)
         if kinds.is_neural(name):
             assert all(callable(getattr(module, f)) for f in ("prepare", "build_model", "from_model"))
+            assert "epochs" in module.GRID  # the neural kinds' epochs are chosen by nested CV too
+        assert set(getattr(module, "GRID", {})) <= set(module.DEFAULTS), name
     assert set(kinds.names()) <= set(available_policies())
     assert kinds.parse("all") == kinds.names()
     with pytest.raises(ValueError, match="unknown router kind 'nope'; known: bert, cluster"):
@@ -231,6 +233,30 @@ def test_every_kind_is_one_registered_module_and_every_list_comes_from_the_regis
         [sys.executable, "-m", "training.cli", "train", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert all(name in helptext for name in kinds.names())
+
+
+def test_bert_router_trains_in_fp32_on_the_device_it_is_given(tmp_path):
+    """Half-precision weights on disk (transformers 5 would keep them) load as fp32 for training, and
+    ``device: auto`` is the GPU where torch sees one, else the CPU."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from router.bert_model import EncoderClassifier
+    from router.encoder import resolve_encoder
+    from router.neural import training_device
+
+    source = Path(resolve_encoder())
+    half = tmp_path / "half"
+    half.mkdir()
+    for path in source.iterdir():
+        if path.is_file() and path.name != "model.safetensors":
+            (half / path.name).write_bytes(path.read_bytes())
+    weights = load_file(source / "model.safetensors")
+    save_file({k: v.half().contiguous() for k, v in weights.items()}, half / "model.safetensors")
+    model = EncoderClassifier(str(half), n_experts=3)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert training_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert training_device("cpu") == torch.device("cpu")
 
 
 def test_cluster_scores_mix_the_nearest_clusters_by_similarity():

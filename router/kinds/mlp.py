@@ -31,6 +31,8 @@ DEFAULTS = {
     "max_features": 30000,
     "seed": 0,
 }
+GRID = {"epochs": [5, 15, 40]}
+"""What nested cross-validation chooses among."""
 
 
 class TfidfBags:
@@ -77,7 +79,7 @@ class BowMLP(torch.nn.Module):
         )
 
     def forward(self, texts: list[str]) -> torch.Tensor:
-        indices, offsets, weights = self.features(texts)
+        indices, offsets, weights = (t.to(self.bias.device) for t in self.features(texts))
         return self.out(self.bag(indices, offsets, per_sample_weights=weights) + self.bias)
 
 
