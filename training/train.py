@@ -48,7 +48,7 @@ def _loop_per_worker(cfg: dict[str, Any]) -> None:
     from ray.train import Checkpoint
     from ray.train.torch import prepare_model
 
-    from router.neural import train_epoch
+    from router.neural import adamw, train_epoch
 
     params = cfg["params"]
     model = kinds.load(cfg["kind"]).build_model(cfg["n_experts"], params, **cfg["prepared"])
@@ -59,7 +59,7 @@ def _loop_per_worker(cfg: dict[str, Any]) -> None:
             model.load_state_dict(torch.load(Path(folder) / "model.pt"))
             state = torch.load(Path(folder) / "train_state.pt")
     model = prepare_model(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params["lr"])
+    optimizer = adamw(model, params["lr"])
     if state:
         optimizer.load_state_dict(state["optimizer"])
     shard = ray.train.get_dataset_shard("train")

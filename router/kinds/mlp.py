@@ -45,23 +45,28 @@ class TfidfBags:
         self.vocabulary = vectorizer.vocabulary_
         self.idf = vectorizer.idf_.astype(np.float32)
 
-    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        indices, weights, offsets = [], [], []
-        start = 0
-        for text in texts:
-            counts = Counter(i for i in map(self.vocabulary.get, self.analyze(text)) if i is not None)
-            idx = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-            tf = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
-            w = (1.0 + np.log(tf)) * self.idf[idx]
-            norm = float(np.linalg.norm(w))
-            indices.append(idx)
-            weights.append(w / norm if norm > 0 else w)
-            offsets.append(start)
-            start += len(idx)
+    def bag(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """One text's non-zero feature indices and their (l2-normalised) TF-IDF weights."""
+        counts = Counter(i for i in map(self.vocabulary.get, self.analyze(text)) if i is not None)
+        idx = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+        tf = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+        w = (1.0 + np.log(tf)) * self.idf[idx]
+        norm = float(np.linalg.norm(w))
+        return idx, (w / norm if norm > 0 else w)
+
+    def __call__(
+        self, texts: list[str], memo: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The bags of ``texts``; with ``memo``, each distinct text is analysed once across calls."""
+        if memo is None:
+            bags = [self.bag(text) for text in texts]
+        else:
+            bags = [memo[text] if text in memo else memo.setdefault(text, self.bag(text)) for text in texts]
+        lengths = [len(idx) for idx, _ in bags]
         return (
-            torch.from_numpy(np.concatenate(indices) if indices else np.zeros(0, np.int64)),
-            torch.as_tensor(offsets, dtype=torch.long),
-            torch.from_numpy(np.concatenate(weights) if weights else np.zeros(0, np.float32)),
+            torch.from_numpy(np.concatenate([idx for idx, _ in bags]) if bags else np.zeros(0, np.int64)),
+            torch.as_tensor(np.cumsum([0] + lengths[:-1]) if bags else [], dtype=torch.long),
+            torch.from_numpy(np.concatenate([w for _, w in bags]) if bags else np.zeros(0, np.float32)),
         )
 
 
@@ -72,14 +77,20 @@ class BowMLP(torch.nn.Module):
         super().__init__()
         self.vectorizer = vectorizer
         self.features = TfidfBags(vectorizer)
+        self.memo: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
         self.bag = torch.nn.EmbeddingBag(len(vectorizer.vocabulary_), hidden, mode="sum")
         self.bias = torch.nn.Parameter(torch.zeros(hidden))
         self.out = torch.nn.Sequential(
             torch.nn.ReLU(), torch.nn.Dropout(dropout), torch.nn.Linear(hidden, n_experts)
         )
 
+    def train(self, mode: bool = True) -> BowMLP:
+        """Training memoises each query's bag (every epoch sees the same texts); eval drops it."""
+        self.memo = (getattr(self, "memo", None) or {}) if mode else None
+        return super().train(mode)
+
     def forward(self, texts: list[str]) -> torch.Tensor:
-        indices, offsets, weights = (t.to(self.bias.device) for t in self.features(texts))
+        indices, offsets, weights = (t.to(self.bias.device) for t in self.features(texts, self.memo))
         return self.out(self.bag(indices, offsets, per_sample_weights=weights) + self.bias)
 
 
