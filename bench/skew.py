@@ -1,6 +1,6 @@
 """Skewed traffic: quality-only versus load-aware routing when most queries suit one expert.
 
-The default app (serve_config.yaml's expert names and shipped 1NN policy; tiny-model vLLM experts,
+The default app (serve_config.yaml's expert names and shipped routing policy; tiny-model vLLM experts,
 ``tests.conftest.tiny_app_args``) with its shipped load-aware settings (``ingress.load``). The
 traffic is real router_mix instructions, picked so that the shipped policy itself ranks one expert
 first for ``--skew`` of them (the policy is asked offline about each candidate). At each concurrency
@@ -15,13 +15,27 @@ saturation load-aware routing answers. Unbounded (``--capacity 0``: the tests' 6
 engines share this machine's two cores with the proxy and the clients, so a spilled request adds
 no capacity, only contention — a measurement of the machine, not of the routing.
 
+Two kinds of load. Closed loop (``--concurrency``): C clients, each sending its next query when
+its last is answered, so mean latency = C / throughput (Little's law) and a policy lowers latency
+only as much as it raises throughput: with two equal experts and a 90% skew at most ~1.8x
+(quality-only ~1/0.9 of one engine, load-aware two engines), i.e. mean latency no lower than
+~0.55x, and p99 roughly alike.
+Open loop (``--rates``): queries arrive as a Poisson process at R per second regardless of the
+answers, as independent users send them; past one expert's capacity its queue, and quality-only
+latency, grow for as long as the burst lasts, while load-aware routing can still keep up. Latency
+counts from each query's arrival.
+
 Per point: p50/p99 latency, requests/s, ``top_choice_share`` (answered by the policy's top-ranked
 expert), ``quality_retained`` (the mean predicted quality of the answering experts over that of
-the policy's top choices, both from ``x-routing-scores``), answers per expert, statuses. Prints
-one JSON line ``{"benchmark": "skew", "points": [...], "saturation": {...}}`` and, with ``--out``,
-writes it with a plot of p99 against concurrency.
+the policy's top choices, both from ``x-routing-scores``), ``shed_share`` (decisions the
+router's overload guard made from its recent average scores, ``x-routing-shed``: the policy's own
+top choice is then unknown), answers per expert, statuses. Prints
+one JSON line ``{"benchmark": "skew", "points": [...], "saturation": {...}, "open_loop_points":
+[...], "open_loop_ratios": [...]}`` and, with ``--out``, writes it with plots of p99 against
+concurrency and against the offered rate.
 
-    .venv/bin/python bench/skew.py [--concurrency 1,8,32,64] [--requests 200] [--out docs/results/skew]
+    .venv/bin/python bench/skew.py [--concurrency 1,8,32,64] [--rates 2,5,7,9] [--requests 200]
+        [--out docs/results/skew]
 """
 
 from __future__ import annotations
@@ -73,52 +87,102 @@ def skewed_queries(args: dict, n: int, skew: float, seed: int = 0) -> tuple[list
     return queries, favourite
 
 
+class Tally:
+    """The outcome of one run: latencies, statuses, and which experts answered versus the policy's
+    first choice (from ``x-expert`` / ``x-routing-scores``)."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.statuses: Counter = Counter()
+        self.experts: Counter = Counter()
+        self.top, self.shed, self.retained, self.best = 0, 0, 0.0, 0.0
+
+    def record(self, reply: httpx.Response, latency_ms: float) -> None:
+        self.latencies.append(latency_ms)
+        self.statuses[reply.status_code] += 1
+        if reply.status_code != 200:
+            return
+        expert = reply.headers["x-expert"]
+        self.shed += reply.headers.get("x-routing-shed") == "true"
+        scores = {k: v for k, v in json.loads(reply.headers["x-routing-scores"]).items() if v is not None}
+        favourite = max(scores, key=scores.get)
+        self.experts[expert] += 1
+        self.top += expert == favourite
+        self.retained += scores[expert]
+        self.best += scores[favourite]
+
+    def summary(self, wall_s: float) -> dict:
+        ok = self.statuses.get(200, 0)
+        latencies = sorted(self.latencies)
+        return {
+            "requests": len(latencies),
+            "statuses": {str(k): v for k, v in self.statuses.items()},
+            "p50_ms": round(statistics.median(latencies), 1),
+            "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))], 1),
+            "requests_per_s": round(len(latencies) / wall_s, 2),
+            "top_choice_share": round(self.top / ok, 4) if ok else None,
+            "shed_share": round(self.shed / ok, 4) if ok else None,
+            "quality_retained": round(self.retained / self.best, 4) if self.best else None,
+            "experts": dict(self.experts),
+        }
+
+
+async def ask(
+    client: httpx.AsyncClient, base: str, query: str, routing: dict, max_tokens: int
+) -> httpx.Response:
+    body = {
+        "messages": [{"role": "user", "content": query}],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "routing": routing,
+    }
+    return await client.post(f"{base}/v1/chat/completions", json=body)
+
+
 async def run_point(base: str, queries: list[str], concurrency: int, routing: dict, max_tokens: int) -> dict:
-    """Every query once at ``concurrency``; latency, throughput and routing outcome."""
-    latencies, statuses, experts, top, retained, best = [], Counter(), Counter(), 0, 0.0, 0.0
-    todo = list(enumerate(queries))
+    """Closed loop: ``concurrency`` clients, each sending its next query when its last is answered."""
+    tally, todo = Tally(), list(queries)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
     async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal top, retained, best
         while todo:
-            _, query = todo.pop()
-            body = {
-                "messages": [{"role": "user", "content": query}],
-                "max_tokens": max_tokens,
-                "ignore_eos": True,
-                "routing": routing,
-            }
+            query = todo.pop()
             started = time.perf_counter()
-            reply = await client.post(f"{base}/v1/chat/completions", json=body)
-            latencies.append((time.perf_counter() - started) * 1e3)
-            statuses[reply.status_code] += 1
-            if reply.status_code != 200:
-                continue
-            expert = reply.headers["x-expert"]
-            scores = {k: v for k, v in json.loads(reply.headers["x-routing-scores"]).items() if v is not None}
-            favourite = max(scores, key=scores.get)
-            experts[expert] += 1
-            top += expert == favourite
-            retained += scores[expert]
-            best += scores[favourite]
+            reply = await ask(client, base, query, routing, max_tokens)
+            tally.record(reply, (time.perf_counter() - started) * 1e3)
 
     started = time.perf_counter()
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-    wall = time.perf_counter() - started
-    ok = statuses.get(200, 0)
-    latencies.sort()
-    return {
-        "requests": len(queries),
-        "statuses": {str(k): v for k, v in statuses.items()},
-        "p50_ms": round(statistics.median(latencies), 1),
-        "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))], 1),
-        "requests_per_s": round(len(queries) / wall, 2),
-        "top_choice_share": round(top / ok, 4) if ok else None,
-        "quality_retained": round(retained / best, 4) if best else None,
-        "experts": dict(experts),
-    }
+    return tally.summary(time.perf_counter() - started)
+
+
+async def run_open_point(
+    base: str, queries: list[str], rate: float, routing: dict, max_tokens: int, seed: int = 0
+) -> dict:
+    """Open loop: queries arrive as a Poisson process at ``rate`` per second whether or not earlier
+    ones were answered (as independent users do), so a saturated expert's queue shows in the
+    latency instead of slowing the clients down. Latency counts from each query's arrival time;
+    throughput is the queries over the time from the first arrival to the last answer."""
+    import random
+
+    rng = random.Random(seed)
+    arrivals, t = [], 0.0
+    for _ in queries:
+        arrivals.append(t)
+        t += rng.expovariate(rate)
+    tally = Tally()
+    limits = httpx.Limits(max_connections=len(queries), max_keepalive_connections=64)
+
+    async def one(client: httpx.AsyncClient, query: str, at: float) -> None:
+        await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
+        reply = await ask(client, base, query, routing, max_tokens)
+        tally.record(reply, (time.perf_counter() - start - at) * 1e3)
+
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(one(client, q, at) for q, at in zip(queries, arrivals)))
+    return tally.summary(time.perf_counter() - start)
 
 
 def merged(runs: list[dict]) -> dict:
@@ -126,7 +190,7 @@ def merged(runs: list[dict]) -> dict:
     quantile would hide nothing, so quantiles and rates are averaged, counts summed."""
     out = {
         k: round(statistics.mean(r[k] for r in runs), 4 if "share" in k or "retained" in k else 1)
-        for k in ("p50_ms", "p99_ms", "requests_per_s", "top_choice_share", "quality_retained")
+        for k in ("p50_ms", "p99_ms", "requests_per_s", "top_choice_share", "shed_share", "quality_retained")
     }
     out["requests"] = sum(r["requests"] for r in runs)
     out["experts"] = dict(sum((Counter(r["experts"]) for r in runs), Counter()))
@@ -134,7 +198,7 @@ def merged(runs: list[dict]) -> dict:
     return out
 
 
-def plot(points: list[dict], path: Path) -> None:
+def plot(points: list[dict], x: str, label: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,22 +207,56 @@ def plot(points: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for policy in POLICIES:
         mine = [p for p in points if p["policy"] == policy]
-        ax.plot([p["concurrency"] for p in mine], [p["p99_ms"] for p in mine], marker="o", label=policy)
-    ax.set_xlabel("concurrent clients")
+        ax.plot([p[x] for p in mine], [p["p99_ms"] for p in mine], marker="o", label=policy)
+    ax.set_xlabel(label)
     ax.set_ylabel("p99 latency (ms)")
-    ax.set_xscale("log", base=2)
-    ax.set_title("Skewed traffic: p99 latency, quality-only vs load-aware routing")
+    if x == "concurrency":
+        ax.set_xscale("log", base=2)
+    ax.set_title(f"Skewed traffic: p99 latency by {label}")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
+def sweep(loads: list, key: str, rounds: int, one) -> list[dict]:
+    """Both policies at each load (a concurrency or an offered rate), alternating in ``rounds``;
+    ``one(load, routing)`` is the coroutine of one run."""
+    points = []
+    for load in loads:
+        runs: dict[str, list[dict]] = {policy: [] for policy in POLICIES}
+        for _ in range(rounds):
+            for policy, routing in POLICIES.items():
+                runs[policy].append(asyncio.run(one(load, routing)))
+                print(f"{key} {load} {policy}: {runs[policy][-1]}", file=sys.stderr)
+        points += [{key: load, "policy": p, **merged(r)} for p, r in runs.items()]
+    return points
+
+
+def ratios(points: list[dict], key: str, load) -> dict:
+    """Load-aware over quality-only at one load."""
+    at = {p["policy"]: p for p in points if p[key] == load}
+    qo, la = at["quality_only"], at["load_aware"]
+    return {
+        key: load,
+        "p99_ratio": round(la["p99_ms"] / qo["p99_ms"], 3),
+        "throughput_ratio": round(la["requests_per_s"] / qo["requests_per_s"], 3),
+        "quality_retained": la["quality_retained"],
+    }
+
+
+def numbers(text: str, kind: type) -> list:
+    return [kind(x) for x in text.split(",") if x.strip()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument("--concurrency", default="1,8,32,64", help="closed-loop clients ('' for none)")
+    parser.add_argument(
+        "--rates", default="", help="open-loop offered requests/s, Poisson arrivals (e.g. 2,5,7,9)"
+    )
     parser.add_argument("--requests", type=int, default=200, help="per point and round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skew", type=float, default=0.9)
@@ -168,6 +266,9 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    concurrencies, rates = numbers(args.concurrency, int), numbers(args.rates, float)
+    if not concurrencies and not rates:
+        parser.error("give --concurrency or --rates")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     app_args = tiny_app_args()
     if args.capacity:
@@ -175,45 +276,39 @@ def main() -> None:
             expert["engine_kwargs"]["max_num_seqs"] = args.capacity
     queries, favourite = skewed_queries(app_args, args.requests, args.skew)
     base = run_local(app_args, free_port(), num_cpus=8)
-    points = []
+    tokens = args.max_tokens
     try:
-        asyncio.run(run_point(base, queries[:32], 8, {}, args.max_tokens))  # warm-up
-        for concurrency in map(int, args.concurrency.split(",")):
-            runs: dict[str, list[dict]] = {policy: [] for policy in POLICIES}
-            for _ in range(args.rounds):
-                for policy, routing in POLICIES.items():
-                    runs[policy].append(
-                        asyncio.run(run_point(base, queries, concurrency, routing, args.max_tokens))
-                    )
-                    print(f"concurrency {concurrency} {policy}: {runs[policy][-1]}", file=sys.stderr)
-            points += [{"concurrency": concurrency, "policy": p, **merged(r)} for p, r in runs.items()]
+        asyncio.run(run_point(base, queries[:32], 8, {}, tokens))  # warm-up
+        closed = sweep(
+            concurrencies, "concurrency", args.rounds, lambda c, r: run_point(base, queries, c, r, tokens)
+        )
+        opened = sweep(
+            rates, "offered_rps", args.rounds, lambda x, r: run_open_point(base, queries, x, r, tokens)
+        )
         status = httpx.get(f"{base}/status", timeout=30).json()
     finally:
         stop_local()
-    top = max(int(c) for c in args.concurrency.split(","))
-    at = {p["policy"]: p for p in points if p["concurrency"] == top}
-    qo, la = at["quality_only"], at["load_aware"]
     result = {
         "benchmark": "skew",
         "favourite": favourite,
         "skew": args.skew,
-        "max_tokens": args.max_tokens,
+        "max_tokens": tokens,
         "capacity": args.capacity or None,
         "load_settings": status["load"]["settings"],
-        "points": points,
-        "saturation": {
-            "concurrency": top,
-            "p99_ratio": round(la["p99_ms"] / qo["p99_ms"], 3),
-            "throughput_ratio": round(la["requests_per_s"] / qo["requests_per_s"], 3),
-            "quality_retained": la["quality_retained"],
-        },
+        "points": closed,
+        "saturation": ratios(closed, "concurrency", max(concurrencies)) if closed else None,
+        "open_loop_points": opened,
+        "open_loop_ratios": [ratios(opened, "offered_rps", rate) for rate in rates],
     }
     line = json.dumps(result)
     print(line)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "skew.json").write_text(line + "\n")
-        plot(points, args.out / "skew_p99.png")
+        if closed:
+            plot(closed, "concurrency", "concurrent clients", args.out / "skew_p99.png")
+        if opened:
+            plot(opened, "offered_rps", "offered requests/s", args.out / "skew_open_loop_p99.png")
 
 
 if __name__ == "__main__":
