@@ -188,8 +188,9 @@ async def run_open_point(
 def merged(runs: list[dict]) -> dict:
     """One point from the rounds of one (concurrency, policy): latencies by the worse round's
     quantile would hide nothing, so quantiles and rates are averaged, counts summed."""
+    digits = {"p50_ms": 1, "p99_ms": 1, "requests_per_s": 2}
     out = {
-        k: round(statistics.mean(r[k] for r in runs), 4 if "share" in k or "retained" in k else 1)
+        k: round(statistics.mean(r[k] for r in runs), digits.get(k, 4))
         for k in ("p50_ms", "p99_ms", "requests_per_s", "top_choice_share", "shed_share", "quality_retained")
     }
     out["requests"] = sum(r["requests"] for r in runs)
