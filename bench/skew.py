@@ -16,10 +16,10 @@ engines share this machine's two cores with the proxy and the clients, so a spil
 no capacity, only contention — a measurement of the machine, not of the routing.
 
 Two kinds of load. Closed loop (``--concurrency``): C clients, each sending its next query when
-its last is answered, so mean latency = C / throughput (Little's law) and a policy lowers latency
-only as much as it raises throughput: with two equal experts and a 90% skew at most ~1.8x
-(quality-only ~1/0.9 of one engine, load-aware two engines), i.e. mean latency no lower than
-~0.55x, and p99 roughly alike.
+its last is answered, so mean latency = C / throughput (Little's law) and a policy lowers the mean
+latency only as much as it raises throughput: with two equal experts and a 90% skew at most ~1.8x
+(quality-only ~1/0.9 of one engine, load-aware two engines), i.e. no lower than ~0.55x; the law
+bounds the mean, not p99.
 Open loop (``--rates``): queries arrive as a Poisson process at R per second regardless of the
 answers, as independent users send them; past one expert's capacity its queue, and quality-only
 latency, grow for as long as the burst lasts, while load-aware routing can still keep up. Latency
@@ -29,7 +29,8 @@ Per point: p50/p99 latency, requests/s, ``top_choice_share`` (answered by the po
 expert), ``quality_retained`` (the mean predicted quality of the answering experts over that of
 the policy's top choices, both from ``x-routing-scores``), ``shed_share`` (decisions the
 router's overload guard made from its recent average scores, ``x-routing-shed``: the policy's own
-top choice is then unknown), answers per expert, statuses. Prints
+top choice is then unknown, so the two before are over the other answers), answers per expert,
+statuses (``error``: no HTTP answer). Policies take turns to run first. Prints
 one JSON line ``{"benchmark": "skew", "points": [...], "saturation": {...}, "open_loop_points":
 [...], "open_loop_ratios": [...]}`` and, with ``--out``, writes it with plots of p99 against
 concurrency and against the offered rate.
@@ -45,6 +46,7 @@ import asyncio
 import gzip
 import json
 import logging
+import random
 import statistics
 import sys
 import time
@@ -65,8 +67,6 @@ POLICIES = {"quality_only": {"load_weight": 0}, "load_aware": {}}
 def skewed_queries(args: dict, n: int, skew: float, seed: int = 0) -> tuple[list[str], str]:
     """``n`` router_mix instructions of which ``skew`` are ranked first for one expert by the
     shipped policy (the expert it prefers most often), the rest for the others; and that expert."""
-    import random
-
     from router.config import PolicyConfig
     from router.policy import Message, build_policy
 
@@ -95,18 +95,22 @@ class Tally:
         self.latencies: list[float] = []
         self.statuses: Counter = Counter()
         self.experts: Counter = Counter()
-        self.top, self.shed, self.retained, self.best = 0, 0, 0.0, 0.0
+        self.decided, self.shed, self.top, self.retained, self.best = 0, 0, 0, 0.0, 0.0
 
-    def record(self, reply: httpx.Response, latency_ms: float) -> None:
+    def record(self, reply: httpx.Response | None, latency_ms: float) -> None:
+        """One answer (``None``: the connection failed or timed out, counted as ``error``)."""
         self.latencies.append(latency_ms)
-        self.statuses[reply.status_code] += 1
-        if reply.status_code != 200:
+        self.statuses[reply.status_code if reply is not None else "error"] += 1
+        if reply is None or reply.status_code != 200:
             return
         expert = reply.headers["x-expert"]
-        self.shed += reply.headers.get("x-routing-shed") == "true"
+        self.experts[expert] += 1
+        if reply.headers.get("x-routing-shed") == "true":
+            self.shed += 1  # its scores are the recent averages: the policy's own choice is unknown
+            return
         scores = {k: v for k, v in json.loads(reply.headers["x-routing-scores"]).items() if v is not None}
         favourite = max(scores, key=scores.get)
-        self.experts[expert] += 1
+        self.decided += 1
         self.top += expert == favourite
         self.retained += scores[expert]
         self.best += scores[favourite]
@@ -120,7 +124,7 @@ class Tally:
             "p50_ms": round(statistics.median(latencies), 1),
             "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))], 1),
             "requests_per_s": round(len(latencies) / wall_s, 2),
-            "top_choice_share": round(self.top / ok, 4) if ok else None,
+            "top_choice_share": round(self.top / self.decided, 4) if self.decided else None,
             "shed_share": round(self.shed / ok, 4) if ok else None,
             "quality_retained": round(self.retained / self.best, 4) if self.best else None,
             "experts": dict(self.experts),
@@ -129,14 +133,17 @@ class Tally:
 
 async def ask(
     client: httpx.AsyncClient, base: str, query: str, routing: dict, max_tokens: int
-) -> httpx.Response:
+) -> httpx.Response | None:
     body = {
         "messages": [{"role": "user", "content": query}],
         "max_tokens": max_tokens,
         "ignore_eos": True,
         "routing": routing,
     }
-    return await client.post(f"{base}/v1/chat/completions", json=body)
+    try:
+        return await client.post(f"{base}/v1/chat/completions", json=body)
+    except httpx.HTTPError:
+        return None
 
 
 async def run_point(base: str, queries: list[str], concurrency: int, routing: dict, max_tokens: int) -> dict:
@@ -160,17 +167,18 @@ async def run_point(base: str, queries: list[str], concurrency: int, routing: di
 async def run_open_point(
     base: str, queries: list[str], rate: float, routing: dict, max_tokens: int, seed: int = 0
 ) -> dict:
-    """Open loop: queries arrive as a Poisson process at ``rate`` per second whether or not earlier
-    ones were answered (as independent users do), so a saturated expert's queue shows in the
-    latency instead of slowing the clients down. Latency counts from each query's arrival time;
-    throughput is the queries over the time from the first arrival to the last answer."""
-    import random
-
+    """Open loop: queries arrive as a Poisson process at ``rate`` per second (the seeded gaps scaled
+    so that this run's mean rate is exactly ``rate``) whether or not earlier ones were answered, as
+    independent users send them, so a saturated expert's queue shows in the latency instead of
+    slowing the clients down. Latency counts from each query's arrival time; throughput is the
+    queries over the time from the first arrival to the last answer."""
     rng = random.Random(seed)
     arrivals, t = [], 0.0
     for _ in queries:
         arrivals.append(t)
         t += rng.expovariate(rate)
+    scale = (len(queries) - 1) / rate / arrivals[-1] if len(queries) > 1 else 1.0
+    arrivals = [at * scale for at in arrivals]  # the run's own mean rate is exactly ``rate``
     tally = Tally()
     limits = httpx.Limits(max_connections=len(queries), max_keepalive_connections=64)
 
@@ -189,10 +197,9 @@ def merged(runs: list[dict]) -> dict:
     """One point from the rounds of one (concurrency, policy): latencies by the worse round's
     quantile would hide nothing, so quantiles and rates are averaged, counts summed."""
     digits = {"p50_ms": 1, "p99_ms": 1, "requests_per_s": 2}
-    out = {
-        k: round(statistics.mean(r[k] for r in runs), digits.get(k, 4))
-        for k in ("p50_ms", "p99_ms", "requests_per_s", "top_choice_share", "shed_share", "quality_retained")
-    }
+    keys = ("p50_ms", "p99_ms", "requests_per_s", "top_choice_share", "shed_share", "quality_retained")
+    values = {k: [r[k] for r in runs if r[k] is not None] for k in keys}
+    out = {k: round(statistics.mean(v), digits.get(k, 4)) if v else None for k, v in values.items()}
     out["requests"] = sum(r["requests"] for r in runs)
     out["experts"] = dict(sum((Counter(r["experts"]) for r in runs), Counter()))
     out["statuses"] = dict(sum((Counter(r["statuses"]) for r in runs), Counter()))
@@ -221,13 +228,16 @@ def plot(points: list[dict], x: str, label: str, path: Path) -> None:
 
 
 def sweep(loads: list, key: str, rounds: int, one) -> list[dict]:
-    """Both policies at each load (a concurrency or an offered rate), alternating in ``rounds``;
+    """Both policies at each load (a concurrency or an offered rate), alternating in ``rounds`` and
+    taking turns to go first (the second run meets engines the first warmed);
     ``one(load, routing)`` is the coroutine of one run."""
-    points = []
+    points, turn = [], 0
     for load in loads:
         runs: dict[str, list[dict]] = {policy: [] for policy in POLICIES}
         for _ in range(rounds):
-            for policy, routing in POLICIES.items():
+            order = list(POLICIES.items())[:: 1 if turn % 2 == 0 else -1]
+            turn += 1
+            for policy, routing in order:
                 runs[policy].append(asyncio.run(one(load, routing)))
                 print(f"{key} {load} {policy}: {runs[policy][-1]}", file=sys.stderr)
         points += [{key: load, "policy": p, **merged(r)} for p, r in runs.items()]
