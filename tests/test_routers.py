@@ -73,6 +73,31 @@ def test_mlp_features_equal_the_vectorizers_own_tfidf():
         mine = np.zeros(dense.shape[1])
         mine[indices[a:b].numpy()] = weights[a:b].numpy()
         assert np.allclose(mine, dense[row], atol=1e-6)
+    import torch
+
+    memo: dict = {}
+    for _ in range(2):  # memoised bags are the same numbers, each distinct text kept once
+        again = TfidfBags(vectorizer)(queries, memo)
+        assert all(torch.equal(a, b) for a, b in zip(again, (indices, offsets, weights)))
+    assert sorted(memo) == sorted(queries)
+
+
+def test_mlp_training_analyses_each_query_once_and_serving_keeps_no_memo(monkeypatch):
+    from collections import Counter
+
+    from router.kinds import mlp
+
+    analysed = Counter()
+    analyse = mlp.TfidfBags.analyse
+    counted = lambda self, text: analysed.update([text]) or analyse(self, text)  # noqa: E731
+    monkeypatch.setattr(mlp.TfidfBags, "analyse", counted)
+    texts = [f"question {i} about {topic}" for i in range(40) for topic in ("maths", "code")]
+    targets = np.tile([[0.8, 0.2], [0.2, 0.8]], (40, 1)).astype(np.float32)
+    router = mlp.fit(texts, targets, ["a", "b"], np.array([1.0, 2.0]), {"epochs": 3, "batch_size": 16})
+    assert set(analysed.values()) == {1} and len(analysed) == len(texts)  # 3 epochs, one analysis each
+    assert router.model.memo is None
+    router.scores(["question 1 about maths"] * 3)
+    assert router.model.memo is None and analysed["question 1 about maths"] == 4  # scored, not kept
 
 
 @pytest.fixture(scope="module")

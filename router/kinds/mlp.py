@@ -45,7 +45,7 @@ class TfidfBags:
         self.vocabulary = vectorizer.vocabulary_
         self.idf = vectorizer.idf_.astype(np.float32)
 
-    def bag(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+    def analyse(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """One text's non-zero feature indices and their (l2-normalised) TF-IDF weights."""
         counts = Counter(i for i in map(self.vocabulary.get, self.analyze(text)) if i is not None)
         idx = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
@@ -59,9 +59,12 @@ class TfidfBags:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The bags of ``texts``; with ``memo``, each distinct text is analysed once across calls."""
         if memo is None:
-            bags = [self.bag(text) for text in texts]
+            bags = [self.analyse(text) for text in texts]
         else:
-            bags = [memo[text] if text in memo else memo.setdefault(text, self.bag(text)) for text in texts]
+            for text in texts:
+                if text not in memo:
+                    memo[text] = self.analyse(text)
+            bags = [memo[text] for text in texts]
         lengths = [len(idx) for idx, _ in bags]
         return (
             torch.from_numpy(np.concatenate([idx for idx, _ in bags]) if bags else np.zeros(0, np.int64)),
