@@ -64,8 +64,8 @@ def training_device(name: str = "cpu") -> torch.device:
 
 
 def adamw(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
-    """AdamW with the fused kernel (CPU and CUDA): the per-tensor loop's update up to float rounding, ~7x
-    faster on the MLP's 30,000 x 256 bag (61 -> 9 ms a step on 2 cores)."""
+    """AdamW with the fused kernel (CPU and CUDA): the per-tensor loop's update up to float rounding;
+    an optimizer step over the MLP's 30,000 x 256 bag takes 9 ms instead of 61 on 2 cores."""
     return torch.optim.AdamW(model.parameters(), lr=lr, fused=True)
 
 

@@ -268,7 +268,7 @@ def test_bert_router_loads_half_precision_weights_as_fp32_and_trains_them(tmp_pa
 
     from router.bert_model import EncoderClassifier
     from router.encoder import resolve_encoder
-    from router.neural import batches, train_epoch
+    from router.neural import adamw, batches, train_epoch
 
     source = Path(resolve_encoder())
     half = tmp_path / "half"
@@ -281,7 +281,7 @@ def test_bert_router_loads_half_precision_weights_as_fp32_and_trains_them(tmp_pa
     model = EncoderClassifier(str(half), n_experts=3)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     texts, targets = ["What is 2 + 2?", "Name a capital city."] * 4, np.eye(3)[[0, 1] * 4]
-    loss = train_epoch(model, torch.optim.AdamW(model.parameters(), lr=1e-4), batches(texts, targets, 4, 0))
+    loss = train_epoch(model, adamw(model, 1e-4), batches(texts, targets, 4, 0))  # fused, as in training
     assert np.isfinite(loss) and {p.dtype for p in model.parameters()} == {torch.float32}
 
 

@@ -89,7 +89,7 @@ class BowMLP(torch.nn.Module):
 
     def train(self, mode: bool = True) -> BowMLP:
         """Training memoises each query's bag (every epoch sees the same texts); eval drops it."""
-        self.memo = (getattr(self, "memo", None) or {}) if mode else None
+        self.memo = (self.memo if self.memo is not None else {}) if mode else None
         return super().train(mode)
 
     def forward(self, texts: list[str]) -> torch.Tensor:
