@@ -163,6 +163,11 @@ def ready_status(base_url: str) -> tuple[int, dict]:
     return r.status_code, r.json()
 
 
+def lost_on_status(base_url: str, expert: str) -> bool:
+    """Whether the answering router replica's ``/status`` says ``expert`` has no running replica."""
+    return httpx.get(f"{base_url}/status", timeout=30).json()["load"]["experts"][expert]["lost"]
+
+
 def failed(outcomes: list[Outcome]) -> list[Outcome]:
     return [o for o in outcomes if o.status != 200]
 
@@ -177,8 +182,9 @@ def test_placement_follows_the_config(multinode):
 
 def test_expert_node_lost_under_load_falls_back_then_recovers(multinode):
     """All traffic prefers alpha; alpha's node dies mid-traffic: every request still gets a 200 (the
-    ones in flight fall back to beta), /ready says alpha is missing, and once a node with alpha's
-    resource joins, Serve places alpha there and it answers again."""
+    ones in flight fall back to beta), /ready says alpha is missing and /status that it is lost (so
+    the router tries it last instead of waiting out a timeout), and once a node with alpha's
+    resource joins, Serve places alpha there, it answers again and is no longer lost."""
     base = multinode.base_url
     traffic = Traffic(base, concurrency=6, call=routed_chat(max_tokens=32)).start()
     try:
@@ -188,6 +194,9 @@ def test_expert_node_lost_under_load_falls_back_then_recovers(multinode):
         not_ready_s = wait(lambda: ready_status(base)[0] == 503, 90, "/ready reports the lost expert")
         status, body = ready_status(base)
         assert body["experts"]["beta"] == "ok" and body["experts"]["alpha"] != "ok", body
+        # Both router replicas (the proxy alternates between them) read it from Serve's status.
+        lost_s = wait(lambda: all(lost_on_status(base, "alpha") for _ in range(4)), 60, "/status: alpha lost")
+        assert not lost_on_status(base, "beta")
         traffic.wait_for(30)
         multinode.add("alpha-2", expert_node("alpha"))
         back_s = wait(lambda: ready_status(base)[0] == 200, 600, "alpha back on the new node")
@@ -197,11 +206,17 @@ def test_expert_node_lost_under_load_falls_back_then_recovers(multinode):
             120,
             "alpha answering again",
         )
+        wait(lambda: not any(lost_on_status(base, "alpha") for _ in range(4)), 60, "alpha not lost")
     finally:
         outcomes = traffic.stop()
     print(
         json.dumps(
-            {"expert_node_lost": summary(outcomes), "not_ready_after_s": not_ready_s, "back_s": back_s}
+            {
+                "expert_node_lost": summary(outcomes),
+                "not_ready_after_s": not_ready_s,
+                "lost_on_status_after_s": lost_s,
+                "back_s": back_s,
+            }
         )
     )
     assert not failed(outcomes), summary(failed(outcomes))
