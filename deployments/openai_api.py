@@ -5,6 +5,7 @@ no engine takes, the text a policy routes on and the capabilities a request need
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from jsonschema import Draft202012Validator
@@ -30,6 +31,17 @@ PART_NEEDS = {
 """Capability a content part of this type needs of the expert (checked when the router chooses: a
 request naming an expert goes to it, and its engine refuses parts it cannot take)."""
 STRUCTURED_FORMATS = {"json_object", "json_schema", "structural_tag"}
+
+
+def _read_iterators(value: Any) -> Any:
+    """``value`` with every one-shot iterator in it, at any depth, read into a list. Pydantic keeps an
+    ``Iterable`` field of OpenAI's message types (e.g. an empty parts list) as a ValidatorIterator:
+    unpicklable, so it cannot cross to an expert's replica, and validated only as it is read."""
+    if isinstance(value, dict):
+        return {key: _read_iterators(item) for key, item in value.items()}
+    if isinstance(value, (list, Iterator)):
+        return [_read_iterators(item) for item in value]
+    return value
 
 
 def _encodable(text: str) -> str:
@@ -89,7 +101,10 @@ class RouterFields(BaseModel):
         stop = [*sampling.stop, *([client_stop] if isinstance(client_stop, str) else client_stop)]
         if stop:
             body["stop"] = list(dict.fromkeys(stop))
-        return self.engine_request.model_validate({**body, **changes, "model": model})
+        request = self.engine_request.model_validate({**body, **changes, "model": model})
+        if isinstance(messages := getattr(request, "messages", None), list):
+            request.messages = _read_iterators(messages)  # validating again made iterators again
+        return request
 
     @property
     def routed(self) -> bool:
@@ -142,15 +157,11 @@ class ChatRequest(RouterFields, ChatCompletionRequest):
         if not self.messages:
             raise ValueError("messages: at least one message is required")
         for i, message in enumerate(self.messages):
-            # Pydantic may keep an iterable field as a one-shot, unpicklable ValidatorIterator (e.g.
-            # an empty parts list) that validates only as it is read: read it into a list now.
-            for key in ("content", "tool_calls"):
-                value = message.get(key)
-                if value is not None and not isinstance(value, (str, list)):
-                    try:
-                        message[key] = list(value)
-                    except ValidationError as exc:
-                        raise ValueError(f"messages[{i}].{key}: {exc.errors()[0]['msg']}") from None
+            for key, value in message.items():
+                try:
+                    message[key] = _read_iterators(value)
+                except ValidationError as exc:
+                    raise ValueError(f"messages[{i}].{key}: {exc.errors()[0]['msg']}") from None
             _encodable(content_text(message.get("content")))
         has_user_turn = any(m["role"] == "user" and _has_content(m.get("content")) for m in self.messages)
         if self.routed and not has_user_turn:

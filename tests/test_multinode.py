@@ -104,6 +104,15 @@ class MultiNode:
         env = {**QUIET_RAY_ENV, **os.environ}
         subprocess.run([str(serve), "deploy", str(path), "--address", self.dashboard], check=True, env=env)
 
+    def running_replicas(self, deployment: str) -> int:
+        """Running replicas of ``deployment``, from the dashboard's Serve REST API (what ``serve
+        status`` reads). Not ``serve.status()`` in this process: after an earlier test module's
+        cluster, Serve's cached controller client survives ``ray.shutdown()`` and, since job ids
+        restart with each cluster, passes Ray's same-job check and points at a dead controller."""
+        details = httpx.get(f"{self.dashboard}/api/serve/applications/", timeout=30).json()
+        replicas = details["applications"][APP_NAME]["deployments"][deployment]["replicas"]
+        return sum(replica["state"] == "RUNNING" for replica in replicas)
+
     def shutdown(self) -> None:
         import ray
 
@@ -140,13 +149,6 @@ def replicas() -> dict[str, dict[str, str]]:
 def replica_nodes() -> dict[str, list[str]]:
     """The nodes of the live replicas of each deployment of the app (sorted)."""
     return {name: sorted(nodes.values()) for name, nodes in replicas().items()}
-
-
-def running_replicas(deployment: str) -> int:
-    from ray import serve
-
-    status = serve.status().applications[APP_NAME].deployments[deployment]
-    return int(status.replica_states.get("RUNNING", 0))
 
 
 def wait(condition, timeout_s: float, what: str, every_s: float = 0.5) -> float:
@@ -241,7 +243,7 @@ def test_router_node_lost_under_load(multinode):
         raw.wait_for(40)
         sdk.wait_for(40)
         multinode.add("router-3", ROUTER_NODE)
-        wait(lambda: running_replicas("router") == 2, 300, "two router replicas again")
+        wait(lambda: multinode.running_replicas("router") == 2, 300, "two router replicas again")
         raw.wait_for(20)
     finally:
         raw_outcomes, sdk_outcomes = raw.stop(), sdk.stop()
@@ -287,5 +289,5 @@ def test_live_rollout_of_a_new_policy_loses_nothing(multinode):
     assert not failed(outcomes), summary(failed(outcomes))
     after = [o for o in outcomes if o.started > done]
     assert after and Counter(o.expert for o in after) == {"beta": len(after)}
-    assert running_replicas("router") == 2
+    assert multinode.running_replicas("router") == 2
     assert replicas() == before  # an in-place update: no replica was replaced

@@ -201,3 +201,17 @@ def test_parsed_messages_are_plain_lists_that_pickle():
     assert all(m.get("content") is None or isinstance(m["content"], (str, list)) for m in request.messages)
     sent = pickle.loads(pickle.dumps(expert_request(EXPERT, request)))
     assert sent.messages[0]["content"] == [{"type": "text", "text": "PROFILE\n\n"}]
+
+
+@pytest.mark.parametrize("profile", ["PROFILE", None])
+def test_the_expert_request_holds_lists_too(profile):
+    """Building the engine's request validates the messages again, which made new one-shot iterators
+    (a tool result with an empty parts list gave a 500 to a fuzzed request): they are read too."""
+    import pickle
+
+    tool_result = {"role": "tool", "tool_call_id": "c1", "content": []}
+    request = ChatRequest.model_validate({"messages": [*AGENT_TURNS, tool_result]})
+    expert = EXPERT.model_copy(update={"system_prompt": profile})
+    sent = pickle.loads(pickle.dumps(expert_request(expert, request)))
+    assert sent.messages[-1] == tool_result
+    assert [m["role"] for m in sent.messages][-5:] == [m["role"] for m in [*AGENT_TURNS, tool_result]]
