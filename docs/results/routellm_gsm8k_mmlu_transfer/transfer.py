@@ -49,6 +49,7 @@ def main() -> None:
     print("embedded in", round(time.time() - started), "s", file=sys.stderr)
     math_rows = np.array([any(s in q for s in MATH_SUBJECTS) for q in mmlu.query_ids])
     pair = strong_and_weak(gsm8k, expected_costs(gsm8k))
+    assert pair, "APGR needs a strong and a weak expert"
     variants = {
         "gsm8k only": np.zeros(len(mmlu.queries), bool),
         "+ all mmlu": np.ones(len(mmlu.queries), bool),
