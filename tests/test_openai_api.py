@@ -211,5 +211,4 @@ def test_the_expert_request_holds_lists_too(profile):
     request = ChatRequest.model_validate({"messages": [*AGENT_TURNS, tool_result]})
     expert = EXPERT.model_copy(update={"system_prompt": profile})
     sent = pickle.loads(pickle.dumps(expert_request(expert, request)))
-    assert sent.messages[-1] == tool_result
     assert sent.messages[1:] == [*AGENT_TURNS[1:], tool_result]
