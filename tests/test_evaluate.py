@@ -12,6 +12,7 @@ import pytest
 
 from router.table import COLUMNS, Matrices, conform, to_matrices
 from training.evaluate import (
+    apgr_interval,
     knob_curve,
     optimal_router,
     random_router,
@@ -198,12 +199,35 @@ def test_apgr_oracle_above_random_near_half():
     assert oracle["apgr"] > random["apgr"]
 
 
+def test_apgr_interval_brackets_the_estimate_and_tells_signal_from_chance():
+    m = synthetic()
+    oracle = routellm_metrics(m, m.quality, strong=0, weak=1)["apgr"]
+    low, high = apgr_interval(m, m.quality, strong=0, weak=1, rounds=400)
+    assert low < oracle < high and low > 0.5
+    chance = np.random.default_rng(2).uniform(size=m.quality.shape)
+    low, high = apgr_interval(m, chance, strong=0, weak=1, rounds=400)
+    assert low < 0.5 < high
+    # the same seed gives the same interval
+    assert apgr_interval(m, chance, 0, 1, rounds=400) == [low, high]
+
+
+def test_apgr_interval_of_identical_queries_is_exact(tiny):
+    # every resample of q1 alone has APGR 0.5 (one query: the trapezoid from 0 to its whole gain)
+    q1 = tiny.subset(np.array([0, 0, 0]))
+    assert apgr_interval(q1, np.zeros((3, 2)), BIG, SMALL, rounds=50) == pytest.approx([0.5, 0.5])
+    assert routellm_metrics(q1, np.zeros((3, 2)), BIG, SMALL)["apgr"] == pytest.approx(0.5)
+    # both experts alike in every resample: no interval
+    q4 = tiny.subset(np.array([3, 3]))
+    assert apgr_interval(q4, np.zeros((2, 2)), BIG, SMALL, rounds=50) == [None, None]
+
+
 def test_write_report_writes_files_and_json_round_trips(tiny, tmp_path):
     scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.5], [0.7, 0.3]])
     costs = np.array([0.02, 0.002])
     learned = summarize(tiny, scores.argmax(axis=1))
     metrics = routellm_metrics(tiny, scores, BIG, SMALL)
     learned.update({k: metrics[k] for k in ("apgr", "cpt50", "cpt80")})
+    learned["apgr_ci95"] = apgr_interval(tiny, scores, BIG, SMALL, rounds=100)
     learned["knob"] = knob_curve(tiny, scores, costs, weights=np.array([0.0, 0.5, 1e3]))
     results = {
         "routers": {
@@ -228,6 +252,8 @@ def test_write_report_writes_files_and_json_round_trips(tiny, tmp_path):
     md = paths["markdown"].read_text()
     assert "| learned |" in md and "Query Count per Expert & Routing Method" in md
     assert "| router | big | small |" in md and "APGR" in md
+    ci = back["routers"]["learned"]["apgr_ci95"]
+    assert f"[{ci[0]:.4g}, {ci[1]:.4g}]" in md
     assert "(counts.png)" in md and "(knob.png)" in md
     assert not math.isnan(back["routers"]["learned"]["apgr"])
 

@@ -116,6 +116,8 @@ def test_cli_imports_and_evaluates_a_two_expert_table_with_routellm_metrics(tmp_
     print("APGR", apgr)
     assert apgr["optimal"] > apgr["mlp"] > 0.53  # random is 0.5; 5-fold MLP measured 0.572
     assert abs(apgr["random"] - 0.5) < 0.06
+    low, high = report["routers"]["mlp"]["apgr_ci95"]
+    assert low < apgr["mlp"] < high and high - low < 0.3
 
 
 def test_router_against_the_best_single_expert_has_a_bootstrap_interval(table):

@@ -208,6 +208,35 @@ def versus_best_expert(
     }
 
 
+def _gain_curve(margin: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    """Quality gained over the weak expert when the top k queries by ``margin`` (last axis,
+    descending, stable on ties) go to the strong one, k = 0..n; ``gain`` = strong - weak quality."""
+    order = np.argsort(-margin, axis=-1, kind="stable")
+    ranked = np.cumsum(np.take_along_axis(gain, order, axis=-1), axis=-1)
+    return np.concatenate([np.zeros(ranked.shape[:-1] + (1,)), ranked], axis=-1)
+
+
+def apgr_interval(
+    m: Matrices, scores: np.ndarray, strong: int, weak: int, rounds: int = 1000, seed: int = 0
+) -> list[float | None]:
+    """Percentile bootstrap 95% interval of APGR over queries (the scores held fixed, queries
+    resampled with replacement); resamples where both experts score alike are left out."""
+    margin = np.asarray(scores, dtype=float)[:, strong] - np.asarray(scores, dtype=float)[:, weak]
+    diff = m.quality[:, strong] - m.quality[:, weak]
+    n, rng, values = len(margin), np.random.default_rng(seed), []
+    for i in range(0, rounds, 100):
+        idx = rng.integers(0, n, (min(100, rounds - i), n))
+        gain = _gain_curve(margin[idx], diff[idx])
+        total = gain[:, -1]
+        area = (gain[:, 1:] + gain[:, :-1]).sum(axis=1) / (2 * n)
+        ok = np.abs(total) > 1e-12
+        values.append(area[ok] / total[ok])
+    values = np.concatenate(values)
+    if not values.size:
+        return [None, None]
+    return [_num(v) for v in np.percentile(values, [2.5, 97.5])]
+
+
 def routellm_metrics(m: Matrices, scores: np.ndarray, strong: int, weak: int) -> dict[str, Any]:
     """RouteLLM's APGR and CPT(50%), CPT(80%) for routing between experts ``strong`` and ``weak``.
 
@@ -223,8 +252,7 @@ def routellm_metrics(m: Matrices, scores: np.ndarray, strong: int, weak: int) ->
         raise ValueError("need at least one query and two different experts")
     q_s, q_w = m.quality[:, strong], m.quality[:, weak]
     margin = scores[:, strong] - scores[:, weak]
-    order = np.argsort(-margin, kind="stable")
-    gain = np.concatenate([[0.0], np.cumsum((q_s - q_w)[order])])
+    gain = _gain_curve(margin, q_s - q_w)
     quality = (q_w.sum() + gain) / n
     x = np.arange(n + 1) / n
     strong_all, weak_all = float(q_s.mean()), float(q_w.mean())
@@ -268,6 +296,10 @@ def _fmt(x: Any) -> str:
     if isinstance(x, float):
         return f"{x:.4g}"
     return str(x)
+
+
+def _interval(ci: list[Any] | None) -> str:
+    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""
 
 
 def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -388,8 +420,11 @@ def report_markdown(results: dict[str, Any], plots: dict[str, Path]) -> str:
     if with_apgr:
         lines += ["", "## RouteLLM metrics", ""]
         lines += _md_table(
-            ["router", "APGR", "CPT(50%)", "CPT(80%)"],
-            [[n, s.get("apgr"), s.get("cpt50"), s.get("cpt80")] for n, s in with_apgr.items()],
+            ["router", "APGR", "APGR 95% CI (bootstrap)", "CPT(50%)", "CPT(80%)"],
+            [
+                [n, s.get("apgr"), _interval(s.get("apgr_ci95")), s.get("cpt50"), s.get("cpt80")]
+                for n, s in with_apgr.items()
+            ],
         )
     versus = {n: s["vs_best_expert"] for n, s in routers.items() if "vs_best_expert" in s}
     if versus:
@@ -397,10 +432,7 @@ def report_markdown(results: dict[str, Any], plots: dict[str, Path]) -> str:
         lines += ["", f"## Against the best single expert ({expert}) at no more than its cost", ""]
         lines += _md_table(
             ["router", "quality", "cost", "difference", "95% CI (bootstrap)"],
-            [
-                [n, v["quality"], v["cost"], v["difference"], f"[{_fmt(v['ci95'][0])}, {_fmt(v['ci95'][1])}]"]
-                for n, v in versus.items()
-            ],
+            [[n, v["quality"], v["cost"], v["difference"], _interval(v["ci95"])] for n, v in versus.items()],
         )
     lines += ["", "## Plots", ""]
     lines += [f"![{key}]({path.name})" for key, path in plots.items()]

@@ -22,6 +22,7 @@ from router.knob import choose
 from router.table import Matrices, read_table, to_matrices
 from router.trained import load_router
 from training.evaluate import (
+    apgr_interval,
     expected_costs,
     knob_curve,
     optimal_router,
@@ -127,6 +128,7 @@ def router_result(m: Matrices, scores: np.ndarray, costs: np.ndarray) -> dict[st
     pair = strong_and_weak(m, expected_costs(m))
     if pair:
         result.update({k: v for k, v in routellm_metrics(m, scores, *pair).items() if k != "curve"})
+        result["apgr_ci95"] = apgr_interval(m, scores, *pair)
     return result
 
 
