@@ -220,7 +220,8 @@ def apgr_interval(
     m: Matrices, scores: np.ndarray, strong: int, weak: int, rounds: int = 1000, seed: int = 0
 ) -> list[float | None]:
     """Percentile bootstrap 95% interval of APGR over queries (the scores held fixed, queries
-    resampled with replacement); resamples where both experts score alike are left out."""
+    resampled with replacement); resamples where both experts' mean quality is equal (APGR
+    undefined) are left out."""
     margin = np.asarray(scores, dtype=float)[:, strong] - np.asarray(scores, dtype=float)[:, weak]
     diff = m.quality[:, strong] - m.quality[:, weak]
     n, rng, values = len(margin), np.random.default_rng(seed), []
