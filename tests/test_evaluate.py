@@ -211,6 +211,19 @@ def test_apgr_interval_brackets_the_estimate_and_tells_signal_from_chance():
     assert apgr_interval(m, chance, 0, 1, rounds=400) == [low, high]
 
 
+def test_each_resample_s_apgr_is_routellm_s_apgr_of_those_queries():
+    """The interval's batched APGR (one row per resample) equals the metric on each resample."""
+    from training.evaluate import _apgr, _gain_curve
+
+    m = synthetic()
+    scores = np.random.default_rng(3).uniform(size=m.quality.shape) + m.quality
+    idx = np.random.default_rng(4).integers(0, len(m), (5, len(m)))
+    margin, diff = scores[:, 0] - scores[:, 1], m.quality[:, 0] - m.quality[:, 1]
+    batched = _apgr(_gain_curve(margin[idx], diff[idx]))
+    each = [routellm_metrics(m.subset(row), scores[row], strong=0, weak=1)["apgr"] for row in idx]
+    assert batched == pytest.approx(each) and len(set(each)) == 5
+
+
 def test_apgr_interval_of_identical_queries_is_exact(tiny):
     # every resample of q1 alone has APGR 0.5 (one query: the trapezoid from 0 to its whole gain)
     q1 = tiny.subset(np.array([0, 0, 0]))

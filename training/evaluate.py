@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -188,24 +189,30 @@ def versus_best_expert(
         if np.nansum(_picked(m.cost, choice)) <= budget * (1 + 1e-9):
             break
     diff = _picked(m.quality, choice) - m.quality[:, best]
-    rng = np.random.default_rng(seed)
-    means = np.concatenate(
-        [
-            diff[rng.integers(0, len(diff), (min(200, rounds - i), len(diff)))].mean(axis=1)
-            for i in range(0, rounds, 200)
-        ]
-    )
-    low, high = np.percentile(means, [2.5, 97.5])
     return {
         "expert": m.experts[best],
         "cost_weight": float(weight),
         "quality": _num(_picked(m.quality, choice).mean()),
         "expert_quality": _num(m.quality[:, best].mean()),
         "difference": _num(diff.mean()),
-        "ci95": [_num(low), _num(high)],
+        "ci95": _bootstrap_interval(lambda idx: diff[idx].mean(axis=1), len(diff), rounds, seed),
         "cost": _num(np.nansum(_picked(m.cost, choice))),
         "expert_cost": _num(budget),
     }
+
+
+def _bootstrap_interval(
+    statistic: Callable[[np.ndarray], np.ndarray], n: int, rounds: int, seed: int
+) -> list[float | None]:
+    """Percentile bootstrap 95% interval of ``statistic`` over ``rounds`` resamples of n queries
+    with replacement; ``statistic`` maps a (k, n) array of resampled indexes to k values (NaN where
+    undefined, left out)."""
+    rng = np.random.default_rng(seed)
+    values = np.concatenate(
+        [statistic(rng.integers(0, n, (min(100, rounds - i), n))) for i in range(0, rounds, 100)]
+    )
+    values = values[np.isfinite(values)]
+    return [_num(v) for v in np.percentile(values, [2.5, 97.5])] if values.size else [None, None]
 
 
 def _gain_curve(margin: np.ndarray, gain: np.ndarray) -> np.ndarray:
@@ -216,26 +223,24 @@ def _gain_curve(margin: np.ndarray, gain: np.ndarray) -> np.ndarray:
     return np.concatenate([np.zeros(ranked.shape[:-1] + (1,)), ranked], axis=-1)
 
 
+def _apgr(gain: np.ndarray) -> np.ndarray:
+    """APGR of gain curves (last axis, k = 0..n): the trapezoid area under PGR = gain / total gain
+    over x = k / n; NaN where the total gain is 0."""
+    total = gain[..., -1]
+    area = (gain[..., 1:] + gain[..., :-1]).sum(axis=-1) / (2 * (gain.shape[-1] - 1))
+    defined = np.abs(total) > 1e-12
+    return np.where(defined, area / np.where(defined, total, 1.0), np.nan)
+
+
 def apgr_interval(
     m: Matrices, scores: np.ndarray, strong: int, weak: int, rounds: int = 1000, seed: int = 0
 ) -> list[float | None]:
     """Percentile bootstrap 95% interval of APGR over queries (the scores held fixed, queries
-    resampled with replacement); resamples where both experts' mean quality is equal (APGR
-    undefined) are left out."""
-    margin = np.asarray(scores, dtype=float)[:, strong] - np.asarray(scores, dtype=float)[:, weak]
+    resampled); resamples where both experts' quality is equal (APGR undefined) are left out."""
+    scores = np.asarray(scores, dtype=float)
+    margin = scores[:, strong] - scores[:, weak]
     diff = m.quality[:, strong] - m.quality[:, weak]
-    n, rng, values = len(margin), np.random.default_rng(seed), []
-    for i in range(0, rounds, 100):
-        idx = rng.integers(0, n, (min(100, rounds - i), n))
-        gain = _gain_curve(margin[idx], diff[idx])
-        total = gain[:, -1]
-        area = (gain[:, 1:] + gain[:, :-1]).sum(axis=1) / (2 * n)
-        ok = np.abs(total) > 1e-12
-        values.append(area[ok] / total[ok])
-    values = np.concatenate(values)
-    if not values.size:
-        return [None, None]
-    return [_num(v) for v in np.percentile(values, [2.5, 97.5])]
+    return _bootstrap_interval(lambda idx: _apgr(_gain_curve(margin[idx], diff[idx])), len(m), rounds, seed)
 
 
 def routellm_metrics(m: Matrices, scores: np.ndarray, strong: int, weak: int) -> dict[str, Any]:
@@ -270,7 +275,7 @@ def routellm_metrics(m: Matrices, scores: np.ndarray, strong: int, weak: int) ->
     if not math.isclose(strong_all, weak_all, rel_tol=0.0, abs_tol=1e-12):
         pgr_arr = (quality - weak_all) / (strong_all - weak_all)
         pgr = pgr_arr.tolist()
-        out["apgr"] = float(np.sum((pgr_arr[1:] + pgr_arr[:-1]) / 2 * np.diff(x)))
+        out["apgr"] = float(_apgr(gain))
         for p in (50, 80):
             # tolerance: PGR at x = 1 is 1 up to rounding
             hit = np.flatnonzero(pgr_arr >= p / 100 - 1e-12)
