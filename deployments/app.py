@@ -5,25 +5,42 @@ from __future__ import annotations
 from typing import Any
 
 from ray.serve.deployment import Application
+from ray.serve.llm import LLMConfig, build_llm_deployment
 
-from deployments.experts import build_expert
+from deployments.experts import EXPERT_PREFIX, ExpertServer, expert_llm_config
 from deployments.ingress import RouterIngress
 from router.config import AppConfig, ConfigError
 from router.policy import build_policy
 
 
-def build_app(args: dict[str, Any]) -> Application:
-    """Validate the config, then bind one LLMServer deployment per expert into the router ingress."""
+def check_config(args: Any) -> tuple[AppConfig, dict[str, LLMConfig]]:
+    """Everything the start checks, without Ray: the config models, the policy and each local
+    expert's LLMConfig (remote experts, ``endpoint``, are called by the router directly). Any
+    mistake is a ConfigError naming its place; never another exception."""
     config = AppConfig.parse(args)
     try:
         build_policy(config.policy, config.expert_names)
-    except ValueError as exc:
+    except Exception as exc:  # a policy's args of the wrong shape, an artifact that does not load...
         raise ConfigError(f"invalid expert-router configuration:\n  policy: {exc}") from None
-    # Local experts are deployments; remote ones (``endpoint``) are called by the router directly.
-    try:
-        experts = {e.name: build_expert(e) for e in config.experts if e.endpoint is None}
-    except ValueError as exc:  # LLMConfig refused an expert's llm_config
-        raise ConfigError(f"invalid expert-router configuration:\n  {exc}") from None
+    engines = {}
+    for i, expert in enumerate(config.experts):
+        if expert.endpoint is None:
+            try:
+                engines[expert.name] = expert_llm_config(expert)
+            except Exception as exc:  # LLMConfig refused the merged llm_config
+                raise ConfigError(
+                    f"invalid expert-router configuration:\n  experts[{i}].llm_config: {exc}"
+                ) from None
+    return config, engines
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Check the config, then bind one LLMServer deployment per local expert into the router ingress."""
+    config, engines = check_config(args)
+    experts = {
+        name: build_llm_deployment(engine, name_prefix=EXPERT_PREFIX, deployment_cls=ExpertServer)
+        for name, engine in engines.items()
+    }
     ingress = config.ingress
     actor_options = {"num_cpus": ingress.num_cpus, "runtime_env": {"env_vars": ingress.env_vars}}
     if ingress.resources:

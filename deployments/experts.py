@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from ray.serve.deployment import Application
-from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
+from ray.serve.llm import LLMConfig, LLMServer
 
 from deployments.model_store import resolve_model
 from router.config import ExpertConfig
@@ -86,10 +85,3 @@ class ExpertServer(LLMServer):
         cancelled (the router cancels them on timeout, fallback and client disconnect)."""
         client = getattr(self.engine, "_engine_client", None)
         return {"unfinished_requests": int(client.get_num_unfinished_requests()) if client else 0}
-
-
-def build_expert(expert: ExpertConfig) -> Application:
-    """The bound expert deployment (:class:`ExpertServer`) of one expert, named ``expert:<name>``."""
-    return build_llm_deployment(
-        expert_llm_config(expert), name_prefix=EXPERT_PREFIX, deployment_cls=ExpertServer
-    )

@@ -26,6 +26,7 @@ from deployments.experts import EXPERT_PREFIX
 from deployments.gpu_status import gpu_status
 from deployments.openai_api import ChatRequest, RouterFields, TextCompletionRequest
 from deployments.router_core import APIError, ExpertRouter
+from router.config import field_path
 from router.schemas import ModelList
 
 logger = logging.getLogger("ray.serve")
@@ -130,7 +131,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         return APIError(
             400, f"The request body is not valid JSON: {detail}", "invalid_request_error"
         ).response()
-    wheres = [".".join(str(p) for p in err.get("loc", ()) if p != "body") for err in errors]
+    wheres = [field_path(tuple(err.get("loc", ()))[1:], exc.body) for err in errors]  # loc[0]: "body"
     messages = [err["msg"].removeprefix("Value error, ") for err in errors]
     problems = [f"{where}: {msg}" if where else msg for where, msg in zip(wheres, messages)]
     if len(problems) > 3:

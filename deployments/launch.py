@@ -87,8 +87,17 @@ def serve_until_stopped(config_path: str) -> int:
     import subprocess
     import sys
 
+    from deployments.app import check_config
+    from router.config import ConfigError, serve_config_args
+
+    try:  # a clear error naming the field now, not a traceback from `serve run` later
+        check_config(serve_config_args(config_path))
+    except ConfigError as exc:
+        print(f"{config_path}: {exc}", file=sys.stderr, flush=True)
+        return 2
     doc = yaml.safe_load(Path(config_path).read_text())
-    port = (doc.get("http_options") or {}).get("port", 8000)
+    options = doc.get("http_options")
+    port = options.get("port", 8000) if isinstance(options, dict) else 8000
     serve_bin = Path(sys.executable).with_name("serve")
     env = {**QUIET_RAY_ENV, **os.environ}
     child = subprocess.Popen([str(serve_bin), "run", config_path], env=env, start_new_session=True)

@@ -5,12 +5,15 @@ no engine takes, the text a policy routes on and the capabilities a request need
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from functools import cache
+from typing import Annotated, Any, ClassVar
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from vllm.exceptions import VLLMValidationError
 
@@ -31,6 +34,32 @@ PART_NEEDS = {
 """Capability a content part of this type needs of the expert (checked when the router chooses: a
 request naming an expert goes to it, and its engine refuses parts it cannot take)."""
 STRUCTURED_FORMATS = {"json_object", "json_schema", "structural_tag"}
+logger = logging.getLogger("ray.serve")
+
+Loc = tuple[str | int, ...]
+
+
+def invalid(problems: list[tuple[Loc, str, Any]], kind: str = "value_error") -> ValidationError:
+    """A validation error with one ``(where, message, value)`` line per problem. Raised inside a
+    validator, its places are kept (under the field's own place when nested), so the HTTP layer
+    names the field in the error's ``param``."""
+    return ValidationError.from_exception_data(
+        "request",
+        [
+            InitErrorDetails(
+                type=PydanticCustomError(kind, "{reason}", {"reason": msg}), loc=loc, input=value
+            )
+            for loc, msg, value in problems
+        ],
+    )
+
+
+def _json_type(value: Any) -> str:
+    """The JSON type of a parsed value, as a client would name it."""
+    for python, name in ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string")):
+        if isinstance(value, python):
+            return name
+    return {dict: "object", list: "array", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def _read_iterators(value: Any) -> Any:
@@ -44,13 +73,13 @@ def _read_iterators(value: Any) -> Any:
     return value
 
 
-def _encodable(text: str) -> str:
+def _encodable(text: str, where: Loc) -> None:
     """Text an engine can tokenize: valid Unicode (JSON may smuggle in lone surrogates)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError(f"text is not valid Unicode ({exc.reason} at position {exc.start})") from None
-    return text
+        message = f"text is not valid Unicode ({exc.reason} at position {exc.start})"
+        raise invalid([(where, message, text)]) from None
 
 
 def content_text(content: Any) -> str:
@@ -80,12 +109,68 @@ class RouterFields(BaseModel):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _engine_checks_are_400s(cls, data: Any, handler: Any) -> Any:
-        """vLLM's own request checks raise its VLLMValidationError: make them validation errors."""
+    def _only_validation_errors(cls, data: Any, handler: Any) -> Any:
+        """Whatever the body holds, validation raises validation errors, each at the field it
+        concerns. vLLM's checks name theirs in ``VLLMValidationError.parameter``; its validators
+        that assume a field's shape (``'int' object is not iterable``) are answered by validating
+        each field the client sent on its own, else by finding the field whose removal cures it."""
         try:
             return handler(data)
-        except VLLMValidationError as exc:
-            raise ValueError(str(exc)) from None
+        except ValidationError as exc:
+            errors = exc.errors()
+            if all(err["loc"] for err in errors):
+                raise
+            problems = [
+                (err["loc"] or cls._blame(data, handler, _cause(err)), _message(err), err["input"])
+                for err in errors
+            ]
+        except VLLMValidationError as exc:  # vLLM's checks; some escape pydantic's conversion
+            problems = [(cls._blame(data, handler, exc), _vllm_message(exc), exc.value)]
+        except Exception as exc:  # a validator assumed a shape the client did not send
+            logger.info("request validation raised %s: %s", type(exc).__name__, exc)
+            where = cls._blame(data, handler, exc)
+            value = data.get(where[0]) if where and isinstance(data, dict) else data
+            found = cls._field_errors(where[0], value) if where else []
+            problems = found or [(where, f"this {_json_type(value)} is not a valid value here", value)]
+        raise invalid(problems)
+
+    @classmethod
+    def _field_errors(cls, key: str, value: Any) -> list[tuple[Loc, str, Any]]:
+        """The problems of field ``key`` (by name or alias) holding ``value``, checked on its own."""
+        try:
+            _field_adapter(cls, key).validate_python(value)
+        except ValidationError as exc:
+            return [((key, *err["loc"]), _message(err), err["input"]) for err in exc.errors()]
+        except Exception as exc:  # e.g. a dataclass's __post_init__ refusing the combination
+            return [((key,), f"not a valid value here: {exc}", value)]
+        return []
+
+    @classmethod
+    def _blame(cls, data: Any, handler: Any, error: BaseException | None) -> Loc:
+        """The place of a problem validation reported without one: the parameter a vLLM check
+        names; else the first field the client sent that fails on its own; else the first whose
+        removal makes validation pass or fail otherwise. Only declared fields are tried (bounded
+        work for a hostile body); ``()`` when none is to blame alone."""
+        parameter = getattr(error, "parameter", None)
+        if isinstance(parameter, str) and parameter:
+            return (parameter,)
+        if not isinstance(data, dict):
+            return ()
+        sent = [key for key in data if _field_name(cls, key) is not None]
+        for key in sent:
+            if cls._field_errors(key, data[key]):
+                return (key,)
+        for key in sent:
+            try:
+                handler({k: v for k, v in data.items() if k != key})
+            except ValidationError as exc:
+                if all(err["loc"] for err in exc.errors()):
+                    return (key,)
+            except Exception:
+                continue
+            else:
+                return (key,)
+        return ()
 
     def for_expert(self, model: str, sampling: SamplingDefaults, **changes: Any) -> Any:
         """The request as an expert's LLMServer gets it: everything the client sent but ``routing``,
@@ -113,7 +198,10 @@ class RouterFields(BaseModel):
 
     @property
     def token_limit(self) -> int | None:
-        return getattr(self, "max_completion_tokens", None) or self.max_tokens
+        """The most tokens an answer may have, as the client asked (declared fields only: an extra
+        field of the same name on a text completion is the engine's to ignore, not ours to read)."""
+        declared = "max_completion_tokens" in type(self).model_fields
+        return (getattr(self, "max_completion_tokens", None) if declared else None) or self.max_tokens
 
     def wants_usage_chunk(self) -> bool:
         """Whether a streaming client asked for the final usage chunk."""
@@ -135,6 +223,8 @@ class ChatRequest(RouterFields, ChatCompletionRequest):
     engine_request: ClassVar[type[BaseModel]] = ChatCompletionRequest
     call_method: ClassVar[str] = "chat"
 
+    max_completion_tokens: int | None = Field(None, ge=1)
+
     @model_validator(mode="before")
     @classmethod
     def _message_shapes(cls, data: Any) -> Any:
@@ -144,31 +234,40 @@ class ChatRequest(RouterFields, ChatCompletionRequest):
         for i, message in enumerate(messages if isinstance(messages, list) else []):
             role = message.get("role") if isinstance(message, dict) else None
             if not isinstance(role, str) or role not in ROLES:
-                raise ValueError(f"messages[{i}].role: {role!r} is not one of {sorted(ROLES)}")
+                raise invalid([(("messages", i, "role"), f"{role!r} is not one of {sorted(ROLES)}", role)])
             content = message.get("content")
             if not (content is None or isinstance(content, str) or _is_parts(content)):
-                raise ValueError(
-                    f"messages[{i}].content: a string, a list of content parts (objects with a type) or null"
+                raise invalid(
+                    [
+                        (
+                            ("messages", i, "content"),
+                            "a string, a list of content parts (objects with a type) or null",
+                            content,
+                        )
+                    ]
                 )
         return data
 
     @model_validator(mode="after")
     def _conversation(self) -> ChatRequest:
         if not self.messages:
-            raise ValueError("messages: at least one message is required")
+            raise invalid([(("messages",), "at least one message is required", [])])
         for i, message in enumerate(self.messages):
             for key, value in message.items():
                 try:
                     message[key] = _read_iterators(value)
                 except ValidationError as exc:
-                    raise ValueError(f"messages[{i}].{key}: {exc.errors()[0]['msg']}") from None
-            _encodable(content_text(message.get("content")))
+                    raise invalid(
+                        [(("messages", i, key, *e["loc"]), e["msg"], e["input"]) for e in exc.errors()]
+                    ) from None
+            _encodable(content_text(message.get("content")), ("messages", i, "content"))
         has_user_turn = any(m["role"] == "user" and _has_content(m.get("content")) for m in self.messages)
         if self.routed and not has_user_turn:
-            raise ValueError(
-                "messages must contain at least one non-empty user message: routing reads it (name an "
-                "expert in `model` to send a conversation without one)"
+            message = (
+                "must contain at least one non-empty user message: routing reads it (name an expert in "
+                "`model` to send a conversation without one)"
             )
+            raise invalid([(("messages",), message, None)])
         return self
 
     @model_validator(mode="after")
@@ -183,9 +282,8 @@ class ChatRequest(RouterFields, ChatCompletionRequest):
                 Draft202012Validator.check_schema(schema)
             except SchemaError as exc:
                 where = "/".join(map(str, exc.path)) or "(root)"
-                raise ValueError(
-                    f"tools[{i}].function.parameters is not a valid JSON schema: {exc.message} (at {where})"
-                ) from None
+                message = f"not a valid JSON schema: {exc.message} (at {where})"
+                raise invalid([(("tools", i, "function", "parameters"), message, schema)]) from None
         return self
 
     def routing_messages(self) -> list[Message]:
@@ -222,12 +320,12 @@ class TextCompletionRequest(RouterFields, CompletionRequest):
     @model_validator(mode="after")
     def _prompt_text(self) -> TextCompletionRequest:
         for text in self.texts():
-            _encodable(text)
+            _encodable(text, ("prompt",))
         if self.routed and not any(t.strip() for t in self.texts()):
-            raise ValueError(
-                "prompt: routing reads the prompt's text; send token ids or embeddings to an expert "
-                "by name (model)"
+            message = (
+                "routing reads the prompt's text; send token ids or embeddings to an expert by name (model)"
             )
+            raise invalid([(("prompt",), message, self.prompt)])
         return self
 
     def texts(self) -> list[str]:
@@ -241,6 +339,41 @@ class TextCompletionRequest(RouterFields, CompletionRequest):
 
     def needs(self) -> set[str]:
         return {"json_schema"} if self.structured() else set()
+
+
+def _field_name(model: type[BaseModel], key: str) -> str | None:
+    """The field of ``model`` a body key sets (by alias or name), if any."""
+    for name, field in model.model_fields.items():
+        if key in (name, field.alias):
+            return name
+    return None
+
+
+@cache
+def _field_adapter(model: type[BaseModel], key: str) -> TypeAdapter:
+    """A validator of one field of ``model`` on its own: its type and constraints."""
+    field = model.model_fields[_field_name(model, key) or key]
+    return TypeAdapter(Annotated[field.annotation, field])
+
+
+def _cause(err: Any) -> BaseException | None:
+    """The exception a validator raised for this error, if pydantic kept it."""
+    return err.get("ctx", {}).get("error")
+
+
+def _vllm_message(exc: VLLMValidationError) -> str:
+    """vLLM's message without its ``(parameter=..., value=...)`` suffix (the error places it)."""
+    return str(exc.args[0]) if exc.args else str(exc)
+
+
+def _message(err: Any) -> str:
+    """A validation error's message without pydantic's ``Value error, `` prefix or vLLM's suffix."""
+    cause = _cause(err)
+    return (
+        _vllm_message(cause)
+        if isinstance(cause, VLLMValidationError)
+        else str(err["msg"]).removeprefix("Value error, ")
+    )
 
 
 def _is_parts(content: Any) -> bool:

@@ -85,6 +85,18 @@ def expert_request(expert: ExpertConfig, request: RouterFields, **changes: Any) 
     return request.for_expert(expert.name, expert.sampling, **changes)
 
 
+def engine_param(error: Any, request: RouterFields) -> str | None:
+    """The field an engine's refusal concerns: its own ``param``, else the first field the client
+    set that its message names (``n must be 1 when ...``, ```logprobs` must be ...``)."""
+    if param := getattr(error, "param", None):
+        return str(param)
+    message = str(getattr(error, "message", ""))
+    for key in request.model_dump(exclude_unset=True, by_alias=True):
+        if message.startswith(f"{key} ") or f"`{key}`" in message or f"parameter={key}" in message:
+            return key
+    return None
+
+
 class ExpertRouter:
     """Routes each chat request to one expert deployment and reports which one answered."""
 
@@ -204,7 +216,12 @@ class ExpertRouter:
                 code = int(getattr(error, "code", 500) or 500)
                 replies.cancel()
                 if 400 <= code < 500:  # the request itself is wrong for this expert (e.g. too long)
-                    raise APIError(400, f"expert '{name}': {error.message}", "invalid_request_error")
+                    raise APIError(
+                        400,
+                        f"expert '{name}': {error.message}",
+                        "invalid_request_error",
+                        param=engine_param(error, request),
+                    )
                 raise ExpertFailed(f"{name}: {error.message}")
         except BaseException:
             self.load.finish(attempt)
@@ -230,7 +247,8 @@ class ExpertRouter:
                 ("messages", f"a message has {longest} characters; at most {limits.max_message_chars}")
             )
         if request.token_limit is not None and request.token_limit > limits.max_tokens:
-            problems.append(("max_tokens", f"max_tokens {request.token_limit}; at most {limits.max_tokens}"))
+            key = "max_completion_tokens" if getattr(request, "max_completion_tokens", None) else "max_tokens"
+            problems.append((key, f"{key} {request.token_limit}; at most {limits.max_tokens}"))
         if request.n > limits.max_choices:
             problems.append(("n", f"n {request.n}; at most {limits.max_choices}"))
         if problems:
@@ -511,7 +529,8 @@ def _stream_error(events: str) -> SimpleNamespace | None:
     if not isinstance(error, dict):
         return None
     code = error.get("code")
-    return SimpleNamespace(code=code if isinstance(code, int) else 500, message=error.get("message", ""))
+    code = code if isinstance(code, int) else 500
+    return SimpleNamespace(code=code, message=error.get("message", ""), param=error.get("param"))
 
 
 async def _awaited(awaitable: Any) -> Any:

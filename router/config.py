@@ -364,7 +364,7 @@ class AppConfig(_Strict):
         raise KeyError(name)
 
     @classmethod
-    def parse(cls, args: dict[str, Any]) -> AppConfig:
+    def parse(cls, args: Any) -> AppConfig:
         """Validate application args; raise ConfigError listing every problem."""
         try:
             return cls.model_validate(args)
@@ -372,20 +372,51 @@ class AppConfig(_Strict):
             raise ConfigError(describe_errors(exc)) from None
 
 
+def field_path(loc: tuple[str | int, ...], document: Any = None) -> str:
+    """A validation error's place as a client writes it: ``experts[1].price.input_per_1m``, without
+    pydantic's names for the members of a union (``literal['auto']``, ``ChatCompletionUserMessageParam``),
+    which are not places in the document. Given the validated ``document``, the path follows it (a
+    missing field is the last part); without it, parts that are no identifiers are left out."""
+    path, node = "", document
+    for i, part in enumerate(loc):
+        if document is None:
+            is_place = isinstance(part, int) or part.isidentifier()
+        elif isinstance(part, int):
+            is_place = isinstance(node, list) and 0 <= part < len(node)
+        else:
+            is_place = isinstance(node, dict) and (part in node or i == len(loc) - 1)
+        if not is_place:
+            continue
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        if document is not None:
+            node = node[part] if (isinstance(node, dict) and part in node) or isinstance(part, int) else None
+    return path.lstrip(".")
+
+
 def describe_errors(exc: ValidationError) -> str:
     """One readable line per problem: ``experts[1].price.input_per_1m: must be >= 0``."""
-    lines = []
-    for err in exc.errors():
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
-        lines.append(f"  {where or '<root>'}: {err['msg']}")
+    lines = [f"  {field_path(err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()]
     return "invalid expert-router configuration:\n" + "\n".join(lines)
+
+
+def serve_config_args(path: str | Path, app_name: str | None = None) -> Any:
+    """The ``args`` of an application in a Ray Serve config file (the first one by default); a file
+    of the wrong shape is a ConfigError naming what is missing."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read a YAML document: {exc}") from None
+    apps = doc.get("applications") if isinstance(doc, dict) else None
+    if not isinstance(apps, list):
+        raise ConfigError(f"{path}: 'applications' must be a list of Ray Serve applications")
+    for i, app in enumerate(apps):
+        if not isinstance(app, dict):
+            raise ConfigError(f"{path}: applications[{i}] must be a mapping")
+        if app_name is None or app.get("name") == app_name:
+            return app.get("args") or {}
+    raise ConfigError(f"{path}: no application {app_name or ''} in 'applications'".replace("  ", " "))
 
 
 def load_serve_config(path: str | Path, app_name: str | None = None) -> AppConfig:
     """The AppConfig of an application in a Ray Serve config file (the first one by default)."""
-    doc = yaml.safe_load(Path(path).read_text())
-    apps = (doc or {}).get("applications") or []
-    for app in apps:
-        if app_name is None or app.get("name") == app_name:
-            return AppConfig.parse(app.get("args") or {})
-    raise ConfigError(f"{path}: no application {app_name or ''} in 'applications'".replace("  ", " "))
+    return AppConfig.parse(serve_config_args(path, app_name))

@@ -4,7 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from router.config import AppConfig, ConfigError, Price, load_serve_config
+from router.config import (
+    AppConfig,
+    ConfigError,
+    ExpertConfig,
+    Price,
+    RemoteEndpoint,
+    field_path,
+    load_serve_config,
+)
+from tests.wrong_types import JSON_VALUES, config_places, set_at
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -192,3 +201,102 @@ def test_placement_resources_reach_the_expert_bundle_and_the_router_replicas():
     router = build_app(minimal(experts=[remote], ingress=ingress))._bound_deployment._replica_config
     assert router.ray_actor_options["resources"] == {"router_node": 1}
     assert router.max_replicas_per_node == 1
+
+
+CONFIG_STARTS = {
+    AppConfig: {"experts": [{"name": "a", "model": "m"}]},
+    ExpertConfig: {"name": "a", "model": "m"},
+    RemoteEndpoint: {"base_url": "http://127.0.0.1:9/v1"},
+}
+"""The least each model needs, for entering its fields."""
+
+
+def test_every_config_field_of_every_json_type_is_valid_or_a_config_error_naming_its_place():
+    """Each field of AppConfig at any depth (read from the models) x each JSON type, checked as the
+    app's start checks it (the models, the policy, each expert's LLMConfig): the config passes, or
+    a ConfigError names the place or the object holding it; never another exception."""
+    from deployments.app import check_config
+
+    failures, cases = [], 0
+    base = CONFIG_STARTS[AppConfig]
+    for place in config_places(AppConfig, base, CONFIG_STARTS):
+        path = field_path(place)
+        for value in JSON_VALUES:
+            cases += 1
+            args = set_at(base, place, value, CONFIG_STARTS, AppConfig)
+            try:
+                check_config(args)
+            except ConfigError as exc:
+                named = [line.strip().split(":")[0] for line in str(exc).splitlines()[1:]]
+                if not any(path.startswith(where) or where.startswith(path) for where in named):
+                    failures.append(f"{path}={value!r}: {str(exc)!r}")
+            except Exception as exc:
+                failures.append(f"{path}={value!r}: {type(exc).__name__}: {exc}")
+    assert not failures, f"{len(failures)} of {cases} configs:\n" + "\n".join(failures[:40])
+
+
+def test_every_policy_arg_of_every_json_type_is_valid_or_a_config_error_naming_the_policy():
+    """Policies take free-form ``args``: each argument of each policy (read from its signature; the
+    trained kinds on the shipped artifact) x each JSON type is a ConfigError at ``policy``, or valid."""
+    import inspect
+
+    from deployments.app import check_config
+    from router.policy import _REGISTRY
+    from router.trained_policy import TrainedPolicy
+
+    shipped_config = load_serve_config(REPO / "serve_config.yaml")
+    shipped, experts = shipped_config.policy, [{"name": n, "model": "m"} for n in shipped_config.expert_names]
+    failures, cases = [], 0
+    for name, factory in _REGISTRY.items():
+        trained = name == shipped.name
+        if not (trained or isinstance(factory, type)):
+            continue  # the other trained kinds share TrainedPolicy's arguments
+        start = dict(shipped.args) if trained else {"expert": "a"} if name == "fixed" else {}
+        if trained:
+            check_config({"experts": experts, "policy": shipped.model_dump()})  # the start is valid
+        signature = inspect.signature(TrainedPolicy if trained else factory)
+        for arg in [p for p in signature.parameters if p != "experts"]:
+            for value in JSON_VALUES:
+                cases += 1
+                policy = {"name": name, "args": {**start, arg: value}}
+                args = {
+                    "experts": experts if trained else CONFIG_STARTS[AppConfig]["experts"],
+                    "policy": policy,
+                }
+                try:
+                    check_config(args)
+                except ConfigError as exc:
+                    if "\n  policy" not in str(exc):
+                        failures.append(f"{name}.{arg}={value!r}: {exc}")
+                except Exception as exc:
+                    failures.append(f"{name}.{arg}={value!r}: {type(exc).__name__}: {exc}")
+    assert cases and not failures, f"{len(failures)} of {cases}:\n" + "\n".join(failures[:40])
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        (
+            "applications: [{args: {experts: [{name: a, model: m, price: {input_per_1m: cheap}}]}}]",
+            "experts[0].price.input_per_1m",
+        ),
+        ("applications: [{args: {experts: 5}}]", "experts: Input should be a valid list"),
+        (
+            "applications: [{args: {experts: [{name: a, model: m}], policy: {name: cluster, args: {x: 5}}}}]",
+            "policy:",
+        ),
+        ("applications: 5", "'applications' must be a list"),
+        ("[1, 2]", "'applications' must be a list"),
+        ("applications: [{args: {", "cannot read a YAML document"),
+    ],
+)
+def test_serving_a_config_of_the_wrong_shape_stops_with_the_place_not_a_traceback(
+    tmp_path, capsys, text, where
+):
+    """``make serve`` (``deployments.launch``) checks the config before it starts ``serve run``."""
+    from deployments.launch import serve_until_stopped
+
+    path = tmp_path / "serve.yaml"
+    path.write_text(text + "\n")
+    assert serve_until_stopped(str(path)) == 2
+    assert where in capsys.readouterr().err

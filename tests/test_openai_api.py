@@ -7,7 +7,8 @@ from pydantic import ValidationError
 
 from deployments.openai_api import ChatRequest, TextCompletionRequest
 from deployments.router_core import expert_request, with_profile
-from router.config import ExpertConfig
+from router.config import ExpertConfig, field_path
+from tests.wrong_types import CHAT_BASES, COMPLETION_BASES, names_the_field, wrong_typed
 
 TOOLS = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
 AGENT_TURNS = [
@@ -160,7 +161,7 @@ def test_streams_always_report_usage_to_the_router():
                 "messages": [{"role": "user", "content": "x"}],
                 "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}],
             },
-            "tools[0].function.parameters is not a valid JSON schema",
+            "tools[0].function.parameters: not a valid JSON schema",
         ),
         (
             {
@@ -174,9 +175,11 @@ def test_streams_always_report_usage_to_the_router():
     ],
 )
 def test_bad_requests_are_rejected_with_the_reason(body, where):
+    """Each problem as the HTTP error says it: ``place: reason``."""
     with pytest.raises(ValidationError) as info:
         ChatRequest.model_validate(body)
-    assert where in str(info.value)
+    problems = [f"{field_path(err['loc'], body)}: {err['msg']}" for err in info.value.errors()]
+    assert where in "; ".join(problems)
 
 
 def test_text_completions_route_on_the_prompt_and_get_the_expert_defaults():
@@ -212,3 +215,43 @@ def test_the_expert_request_holds_lists_too(profile):
     expert = EXPERT.model_copy(update={"system_prompt": profile})
     sent = pickle.loads(pickle.dumps(expert_request(expert, request)))
     assert sent.messages[1:] == [*AGENT_TURNS[1:], tool_result]
+
+
+def read_as_the_router_does(request: ChatRequest | TextCompletionRequest) -> None:
+    """Everything the router reads of an accepted request has the type it expects, and the request
+    an expert gets is built and crosses to its replica."""
+    assert (
+        isinstance(request.model, str)
+        and isinstance(request.n, int)
+        and request.stream in (None, False, True)
+    )
+    assert request.token_limit is None or isinstance(request.token_limit, int)
+    assert all(isinstance(text, str) for text in request.texts())
+    assert all(isinstance(m.content, str) for m in request.routing_messages())
+    assert isinstance(request.needs(), set) and isinstance(request.structured(), bool)
+    assert isinstance(request.wants_usage_chunk(), bool)
+    pickle.dumps(expert_request(EXPERT, request))
+
+
+@pytest.mark.parametrize(
+    "model, bases", [(ChatRequest, CHAT_BASES), (TextCompletionRequest, COMPLETION_BASES)]
+)
+def test_every_field_of_every_json_type_is_accepted_or_a_validation_error_naming_it(model, bases):
+    """Each field the model declares (so new ones too) x each JSON type, in routed, bypassed-streamed
+    (and tool-calling) bodies: the request is valid and the router can read it, or validation
+    raises a ValidationError whose first error (the HTTP error's ``param``) names that field (or,
+    when the value is null, i.e. the field unset, a field of the base that needs it). Found before:
+    TypeError from ``messages: 5``, AttributeError from ``structured_outputs: 5``."""
+    failures, cases = [], 0
+    for key, value, body in wrong_typed(model, bases):
+        cases += 1
+        try:
+            read_as_the_router_does(model.model_validate(body))
+        except ValidationError as exc:
+            where = field_path(exc.errors()[0]["loc"], body)
+            needed = value is None and any(names_the_field(where, other) for other in body)
+            if not (names_the_field(where, key) or needed):
+                failures.append(f"{key}={value!r}: error at {where!r}: {exc.errors()[0]['msg']}")
+        except Exception as exc:
+            failures.append(f"{key}={value!r}: {type(exc).__name__}: {exc}")
+    assert not failures, f"{len(failures)} of {cases} bodies:\n" + "\n".join(failures[:40])

@@ -19,9 +19,12 @@ import schemathesis
 
 # Imported at collection, not lazily inside a test while Ray's threads run (see pyproject's addopts).
 import schemathesis.specs.openapi.schemas  # noqa: F401
+from pydantic import ValidationError
 from schemathesis.generation.modes import GenerationMode
 
+from deployments.openai_api import ChatRequest, TextCompletionRequest
 from tests.conftest import free_port
+from tests.wrong_types import CHAT_BASES, COMPLETION_BASES, JSON_VALUES, body_keys, names_the_field
 
 pytestmark = [pytest.mark.timeout(900)]
 
@@ -451,3 +454,63 @@ def test_all_experts_stopped_give_fast_503s_then_recover_when_they_return(server
         assert time.monotonic() < deadline, reply.text
         time.sleep(1)
     assert reply.json()["expert"] == "cloud"
+
+
+ROUTES = {
+    "/v1/chat/completions": (ChatRequest, CHAT_BASES[:2]),
+    "/predict": (ChatRequest, CHAT_BASES[:2]),
+    "/v1/completions": (TextCompletionRequest, COMPLETION_BASES),
+}
+"""Each route, its request model and the valid bodies a field is changed in, in turn: routed; bypassed
+to alpha and streamed (the tool-calling base is checked in-process: this app's tool-capable experts
+are remote ones)."""
+
+
+def test_every_field_of_every_json_type_gets_an_answer_or_a_400_naming_it_on_every_route(server):
+    """Over HTTP, on each route: every field either request model declares (so the router's reads of
+    extra fields are covered too: ``max_completion_tokens`` on /v1/completions answered 500) x every
+    JSON type: an answer or an OpenAI error, never a 5xx. A 400 of the router's names the field in
+    ``param``; an engine's refusal (``expert '...': ...``) passes on the engine's param, or none. A
+    value the route's model accepts in-process (where the router's reads of it are checked) is sent
+    once, on its own route (/predict shares the chat model and path): engines' answers are the slow
+    part."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = list(dict.fromkeys([*body_keys(ChatRequest), *body_keys(TextCompletionRequest)]))
+    cases = []
+    for path, (model, bases) in ROUTES.items():
+        for k, key in enumerate(keys):
+            for v, value in enumerate(JSON_VALUES):
+                body = {**bases[(k * len(JSON_VALUES) + v) % len(bases)], key: value}
+                try:
+                    model.model_validate(body)
+                except ValidationError:
+                    cases.append((path, key, value, body))
+                    continue
+                if path != "/predict" or key not in body_keys(model):
+                    cases.append((path, key, value, body))
+    client = httpx.Client(
+        base_url=server["base"], headers=AUTH, timeout=60, limits=httpx.Limits(max_connections=4)
+    )
+
+    def send(case: tuple) -> str | None:
+        path, key, value, body = case
+        reply = client.post(path, json=body)
+        if reply.status_code == 200:
+            return None
+        error = reply.json().get("error") or {}
+        param, message = error.get("param") or "", error.get("message") or ""
+        named = names_the_field(param, key) or (
+            value is None and any(names_the_field(param, o) for o in body)
+        )
+        relayed = message.startswith("expert '") and (named or not param)
+        expected = (
+            reply.status_code == 400 and (named or relayed) or reply.status_code == 404 and param == "model"
+        )
+        return None if expected and message else f"{path} {key}={value!r}: {reply.status_code} {reply.text}"
+
+    started = time.monotonic()
+    with client, ThreadPoolExecutor(4) as pool:
+        failures = [failure for failure in pool.map(send, cases) if failure]
+    print("HTTP sweep", len(cases), time.monotonic() - started)
+    assert not failures, f"{len(failures)} of {len(cases)} bodies:\n" + "\n".join(failures[:30])
