@@ -268,6 +268,8 @@ class RouterIngress(ExpertRouter):
                 "offloaded": decider is not None,
                 "threads": self.config.ingress.decision_threads,
                 "shed": self.shed,
+                "shed_by_tier": dict(self.shed_by_tier),
+                "fast_tier": {"ready": self.fast.ready, "learned": self.fast.learned} if self.fast else None,
                 **(decider.stats() if decider else {}),
             },
             "load": {

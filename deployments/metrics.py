@@ -9,7 +9,8 @@ dashboard and KubeRay's PodMonitor pick them up), prefixed ``ray_``:
 - ``expert_router_routing_latency_ms`` (histogram; routed): time to choose the expert;
 - ``expert_router_fallbacks_total`` (counter; expert): failed attempts passed on to the next expert;
 - ``expert_router_errors_total`` (counter; kind): error replies by kind (invalid_request_error, …);
-- ``expert_router_decisions_shed_total`` (counter): decisions made from the prior under overload;
+- ``expert_router_decisions_shed_total`` (counter; tier): decisions the policy could not make in
+  time, made by the fast tier (``fast``) or the moving average of its scores (``prior``);
 - ``expert_router_spilled_total`` (counter; expert): routed requests that skipped an expert at its
   ``max_in_flight``; ``expert_router_overloaded_total`` (counter): 429s, every candidate full;
 - ``expert_router_in_flight``, ``expert_router_ttft_ms``, ``expert_router_tpot_ms``,
@@ -63,7 +64,9 @@ class RouterMetrics:
             "expert_router_errors_total", "Error replies by kind.", tag_keys=("kind",)
         )
         self.decisions_shed = metrics.Counter(
-            "expert_router_decisions_shed_total", "Decisions made from the prior under overload."
+            "expert_router_decisions_shed_total",
+            "Decisions the policy could not make in time, by the tier that made them.",
+            tag_keys=("tier",),
         )
 
         self.spills = metrics.Counter(
@@ -83,9 +86,9 @@ class RouterMetrics:
             self.requests.inc(tags={"expert": expert, "routed": tag})
             self.routing_ms.observe(routing_ms, tags={"routed": tag})
 
-    def shed(self) -> None:
+    def shed(self, tier: str) -> None:
         if self.enabled:
-            self.decisions_shed.inc()
+            self.decisions_shed.inc(tags={"tier": tier})
 
     def usage(self, expert: str, usage: Any) -> None:
         if not self.enabled or usage is None:

@@ -13,7 +13,8 @@ import logging
 import math
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -26,6 +27,7 @@ from deployments.remote_expert import RemoteExpert
 from router.batching import MicroBatcher
 from router.config import ROUTER_MODEL_NAME, AppConfig, ExpertConfig, PolicyConfig, RouterUserConfig
 from router.encoder import set_inference_threads
+from router.fast_tier import DistilledTier, query_text
 from router.load import Attempt, LoadTracker, load_aware_ranking
 from router.policy import RouteRequest, RoutingDecision, RoutingPolicy, build_policy
 from router.schemas import ErrorBody, ErrorInfo, ModelCard, ModelList, RoutingInfo, RoutingOptions
@@ -85,6 +87,36 @@ def expert_request(expert: ExpertConfig, request: RouterFields, **changes: Any) 
     return request.for_expert(expert.name, expert.sampling, **changes)
 
 
+def learning(
+    policy: RoutingPolicy, fast: DistilledTier
+) -> Callable[[Sequence[RouteRequest]], list[RoutingDecision]]:
+    """``policy.route_batch`` that also teaches ``fast`` each batch it decides (in the worker
+    thread that runs it, off the event loop); a failure to learn never fails the decisions."""
+
+    def decide(questions: Sequence[RouteRequest]) -> list[RoutingDecision]:
+        decisions = policy.route_batch(questions)
+        try:
+            fast.learn([query_text(q.messages) for q in questions], decisions)
+        except Exception as exc:
+            logger.warning("the fast tier could not learn from a batch: %s", exc)
+        return decisions
+
+    return decide
+
+
+def capable(needs: set[str], abilities: dict[str, frozenset[str]], names: Sequence[str]) -> list[str]:
+    """The experts among ``names`` that have every capability in ``needs``; ValueError naming what
+    is missing if none has."""
+    found = [name for name in names if needs <= abilities[name]]
+    if not found:
+        have = {name: sorted(abilities[name]) for name in names}
+        raise ValueError(
+            f"this request needs {', '.join(sorted(needs))}, which no candidate expert is configured "
+            f"for (capabilities: {json.dumps(have)})"
+        )
+    return found
+
+
 def engine_param(error: Any, request: RouterFields) -> str | None:
     """The field an engine's refusal concerns: its own ``param``, else the first field the client
     set that its message names (``n must be 1 when ...``, ```logprobs` must be ...``)."""
@@ -106,8 +138,11 @@ class ExpertRouter:
         self._down_until: dict[str, float] = {}  # expert -> monotonic time it is skipped until
         set_inference_threads(self.config.ingress.decision_threads)
         self.decider: MicroBatcher[RouteRequest, RoutingDecision] | None = None
+        self.fast: DistilledTier | None = None
+        """The overload tier of an offloaded policy, learning it from its decisions (see _decide)."""
         self.use_policy(self.config.policy, *self.load_policy(self.config.policy))
         self.shed = 0
+        self.shed_by_tier: Counter[str] = Counter()
         remote = {e.name: RemoteExpert(e) for e in self.config.experts if e.endpoint is not None}
         experts = {**experts, **remote}
         self._experts = experts
@@ -155,12 +190,15 @@ class ExpertRouter:
         batch runs."""
         decisions = self.config.ingress.decisions
         offload = decisions.offload == "always" or (decisions.offload == "auto" and policy.blocking)
+        fast = DistilledTier(self.config.expert_names) if offload else None
+        decide = learning(policy, fast) if fast is not None else policy.route_batch
         if offload and self.decider is not None:
-            self.decider.fn = policy.route_batch
+            self.decider.fn = decide
         elif offload:
-            self.decider = MicroBatcher(policy.route_batch, decisions.max_batch_size, decisions.max_wait_ms)
+            self.decider = MicroBatcher(decide, decisions.max_batch_size, decisions.max_wait_ms)
         else:
             self.decider = None  # a former worker thread idles until the replica stops
+        self.fast = fast
         self.policy, self._prior = policy, prior
         self.config = self.config.model_copy(update={"policy": config})
         self.models = ModelList(
@@ -259,39 +297,45 @@ class ExpertRouter:
     def _capable(self, request: RouterFields, names: Sequence[str]) -> list[str]:
         """The experts among ``names`` that have every capability the request needs (400 naming
         what is missing if none has)."""
-        needs = request.needs()
-        capable = [name for name in names if needs <= self._abilities[name]]
-        if not capable:
-            have = {name: sorted(self._abilities[name]) for name in names}
+        try:
+            return capable(request.needs(), self._abilities, names)
+        except ValueError as exc:
             raise APIError(
-                400,
-                f"this request needs {', '.join(sorted(needs))}, which no candidate expert is configured "
-                f"for (capabilities: {json.dumps(have)})",
-                "invalid_request_error",
-                code="capability_unsupported",
-                param="model",
+                400, str(exc), "invalid_request_error", code="capability_unsupported", param="model"
             )
-        return capable
 
-    async def _decide(self, question: RouteRequest) -> tuple[RoutingDecision, bool]:
+    async def _decide(self, question: RouteRequest) -> tuple[RoutingDecision, str | None]:
         """The policy's decision: in the worker thread, batched with concurrent ones, or inline
-        for cheap policies (``ingress.decisions``); and whether overload shed it to the prior."""
+        for cheap policies (``ingress.decisions``). Under overload (the wait over ``max_queue_ms``)
+        the decision is shed: made per query by the fast tier once it has learned the policy, else
+        (or if it fails) from the moving average of the policy's scores; the tier is returned."""
         if self.decider is None:
-            return self.policy.route_batch([question])[0], False
+            return self.policy.route_batch([question])[0], None
         budget_ms = self.config.ingress.decisions.max_queue_ms
         if budget_ms and self.decider.expected_wait_s() * 1e3 > budget_ms:
+            tier, scores = "prior", self._prior
+            if self.fast is not None and self.fast.ready:
+                try:
+                    learned = self.fast.scores(question.messages)
+                    scores = {n: learned[n] if math.isfinite(p) else p for n, p in self._prior.items()}
+                    tier = "fast"
+                except Exception as exc:
+                    logger.warning("the fast tier failed; deciding from the prior: %s", exc)
             self.shed += 1
-            self.metrics.shed()
-            return self.policy.rank(self._prior, question.candidates), True
+            self.shed_by_tier[tier] += 1
+            self.metrics.shed(tier)
+            return self.policy.rank(scores, question.candidates), tier
         decision = await self.decider.submit(question)
         for name, score in decision.scores.items():
             if math.isfinite(score):
                 self._prior[name] = 0.98 * self._prior[name] + 0.02 * score
-        return decision, False
+        return decision, None
 
-    async def _candidates(self, request: RouterFields) -> tuple[list[str], dict[str, float], bool, bool]:
+    async def _candidates(
+        self, request: RouterFields
+    ) -> tuple[list[str], dict[str, float], bool, str | None]:
         """Experts to try, best first, their scores, whether the policy chose (else: bypass), and
-        whether overload shed the decision to the prior."""
+        the tier overload shed the decision to (None: the policy decided)."""
         if request.model == ROUTER_MODEL_NAME:
             options = request.routing or RoutingOptions()
             unknown = sorted(set(options.experts or ()) - set(self.handles))
@@ -305,8 +349,8 @@ class ExpertRouter:
             allowed = [name for name in self.handles if options.experts is None or name in options.experts]
             allowed = self._capable(request, allowed)
             question = RouteRequest(request.routing_messages(), allowed, options.cost_weight)
-            decision, shed = await self._decide(question)
-            return list(decision.ranking), decision.scores, True, shed
+            decision, shed_to = await self._decide(question)
+            return list(decision.ranking), decision.scores, True, shed_to
         if request.model not in self.handles:
             known = ", ".join([ROUTER_MODEL_NAME, *self.handles])
             raise APIError(
@@ -316,7 +360,7 @@ class ExpertRouter:
                 code="model_not_found",
                 param="model",
             )
-        return self._capable(request, [request.model]), {}, False, False
+        return self._capable(request, [request.model]), {}, False, None
 
     def _balance(
         self, candidates: list[str], scores: dict[str, float], routed: bool, options: RoutingOptions
@@ -376,7 +420,7 @@ class ExpertRouter:
         """Try the candidates best first; the expert that answered, with its first reply."""
         self._check_limits(request)
         started = time.perf_counter()
-        candidates, scores, routed, shed = await self._candidates(request)
+        candidates, scores, routed, shed_to = await self._candidates(request)
         routing_ms = (time.perf_counter() - started) * 1e3
         now = time.monotonic()
         live = [name for name in candidates if self._down_until.get(name, 0.0) <= now]
@@ -412,7 +456,8 @@ class ExpertRouter:
                 scores={k: (v if math.isfinite(v) else None) for k, v in scores.items()},
                 routing_ms=round(routing_ms, 3),
                 fallbacks=failures,
-                shed=shed,
+                shed=shed_to is not None,
+                shed_tier=shed_to,
                 load=load,
             )
             return Routed(name, first, rest, info, attempt)
@@ -497,6 +542,7 @@ class Routed:
             headers["x-cost-usd"] = f"{self.info.cost_usd:.8f}"
         if self.info.shed:
             headers["x-routing-shed"] = "true"
+            headers["x-routing-tier"] = self.info.shed_tier or "prior"
         load = self.info.load or {}
         if load.get("changed"):
             headers["x-routing-load-changed"] = "true"

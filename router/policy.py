@@ -95,6 +95,11 @@ class RoutingPolicy(ABC):
             raise ValueError("no candidate expert is known to this policy")
         return RoutingDecision.from_scores({name: scores[name] for name in allowed})
 
+    def expected_costs(self) -> dict[str, float]:
+        """Mean cost in USD of a query per expert, where the policy knows it (trained artifacts:
+        measured in phase 1); empty otherwise."""
+        return {}
+
     def warm_up(self) -> RoutingDecision:
         """One decision, so the first request does not pay lazy loading."""
         return self.route_batch([RouteRequest([Message("user", "warm up")])])[0]

@@ -35,8 +35,11 @@ class RoutingInfo(BaseModel):
     routing_ms: float
     fallbacks: list[str]
     cost_usd: float | None = None
-    shed: bool = Field(
-        False, description="Overload: the recent average of the policy's scores decided, not the model"
+    shed: bool = Field(False, description="Overload: the policy did not decide in time (see shed_tier)")
+    shed_tier: Literal["fast", "prior"] | None = Field(
+        None,
+        description="Who decided a shed request: 'fast', the per-query tier learned from the policy's "
+        "decisions, or 'prior', the recent average of its scores (before the fast tier is ready)",
     )
     load: dict[str, Any] | None = Field(
         None,

@@ -72,6 +72,9 @@ class TrainedPolicy(RoutingPolicy):
         raw, costs = self.router.predict([conversation_text(list(messages), self.window)])
         return self._utilities(raw[0], costs[0], cost_weight)
 
+    def expected_costs(self) -> dict[str, float]:
+        return {name: float(cost) for name, cost in zip(self.scored, self.reference)}
+
     def route_batch(self, requests: Sequence[RouteRequest]) -> list[RoutingDecision]:
         """One forward pass of the router for every request's text."""
         raw, costs = self.router.predict([conversation_text(list(r.messages), self.window) for r in requests])

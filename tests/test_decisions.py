@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import threading
 import time
 
@@ -147,6 +148,7 @@ def test_under_overload_decisions_are_shed_to_the_prior_and_say_so():
     shed = [headers for _, headers in answers if headers.get("x-routing-shed") == "true"]
     decided = [headers for _, headers in answers if "x-routing-shed" not in headers]
     assert shed and decided and ingress.shed == len(shed)  # the queue stayed near 50 ms
+    assert {h["x-routing-tier"] for h in shed} == {"prior"}  # the fast tier has not learned enough yet
     assert all(float(h["x-routing-ms"]) < 200 for h in decided)  # 20 x 30 ms unshed would be 600
     # The prior ranks as the policy did: b, never c (a prior starting at 0 would put c first).
     assert {response["expert"] for response, _ in answers} == {"b"}
@@ -156,3 +158,71 @@ def test_max_queue_ms_zero_never_sheds():
     ingress = router_with(offload="always", max_queue_ms=0, max_batch_size=1)
     answers = burst(ingress, 10)
     assert ingress.shed == 0 and not any("x-routing-shed" in h for _, h in answers)
+
+
+class TopicPolicy(SlowPolicy):
+    """A blocking policy that routes by the query: 'a' for sums, 'b' for the rest; never 'c'."""
+
+    def scores(self, messages, cost_weight=None):
+        sums = "plus" in messages[-1].content
+        return {"a": 0.9 if sums else 0.2, "b": 0.3 if sums else 0.8, "c": -math.inf}
+
+
+register_policy("topic-test", TopicPolicy)
+
+
+def test_under_overload_the_fast_tier_decides_per_query_once_it_has_learned_the_policy():
+    """Shed decisions are no constant: the tier learned from the policy's decisions routes each
+    query as the policy would, says so (x-routing-tier, /status counts) and never picks c."""
+    args = {
+        "policy": {"name": "topic-test"},
+        "ingress": {"decisions": {"offload": "always", "max_queue_ms": 50, "max_batch_size": 1}},
+        "experts": [{"name": n, "model": "builtin:tiny-llama"} for n in "abc"],
+    }
+    ingress = ExpertRouter(args, {n: ExpertHandle(ok(n)) for n in "abc"})
+    ingress.fast.ready_after = 8
+    queries = [f"what is {i} plus {i + 1}" if i % 2 else f"tell me about city {i}" for i in range(40)]
+
+    async def burst(texts):
+        requests = [ChatRequest.model_validate({"messages": [{"role": "user", "content": t}]}) for t in texts]
+        return await asyncio.gather(*(ingress.complete(r) for r in requests))
+
+    async def scenario():
+        for text in queries[:12]:  # one at a time: every decision the policy's, and learned from
+            await burst([text])
+        return await burst(queries[12:])
+
+    answers = asyncio.run(scenario())
+    shed = [(text, r["expert"], h) for text, (r, h) in zip(queries[12:], answers) if "x-routing-shed" in h]
+    assert shed and {h["x-routing-tier"] for _, _, h in shed} == {"fast"}
+    assert {expert for _, expert, _ in shed} == {"a", "b"}
+    assert all(expert == ("a" if "plus" in text else "b") for text, expert, _ in shed)
+    assert ingress.shed_by_tier == {"fast": len(shed)} and ingress.fast.learned >= 12
+
+
+def test_the_fast_tier_learns_a_domain_router_from_its_decisions_and_agrees_on_held_out_queries():
+    """Taught by a policy that routes router_mix's train queries to their domain's expert, the
+    tier picks the same expert for most test queries it never saw (the number in README)."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    from router.fast_tier import DistilledTier
+    from router.policy import Message, RoutingDecision
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "router_mix.jsonl.gz"
+    rows = [json.loads(line) for line in gzip.open(path, "rt")]
+    random.Random(0).shuffle(rows)
+    domains = sorted({r["domain"] for r in rows})
+    train = [r for r in rows if r["split"] == "train"][:3000]
+    test = [r for r in rows if r["split"] == "test"][:1000]
+    tier = DistilledTier(domains)
+    for start in range(0, len(train), 64):
+        batch = train[start : start + 64]
+        tier.learn(
+            [r["instruction"] for r in batch],
+            [RoutingDecision.from_scores({d: float(d == r["domain"]) for d in domains}) for r in batch],
+        )
+    chosen = [max((s := tier.scores([Message("user", r["instruction"])])), key=s.get) for r in test]
+    agreement = sum(c == r["domain"] for c, r in zip(chosen, test)) / len(test)
+    assert tier.ready and agreement > 0.75, agreement

@@ -166,6 +166,26 @@ def _export_onnx(args: argparse.Namespace) -> None:
     print(json.dumps({"router": str(args.router), "onnx": str(bundle), "bytes": sizes}))
 
 
+def _route(args: argparse.Namespace) -> None:
+    from deployments.dry_run import QueryFileError, read_queries, route_file, summarize
+    from router.config import ConfigError, load_serve_config
+
+    try:
+        config = load_serve_config(args.config)
+        queries, blank = read_queries(args.queries, config, args.format)
+        records = []
+        for record in route_file(config, queries):
+            print(json.dumps(record), flush=False)
+            records.append(record)
+    except (ConfigError, QueryFileError, OSError) as exc:
+        print(f"expert-router route: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if blank:
+        print(f"{args.queries}: {blank} blank lines are not queries", file=sys.stderr)
+    if args.summary:
+        print(json.dumps({"summary": summarize(records, config)}))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="expert-router", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -232,6 +252,20 @@ def parser() -> argparse.ArgumentParser:
     )
     onnx.add_argument("--router", type=Path, required=True, help="router artifact folder (bert or knn)")
     onnx.set_defaults(func=_export_onnx)
+
+    route = sub.add_parser(
+        "route", help="dry run: how the config's policy routes a file of queries (no Ray, no engines)"
+    )
+    route.add_argument("--config", type=Path, default=Path("serve_config.yaml"), help="Serve config file")
+    route.add_argument(
+        "--queries",
+        type=Path,
+        required=True,
+        help="JSONL[.gz] (each line OpenAI 'messages' or an 'instruction') or plain text (a query a line)",
+    )
+    route.add_argument("--format", choices=["auto", "jsonl", "text"], default="auto")
+    route.add_argument("--summary", action="store_true", help="end with the share per expert and the cost")
+    route.set_defaults(func=_route)
 
     for name, func, helptext in (
         ("train", _train, "train a router"),

@@ -165,7 +165,14 @@ def train(
     (Ray Train's run folder with its checkpoints goes to ``storage_path``, default a temp folder)."""
     if use_ray and kinds.is_neural(kind):
         router = fit_ray(
-            kind, table_path, quality_column, temperature, config, num_workers, use_gpu, storage_path,
+            kind,
+            table_path,
+            quality_column,
+            temperature,
+            config,
+            num_workers,
+            use_gpu,
+            storage_path,
             max_failures,
         )
     else:

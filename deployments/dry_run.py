@@ -1,0 +1,172 @@
+"""``expert-router route``: how a file of queries would be routed, before anything is deployed.
+
+Each query goes the way a routed request goes in a router replica: the same request model
+(``ChatRequest``: a line's own ``routing`` options, capabilities its tools or media need), the same
+candidate experts (``capable``) and the same policy built from the config, batched as the replica
+batches concurrent decisions. A line's ``model`` is not read: the question is how the router would
+route it. No Ray, Serve or engine is started; nothing is sent to an expert.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from deployments.openai_api import ChatRequest
+from deployments.router_core import capable
+from router.config import AppConfig, field_path
+from router.policy import RouteRequest, RoutingPolicy, build_policy
+from router.schemas import RoutingOptions
+
+FORMATS = ("auto", "jsonl", "text")
+MAX_REPORTED = 20
+"""Bad lines listed at most (their count is always given)."""
+
+
+class QueryFileError(ValueError):
+    """The query file has lines that cannot be routed; the message names each (up to MAX_REPORTED)."""
+
+
+@dataclass(frozen=True)
+class Query:
+    line: int
+    request: ChatRequest
+    question: RouteRequest
+    """What the policy is asked: the conversation, the candidates (allowed and capable), the cost weight."""
+
+
+def _open(path: Path) -> Iterator[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as lines:
+        yield from lines
+
+
+def _format(path: Path, first: str | None) -> str:
+    name = path.name.removesuffix(".gz")
+    if name.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    if name.endswith(".txt"):
+        return "text"
+    return "jsonl" if first is not None and first.lstrip().startswith("{") else "text"
+
+
+def _body(line: str, fmt: str) -> dict[str, Any]:
+    """The chat request body of one line: OpenAI ``messages`` (with any other request fields), an
+    ``instruction`` (the phase-1 data format), or the line's text."""
+    if fmt == "text":
+        return {"messages": [{"role": "user", "content": line.rstrip("\n")}]}
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(record, dict):
+        raise ValueError(
+            f"a JSON object with 'messages' or 'instruction', not a JSON {type(record).__name__}"
+        )
+    if "messages" in record:
+        return record
+    if isinstance(record.get("instruction"), str):
+        return {"messages": [{"role": "user", "content": record["instruction"]}]}
+    raise ValueError("neither 'messages' (OpenAI chat form) nor an 'instruction' string")
+
+
+def read_queries(path: str | Path, config: AppConfig, fmt: str = "auto") -> tuple[list[Query], int]:
+    """Every query of the file, with its candidate experts, and how many blank lines it has (not
+    queries). A bad line is an error naming it: the whole file is checked first, and nothing is
+    routed unless every line is good."""
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r}: one of {FORMATS}")
+    lines = list(_open(path))
+    if fmt == "auto":
+        fmt = _format(path, next((line for line in lines if line.strip()), None))
+    abilities = {e.name: e.abilities for e in config.experts}
+    queries, problems, blank = [], [], 0
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            blank += 1
+            continue
+        body: Any = None
+        try:
+            body = _body(line, fmt)
+            request = ChatRequest.model_validate({**body, "model": "router"})
+            queries.append(Query(number, request, _question(request, config, abilities)))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            problems.append(f"{path}:{number}: {field_path(err['loc'], body) or 'request'}: {err['msg']}")
+        except ValueError as exc:
+            problems.append(f"{path}:{number}: {exc}")
+    if problems:
+        shown = problems[:MAX_REPORTED]
+        more = len(problems) - len(shown)
+        raise QueryFileError("\n".join([*shown, *([f"... and {more} more bad lines"] if more else [])]))
+    if not queries:
+        raise QueryFileError(f"{path}: no queries")
+    return queries, blank
+
+
+def _question(request: ChatRequest, config: AppConfig, abilities: dict[str, frozenset[str]]) -> RouteRequest:
+    """The policy's question for a request, as the router asks it: among the experts its
+    ``routing.experts`` allows that have the capabilities it needs (ValueError if none)."""
+    options = request.routing or RoutingOptions()
+    unknown = sorted(set(options.experts or ()) - set(config.expert_names))
+    if unknown:
+        raise ValueError(f"routing.experts: unknown experts {unknown}")
+    allowed = [n for n in config.expert_names if options.experts is None or n in options.experts]
+    return RouteRequest(
+        request.routing_messages(), capable(request.needs(), abilities, allowed), options.cost_weight
+    )
+
+
+def expected_cost(config: AppConfig, policy: RoutingPolicy, expert: str, request: ChatRequest) -> float:
+    """The expected cost of one query at ``expert``: the policy's measured mean cost per query for
+    it (trained artifacts: from phase 1) where it has one, else the expert's prices at about 4
+    characters a token in and its ``max_tokens`` out (an upper bound)."""
+    measured = policy.expected_costs().get(expert)
+    if measured is not None and math.isfinite(measured):
+        return float(measured)
+    settings = config.expert(expert)
+    tokens_in = math.ceil(sum(len(text) for text in request.texts()) / 4)
+    tokens_out = request.token_limit or settings.sampling.max_tokens
+    return settings.price.cost(tokens_in, tokens_out)
+
+
+def route_file(config: AppConfig, queries: list[Query], batch_size: int = 64) -> Iterator[dict[str, Any]]:
+    """One record per query: its line, the first choice, the ranking, the scores and the cost."""
+    policy = build_policy(config.policy, config.expert_names)
+    for start in range(0, len(queries), batch_size):
+        batch = queries[start : start + batch_size]
+        for query, decision in zip(batch, policy.route_batch([q.question for q in batch])):
+            yield {
+                "line": query.line,
+                "expert": decision.expert,
+                "ranking": list(decision.ranking),
+                "scores": {name: _finite(score) for name, score in decision.scores.items()},
+                "cost_usd": expected_cost(config, policy, decision.expert, query.request),
+            }
+
+
+def summarize(records: list[dict[str, Any]], config: AppConfig) -> dict[str, Any]:
+    """The share of queries per expert (every configured expert, 0 included) and the expected cost."""
+    counts = Counter(record["expert"] for record in records)
+    total = len(records)
+    return {
+        "queries": total,
+        "share": {name: counts[name] / total for name in config.expert_names},
+        "count": {name: counts[name] for name in config.expert_names},
+        "expected_cost_usd": sum(record["cost_usd"] for record in records),
+        "policy": config.policy.model_dump(),
+    }
+
+
+def _finite(score: float) -> float | None:
+    """JSON has no infinities: an expert the policy never routes to scores null."""
+    return float(score) if math.isfinite(score) else None

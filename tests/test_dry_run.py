@@ -1,0 +1,131 @@
+"""``expert-router route``: a file of queries routed by the config's policy, without Ray or engines."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+import yaml
+
+from training.cli import main
+
+EXPERTS = [
+    {"name": "general", "model": "m", "price": {"input_per_1m": 1.0, "output_per_1m": 2.0}},
+    {"name": "math", "model": "m", "price": {"input_per_1m": 4.0, "output_per_1m": 8.0}},
+    {
+        "name": "remote",
+        "model": "m",
+        "endpoint": {"base_url": "http://127.0.0.1:9/v1"},
+        "capabilities": ["tools"],
+    },
+]
+
+
+@pytest.fixture
+def config(tmp_path):
+    """A serve config whose fixed policy puts math first."""
+    path = tmp_path / "serve.yaml"
+    args = {"experts": EXPERTS, "policy": {"name": "fixed", "args": {"expert": "math"}}}
+    path.write_text(yaml.safe_dump({"applications": [{"name": "app", "import_path": "x:y", "args": args}]}))
+    return path
+
+
+def route(capsys, config, path, *extra) -> tuple[list[dict], str]:
+    main(["route", "--config", str(config), "--queries", str(path), *extra])
+    out, err = capsys.readouterr()
+    return [json.loads(line) for line in out.splitlines()], err
+
+
+def test_every_format_routes_each_line_through_the_policy_with_its_own_routing_options(
+    tmp_path, capsys, config
+):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    lines = [
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]},
+        {"instruction": "Name a prime.", "reference": "7", "domain": "math"},
+        {"messages": [{"role": "user", "content": "hi"}], "routing": {"experts": ["general", "remote"]}},
+        {"messages": [{"role": "user", "content": "call f"}], "tools": tools, "tool_choice": "auto"},
+    ]
+    jsonl = tmp_path / "traffic.jsonl.gz"
+    with gzip.open(jsonl, "wt") as f:
+        f.write("\n".join(json.dumps(line) for line in lines) + "\n")
+    records, _ = route(capsys, config, jsonl, "--summary")
+    *records, summary = records
+    assert [r["line"] for r in records] == [1, 2, 3, 4]
+    assert [r["expert"] for r in records] == ["math", "math", "general", "remote"]  # allowed, capable
+    assert records[0]["ranking"] == ["math", "general", "remote"] and set(records[0]["scores"]) == {
+        "general",
+        "math",
+        "remote",
+    }
+    assert records[2]["ranking"] == ["general", "remote"]
+    assert summary["summary"]["count"] == {"general": 1, "math": 2, "remote": 1}
+    assert summary["summary"]["share"]["math"] == 0.5
+    # math's prices at ~4 characters a token in, max_tokens (256) out
+    assert records[1]["cost_usd"] == pytest.approx((4 * 4 + 8 * 256) / 1e6)
+    assert summary["summary"]["expected_cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in records))
+
+    text = tmp_path / "queries.txt"
+    text.write_text("What is 2+2?\n\n  \nWho wrote Hamlet?\n")
+    records, err = route(capsys, config, text)
+    assert [(r["line"], r["expert"]) for r in records] == [(1, "math"), (4, "math")]
+    assert "2 blank lines are not queries" in err
+
+
+@pytest.mark.parametrize(
+    "content, error",
+    [
+        ('{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": [\n', ":2: not valid JSON"),
+        ("[1, 2]\n", ":1: a JSON object with 'messages' or 'instruction', not a JSON list"),
+        ('{"prompt": "hi"}\n', ":1: neither 'messages' (OpenAI chat form) nor an 'instruction' string"),
+        ('{"messages": 5}\n', ":1: messages: Input should be a valid list"),
+        (
+            '{"messages": [{"role": "wizard", "content": "x"}]}\n',
+            ":1: messages[0].role: 'wizard' is not one of",
+        ),
+        (
+            '{"messages": [{"role": "system", "content": "x"}]}\n',
+            ":1: messages: must contain at least one non-empty user message",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "x"}]}\n'
+            '{"messages": [{"role": "user", "content": "x"}], "routing": {"experts": ["nobody"]}}\n',
+            ":2: routing.experts: unknown experts ['nobody']",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "x"}], "routing": {"experts": ["math"]}, "tools": '
+            '[{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto"}\n',
+            ":1: this request needs tools, which no candidate expert is configured for",
+        ),
+        ("\n\n", "no queries"),
+    ],
+)
+def test_a_bad_file_is_an_error_naming_the_line_and_nothing_is_routed(
+    tmp_path, capsys, config, content, error
+):
+    path = tmp_path / "traffic.jsonl"
+    path.write_text(content)
+    with pytest.raises(SystemExit) as stop:
+        main(["route", "--config", str(config), "--queries", str(path)])
+    out, err = capsys.readouterr()
+    assert stop.value.code == 2 and error in err and out == "", err  # checked before anything is routed
+
+
+def test_every_bad_line_is_listed(tmp_path, capsys, config):
+    path = tmp_path / "traffic.jsonl"
+    path.write_text("".join(f'{{"messages": {n}}}\n' for n in range(30)))
+    with pytest.raises(SystemExit):
+        main(["route", "--config", str(config), "--queries", str(path)])
+    err = capsys.readouterr().err
+    assert ":20: messages" in err and ":21: messages" not in err and "and 10 more bad lines" in err
+
+
+def test_a_missing_file_or_config_is_a_clear_error(tmp_path, capsys, config):
+    for argv in (
+        ["--config", str(config), "--queries", str(tmp_path / "none.txt")],
+        ["--config", str(tmp_path / "none.yaml"), "--queries", str(config)],
+    ):
+        with pytest.raises(SystemExit) as stop:
+            main(["route", *argv])
+        assert stop.value.code == 2 and "none." in capsys.readouterr().err
