@@ -408,7 +408,7 @@ def test_a_refused_field_is_the_engines_400_before_any_answer_or_stream(servers,
 
 
 @pytest.mark.parametrize(
-    "parameters, says", [([], "tools.0.function"), ({"type": 5}, "not a valid JSON schema")]
+    "parameters, says", [([], "tools[0].function"), ({"type": 5}, "not a valid JSON schema")]
 )
 def test_a_malformed_tool_schema_is_a_400(servers, parameters, says):
     tools = [{"type": "function", "function": {"name": "f", "parameters": parameters}}]
