@@ -5,8 +5,9 @@ ONNX int8) with tiny-model vLLM experts (``tests.conftest.tiny_app_args``), then
 the Random policy, alternating in ``--rounds`` so machine drift hits both alike. Per policy:
 routed requests/s, p50/p99 latency and the ``x-routing-ms`` p50/p99 at ``--concurrency`` (and at
 concurrency 1), plus the latency of a ``/health`` probe polled beside the load (a blocked event
-loop shows there first), and the share of decisions the model made (the rest were shed to the
-prior under overload, ``ingress.decisions.max_queue_ms``). Queries are real router_mix
+loop shows there first), and who decided: the policy, or under overload
+(``ingress.decisions.max_queue_ms``) the fast tier learned from it or the prior (``x-routing-tier``);
+``decided_by_model`` counts the first two (per query). Queries are real router_mix
 instructions (encoder cost grows with length); ``max_tokens=1`` keeps the experts' share small.
 Prints one JSON line with ratios shipped/random.
 Goals: requests/s >= 0.95x Random's; /health p99 <= 1.25x Random's.
@@ -47,13 +48,12 @@ def quantiles(ms: list[float]) -> dict[str, float]:
 async def phase(base: str, queries: list[str], n: int, concurrency: int) -> dict:
     """``n`` routed requests at ``concurrency``, a /health probe every 20 ms beside them."""
     latencies, routing, health, statuses, experts = [], [], [], Counter(), Counter()
-    shed = 0
+    tiers: Counter[str] = Counter()
     todo = iter(range(n))
     limits = httpx.Limits(max_connections=concurrency + 2)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
 
         async def worker() -> None:
-            nonlocal shed
             for i in todo:
                 body = {"messages": [{"role": "user", "content": queries[i % len(queries)]}], "max_tokens": 1}
                 t0 = time.perf_counter()
@@ -63,7 +63,7 @@ async def phase(base: str, queries: list[str], n: int, concurrency: int) -> dict
                 if reply.status_code == 200:
                     routing.append(float(reply.headers["x-routing-ms"]))
                     experts[reply.headers["x-expert"]] += 1
-                    shed += reply.headers.get("x-routing-shed") == "true"
+                    tiers[reply.headers.get("x-routing-tier", "policy")] += 1
 
         async def probe(stop: asyncio.Event) -> None:
             while not stop.is_set():
@@ -87,18 +87,22 @@ async def phase(base: str, queries: list[str], n: int, concurrency: int) -> dict
         "health_ms": health,
         "errors": sum(v for k, v in statuses.items() if k != 200),
         "experts": experts,
-        "shed": shed,
+        "tiers": tiers,
     }
 
 
 def summarize(runs: list[dict]) -> dict:
     pooled = {k: [x for r in runs for x in r[k]] for k in ("latency_ms", "routing_ms", "health_ms")}
     experts = sum((r["experts"] for r in runs), Counter())
+    tiers = sum((r["tiers"] for r in runs), Counter())
+    answered = sum(tiers.values()) or 1
     return {
         "requests": sum(r["n"] for r in runs),
         "errors": sum(r["errors"] for r in runs),
         "requests_per_s": round(sum(r["n"] for r in runs) / sum(r["wall_s"] for r in runs), 1),
-        "decided_by_model": round(1 - sum(r["shed"] for r in runs) / sum(r["n"] for r in runs), 3),
+        # per query by a trained model: the policy, or the fast tier that learned it (not the prior)
+        "decided_by_model": round((tiers["policy"] + tiers["fast"]) / answered, 3),
+        "decided_by": {tier: round(tiers[tier] / answered, 3) for tier in ("policy", "fast", "prior")},
         "latency_ms": quantiles(pooled["latency_ms"]),
         "x_routing_ms": quantiles(pooled["routing_ms"]),
         "health_ms": quantiles(pooled["health_ms"]),

@@ -190,7 +190,10 @@ class ExpertRouter:
         batch runs."""
         decisions = self.config.ingress.decisions
         offload = decisions.offload == "always" or (decisions.offload == "auto" and policy.blocking)
-        fast = DistilledTier(self.config.expert_names) if offload else None
+        learns = offload and decisions.fast_tier
+        fast = (
+            DistilledTier(self.config.expert_names, ready_after=decisions.fast_tier_after) if learns else None
+        )
         decide = learning(policy, fast) if fast is not None else policy.route_batch
         if offload and self.decider is not None:
             self.decider.fn = decide

@@ -283,6 +283,14 @@ class DecisionConfig(_Strict):
         description="Encoder threads (ONNX Runtime intra-op); default: the replica's CPU "
         "share, ingress.num_cpus rounded up.",
     )
+    fast_tier: bool = Field(
+        True,
+        description="Shed decisions are made per query by a classifier each replica learns online "
+        "from the policy's own decisions (router/fast_tier.py); false: always from the prior.",
+    )
+    fast_tier_after: int = Field(
+        64, ge=1, description="Decisions the fast tier learns from before it decides shed requests."
+    )
 
 
 class IngressConfig(_Strict):

@@ -154,6 +154,14 @@ def test_under_overload_decisions_are_shed_to_the_prior_and_say_so():
     assert {response["expert"] for response, _ in answers} == {"b"}
 
 
+def test_without_the_fast_tier_shed_decisions_come_from_the_prior():
+    ingress = router_with(offload="always", max_queue_ms=50, max_batch_size=1, fast_tier=False)
+    assert ingress.fast is None
+    burst(ingress, 4)
+    answers = burst(ingress, 20)
+    assert {h["x-routing-tier"] for _, h in answers if "x-routing-shed" in h} == {"prior"}
+
+
 def test_max_queue_ms_zero_never_sheds():
     ingress = router_with(offload="always", max_queue_ms=0, max_batch_size=1)
     answers = burst(ingress, 10)
@@ -176,11 +184,12 @@ def test_under_overload_the_fast_tier_decides_per_query_once_it_has_learned_the_
     query as the policy would, says so (x-routing-tier, /status counts) and never picks c."""
     args = {
         "policy": {"name": "topic-test"},
-        "ingress": {"decisions": {"offload": "always", "max_queue_ms": 50, "max_batch_size": 1}},
+        "ingress": {
+            "decisions": {"offload": "always", "max_queue_ms": 50, "max_batch_size": 1, "fast_tier_after": 8}
+        },
         "experts": [{"name": n, "model": "builtin:tiny-llama"} for n in "abc"],
     }
     ingress = ExpertRouter(args, {n: ExpertHandle(ok(n)) for n in "abc"})
-    ingress.fast.ready_after = 8
     queries = [f"what is {i} plus {i + 1}" if i % 2 else f"tell me about city {i}" for i in range(40)]
 
     async def burst(texts):
