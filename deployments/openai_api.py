@@ -6,6 +6,7 @@ no engine takes, the text a policy routes on and the capabilities a request need
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from functools import cache
 from typing import Annotated, Any, ClassVar
@@ -152,8 +153,8 @@ class RouterFields(BaseModel):
         removal makes validation pass or fail otherwise. Only declared fields are tried (bounded
         work for a hostile body); ``()`` when none is to blame alone."""
         parameter = getattr(error, "parameter", None)
-        if isinstance(parameter, str) and parameter:
-            return (parameter,)
+        if isinstance(parameter, str) and parameter:  # "tool_choice.function", "messages[0]"
+            return tuple(int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", parameter))
         if not isinstance(data, dict):
             return ()
         sent = [key for key in data if _field_name(cls, key) is not None]

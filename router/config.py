@@ -384,15 +384,17 @@ def field_path(loc: tuple[str | int, ...], document: Any = None) -> str:
     """A validation error's place as a client writes it: ``experts[1].price.input_per_1m``, without
     pydantic's names for the members of a union (``literal['auto']``, ``ChatCompletionUserMessageParam``),
     which are not places in the document. Given the validated ``document``, the path follows it (a
-    missing field is the last part); without it, parts that are no identifiers are left out."""
+    missing field is the last part); without it, parts that are no lower-case identifiers are left
+    out (JSON keys here are snake_case; pydantic's member names are not)."""
     path, node = "", document
     for i, part in enumerate(loc):
+        key_like = isinstance(part, str) and part.isidentifier() and not part[:1].isupper()  # no type name
         if document is None:
-            is_place = isinstance(part, int) or part.isidentifier()
+            is_place = isinstance(part, int) or key_like
         elif isinstance(part, int):
             is_place = isinstance(node, list) and 0 <= part < len(node)
-        else:
-            is_place = isinstance(node, dict) and (part in node or i == len(loc) - 1)
+        else:  # a missing key is the last part: of an object, or of a value that should be one
+            is_place = (isinstance(node, dict) and part in node) or (i == len(loc) - 1 and key_like)
         if not is_place:
             continue
         path += f"[{part}]" if isinstance(part, int) else f".{part}"
