@@ -27,10 +27,8 @@ def check_config(args: Any) -> tuple[AppConfig, dict[str, LLMConfig]]:
         if expert.endpoint is None:
             try:
                 engines[expert.name] = expert_llm_config(expert)
-            except Exception as exc:  # LLMConfig refused the merged llm_config
-                raise ConfigError(
-                    f"invalid expert-router configuration:\n  experts[{i}].llm_config: {exc}"
-                ) from None
+            except Exception as exc:  # its model does not resolve, or LLMConfig refused llm_config
+                raise ConfigError(f"invalid expert-router configuration:\n  experts[{i}]: {exc}") from None
     return config, engines
 
 

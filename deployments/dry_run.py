@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from deployments.openai_api import ChatRequest
 from deployments.router_core import capable
-from router.config import AppConfig, field_path
+from router.config import AppConfig, ConfigError, field_path
 from router.policy import RouteRequest, RoutingPolicy, build_policy
 from router.schemas import RoutingOptions
 
@@ -73,8 +73,9 @@ def _body(line: str, fmt: str) -> dict[str, Any]:
         )
     if "messages" in record:
         return record
-    if isinstance(record.get("instruction"), str):
-        return {"messages": [{"role": "user", "content": record["instruction"]}]}
+    if isinstance(record.get("instruction"), str):  # with whatever request fields it has (routing...)
+        fields = {key: value for key, value in record.items() if key in ChatRequest.model_fields}
+        return {**fields, "messages": [{"role": "user", "content": record["instruction"]}]}
     raise ValueError("neither 'messages' (OpenAI chat form) nor an 'instruction' string")
 
 
@@ -85,7 +86,10 @@ def read_queries(path: str | Path, config: AppConfig, fmt: str = "auto") -> tupl
     path = Path(path)
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: one of {FORMATS}")
-    lines = list(_open(path))
+    try:
+        lines = list(_open(path))
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise QueryFileError(f"{path}: cannot read it: {exc}") from None
     if fmt == "auto":
         fmt = _format(path, next((line for line in lines if line.strip()), None))
     abilities = {e.name: e.abilities for e in config.experts}
@@ -98,10 +102,15 @@ def read_queries(path: str | Path, config: AppConfig, fmt: str = "auto") -> tupl
         try:
             body = _body(line, fmt)
             request = ChatRequest.model_validate({**body, "model": "router"})
+            if over := request.over_limits(config.ingress.security):  # the router's 400s
+                raise ValueError("; ".join(f"{where}: {problem}" for where, problem in over))
             queries.append(Query(number, request, _question(request, config, abilities)))
         except ValidationError as exc:
-            err = exc.errors()[0]
-            problems.append(f"{path}:{number}: {field_path(err['loc'], body) or 'request'}: {err['msg']}")
+            said = [
+                f"{field_path(e['loc'], body) or 'request'}: {str(e['msg']).removeprefix('Value error, ')}"
+                for e in exc.errors()[:3]
+            ]
+            problems.append(f"{path}:{number}: {'; '.join(said)}")
         except ValueError as exc:
             problems.append(f"{path}:{number}: {exc}")
     if problems:
@@ -141,7 +150,10 @@ def expected_cost(config: AppConfig, policy: RoutingPolicy, expert: str, request
 
 def route_file(config: AppConfig, queries: list[Query], batch_size: int = 64) -> Iterator[dict[str, Any]]:
     """One record per query: its line, the first choice, the ranking, the scores and the cost."""
-    policy = build_policy(config.policy, config.expert_names)
+    try:
+        policy = build_policy(config.policy, config.expert_names)
+    except Exception as exc:
+        raise ConfigError(f"policy {config.policy.name}: {exc}") from None
     for start in range(0, len(queries), batch_size):
         batch = queries[start : start + batch_size]
         for query, decision in zip(batch, policy.route_batch([q.question for q in batch])):

@@ -18,7 +18,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from vllm.exceptions import VLLMValidationError
 
-from router.config import ROUTER_MODEL_NAME, SamplingDefaults
+from router.config import ROUTER_MODEL_NAME, SamplingDefaults, SecurityConfig
 from router.policy import Message
 from router.schemas import RoutingOptions
 
@@ -100,6 +100,8 @@ class RouterFields(BaseModel):
     """The ray.serve.llm request model an expert's LLMServer takes..."""
     call_method: ClassVar[str]
     """...in this method."""
+    text_field: ClassVar[str]
+    """The field whose text routing reads (and the size caps count)."""
 
     model: str = Field(ROUTER_MODEL_NAME, description="'router' routes; an expert's name bypasses routing.")
     routing: RoutingOptions | None = Field(None, description="Routing controls (expert-router extension).")
@@ -115,63 +117,24 @@ class RouterFields(BaseModel):
         concerns. vLLM's checks name theirs in ``VLLMValidationError.parameter``; its validators
         that assume a field's shape (``'int' object is not iterable``) are answered by validating
         each field the client sent on its own, else by finding the field whose removal cures it."""
+        sent = dict(data) if isinstance(data, dict) else data  # vLLM's validators add keys in place
         try:
             return handler(data)
         except ValidationError as exc:
             errors = exc.errors()
             if all(err["loc"] for err in errors):
                 raise
-            problems = [
-                (err["loc"] or cls._blame(data, handler, _cause(err)), _message(err), err["input"])
-                for err in errors
-            ]
+            blame = _Blame(cls, sent, handler)
+            problems = [(err["loc"] or blame(_cause(err)), _message(err), err["input"]) for err in errors]
         except VLLMValidationError as exc:  # vLLM's checks; some escape pydantic's conversion
-            problems = [(cls._blame(data, handler, exc), _vllm_message(exc), exc.value)]
+            problems = [(_Blame(cls, sent, handler)(exc), _vllm_message(exc), exc.value)]
         except Exception as exc:  # a validator assumed a shape the client did not send
-            logger.info("request validation raised %s: %s", type(exc).__name__, exc)
-            where = cls._blame(data, handler, exc)
-            value = data.get(where[0]) if where and isinstance(data, dict) else data
-            found = cls._field_errors(where[0], value) if where else []
+            logger.info("request validation raised %s: %s", type(exc).__name__, str(exc)[:200])
+            where = _Blame(cls, sent, handler)(exc)
+            value = sent.get(where[0]) if where and isinstance(sent, dict) else sent
+            found = _field_errors(cls, where[0], value) if where and isinstance(where[0], str) else []
             problems = found or [(where, f"this {_json_type(value)} is not a valid value here", value)]
         raise invalid(problems)
-
-    @classmethod
-    def _field_errors(cls, key: str, value: Any) -> list[tuple[Loc, str, Any]]:
-        """The problems of field ``key`` (by name or alias) holding ``value``, checked on its own."""
-        try:
-            _field_adapter(cls, key).validate_python(value)
-        except ValidationError as exc:
-            return [((key, *err["loc"]), _message(err), err["input"]) for err in exc.errors()]
-        except Exception as exc:  # e.g. a dataclass's __post_init__ refusing the combination
-            return [((key,), f"not a valid value here: {exc}", value)]
-        return []
-
-    @classmethod
-    def _blame(cls, data: Any, handler: Any, error: BaseException | None) -> Loc:
-        """The place of a problem validation reported without one: the parameter a vLLM check
-        names; else the first field the client sent that fails on its own; else the first whose
-        removal makes validation pass or fail otherwise. Only declared fields are tried (bounded
-        work for a hostile body); ``()`` when none is to blame alone."""
-        parameter = getattr(error, "parameter", None)
-        if isinstance(parameter, str) and parameter:  # "tool_choice.function", "messages[0]"
-            return tuple(int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", parameter))
-        if not isinstance(data, dict):
-            return ()
-        sent = [key for key in data if _field_name(cls, key) is not None]
-        for key in sent:
-            if cls._field_errors(key, data[key]):
-                return (key,)
-        for key in sent:
-            try:
-                handler({k: v for k, v in data.items() if k != key})
-            except ValidationError as exc:
-                if all(err["loc"] for err in exc.errors()):
-                    return (key,)
-            except Exception:
-                continue
-            else:
-                return (key,)
-        return ()
 
     def for_expert(self, model: str, sampling: SamplingDefaults, **changes: Any) -> Any:
         """The request as an expert's LLMServer gets it: everything the client sent but ``routing``,
@@ -198,11 +161,40 @@ class RouterFields(BaseModel):
         return self.model == ROUTER_MODEL_NAME
 
     @property
-    def token_limit(self) -> int | None:
-        """The most tokens an answer may have, as the client asked (declared fields only: an extra
-        field of the same name on a text completion is the engine's to ignore, not ours to read)."""
+    def token_key(self) -> str:
+        """The field that limits the answer's tokens: ``max_completion_tokens`` where the model
+        declares it and the client set it (an extra field of that name on a text completion is the
+        engine's to ignore, not ours to read), else ``max_tokens``."""
         declared = "max_completion_tokens" in type(self).model_fields
-        return (getattr(self, "max_completion_tokens", None) if declared else None) or self.max_tokens
+        return (
+            "max_completion_tokens"
+            if declared and getattr(self, "max_completion_tokens", None)
+            else "max_tokens"
+        )
+
+    @property
+    def token_limit(self) -> int | None:
+        """The most tokens an answer may have, as the client asked."""
+        return getattr(self, self.token_key)
+
+    def over_limits(self, limits: SecurityConfig) -> list[tuple[str, str]]:
+        """``(field, problem)`` for each configured cap (``ingress.security``) this request exceeds."""
+        texts, where = self.texts(), self.text_field
+        problems = []
+        if len(texts) > limits.max_messages:
+            problems.append((where, f"{len(texts)} messages; at most {limits.max_messages}"))
+        longest = max(map(len, texts), default=0)
+        if longest > limits.max_message_chars:
+            problems.append(
+                (where, f"a message has {longest} characters; at most {limits.max_message_chars}")
+            )
+        if self.token_limit is not None and self.token_limit > limits.max_tokens:
+            problems.append(
+                (self.token_key, f"{self.token_key} {self.token_limit}; at most {limits.max_tokens}")
+            )
+        if self.n > limits.max_choices:
+            problems.append(("n", f"n {self.n}; at most {limits.max_choices}"))
+        return problems
 
     def wants_usage_chunk(self) -> bool:
         """Whether a streaming client asked for the final usage chunk."""
@@ -223,6 +215,7 @@ class ChatRequest(RouterFields, ChatCompletionRequest):
 
     engine_request: ClassVar[type[BaseModel]] = ChatCompletionRequest
     call_method: ClassVar[str] = "chat"
+    text_field: ClassVar[str] = "messages"
 
     max_completion_tokens: int | None = Field(None, ge=1)
 
@@ -317,6 +310,7 @@ class TextCompletionRequest(RouterFields, CompletionRequest):
 
     engine_request: ClassVar[type[BaseModel]] = CompletionRequest
     call_method: ClassVar[str] = "completions"
+    text_field: ClassVar[str] = "prompt"
 
     @model_validator(mode="after")
     def _prompt_text(self) -> TextCompletionRequest:
@@ -342,12 +336,73 @@ class TextCompletionRequest(RouterFields, CompletionRequest):
         return {"json_schema"} if self.structured() else set()
 
 
+MAX_RERUNS = 4
+"""Bodies without one field each validated again, at most, to find a problem's field: bounded work
+for a hostile body (each rerun costs what validating the request did)."""
+
+
+class _Blame:
+    """The place of the problems validation reported without one, for one body: the parameter a
+    vLLM check names; else the first field the client sent that fails on its own; else the first
+    (of ``MAX_RERUNS``) whose removal lets the rest validate or fail elsewhere; else ``()``. The
+    search runs once per body, whatever the number of such problems."""
+
+    def __init__(self, model: type[BaseModel], body: Any, handler: Any):
+        self.model, self.body, self.handler = model, body, handler
+        self._found: Loc | None = None
+
+    def __call__(self, error: BaseException | None) -> Loc:
+        parameter = getattr(error, "parameter", None)
+        if isinstance(parameter, str) and parameter:  # "tool_choice.function", "messages[0]"
+            return tuple(int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", parameter))
+        if self._found is None:
+            self._found = self._search()
+        return self._found
+
+    def _search(self) -> Loc:
+        if not isinstance(self.body, dict):
+            return ()
+        names = _body_keys(self.model)
+        sent = [key for key in self.body if key in names]
+        for key in sent:
+            if _field_errors(self.model, key, self.body[key]):
+                return (key,)
+        for key in sent[:MAX_RERUNS]:
+            try:
+                self.handler({k: v for k, v in self.body.items() if k != key})
+            except ValidationError as exc:
+                if all(err["loc"] and err["loc"][0] != key for err in exc.errors()):
+                    return (key,)
+            except Exception:
+                continue
+            else:
+                return (key,)
+        return ()
+
+
+@cache
+def _body_keys(model: type[BaseModel]) -> frozenset[str]:
+    """The keys a body sets ``model``'s fields by: names and aliases."""
+    return frozenset(k for name, field in model.model_fields.items() for k in (name, field.alias) if k)
+
+
 def _field_name(model: type[BaseModel], key: str) -> str | None:
     """The field of ``model`` a body key sets (by alias or name), if any."""
     for name, field in model.model_fields.items():
         if key in (name, field.alias):
             return name
     return None
+
+
+def _field_errors(model: type[BaseModel], key: str, value: Any) -> list[tuple[Loc, str, Any]]:
+    """The problems of ``model``'s field ``key`` (by name or alias) holding ``value``, checked on its own."""
+    try:
+        _field_adapter(model, key).validate_python(value)
+    except ValidationError as exc:
+        return [((key, *err["loc"]), _message(err), err["input"]) for err in exc.errors()]
+    except Exception as exc:  # e.g. a dataclass's __post_init__ refusing the combination
+        return [((key,), f"not a valid value here: {str(exc)[:200]}", value)]
+    return []
 
 
 @cache

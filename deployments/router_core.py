@@ -11,10 +11,12 @@ import asyncio
 import json
 import logging
 import math
+import threading
 import time
 import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -88,20 +90,46 @@ def expert_request(expert: ExpertConfig, request: RouterFields, **changes: Any) 
 
 
 def learning(
-    policy: RoutingPolicy, fast: DistilledTier
+    policy: RoutingPolicy, fast: DistilledTier, experts: Sequence[str]
 ) -> Callable[[Sequence[RouteRequest]], list[RoutingDecision]]:
-    """``policy.route_batch`` that also teaches ``fast`` each batch it decides (in the worker
-    thread that runs it, off the event loop); a failure to learn never fails the decisions."""
+    """``policy.route_batch`` that also hands each batch it decides to ``fast`` to learn from, in a
+    thread of its own after the decisions return (a batch that comes while the tier is still
+    learning is skipped: bounded work). Only unrestricted questions teach it (every expert a
+    candidate, no per-request cost weight): shed decisions are made for any request."""
+    learner = ThreadPoolExecutor(1, thread_name_prefix="fast-tier")
+    busy = threading.Lock()
+    everyone = set(experts)
+
+    def learn(texts: list[str], decisions: list[RoutingDecision]) -> None:
+        try:
+            fast.learn(texts, decisions)
+        except Exception as exc:
+            logger.warning("the fast tier could not learn from a batch: %s", exc)
+        finally:
+            busy.release()
 
     def decide(questions: Sequence[RouteRequest]) -> list[RoutingDecision]:
         decisions = policy.route_batch(questions)
-        try:
-            fast.learn([query_text(q.messages) for q in questions], decisions)
-        except Exception as exc:
-            logger.warning("the fast tier could not learn from a batch: %s", exc)
+        taught = [
+            (query_text(q.messages), d)
+            for q, d in zip(questions, decisions)
+            if q.cost_weight is None and (q.candidates is None or set(q.candidates) == everyone)
+        ]
+        if taught and busy.acquire(blocking=False):
+            texts, chosen = zip(*taught)
+            learner.submit(learn, list(texts), list(chosen))
         return decisions
 
     return decide
+
+
+def in_order_of(order: dict[str, float], scale: dict[str, float]) -> dict[str, float]:
+    """``scale``'s finite scores handed out in ``order``'s ranking (its best gets the highest):
+    the fast tier ranks, the policy's recent scores keep the scale load-aware ranking trades
+    against expected waits; an expert at -inf (never routed to) stays there."""
+    finite = [name for name in scale if math.isfinite(scale[name])]
+    ranked = sorted(finite, key=lambda name: -order[name])
+    return {**scale, **dict(zip(ranked, sorted((scale[n] for n in finite), reverse=True)))}
 
 
 def capable(needs: set[str], abilities: dict[str, frozenset[str]], names: Sequence[str]) -> list[str]:
@@ -190,11 +218,10 @@ class ExpertRouter:
         batch runs."""
         decisions = self.config.ingress.decisions
         offload = decisions.offload == "always" or (decisions.offload == "auto" and policy.blocking)
-        learns = offload and decisions.fast_tier
-        fast = (
-            DistilledTier(self.config.expert_names, ready_after=decisions.fast_tier_after) if learns else None
-        )
-        decide = learning(policy, fast) if fast is not None else policy.route_batch
+        names = self.config.expert_names
+        learns = offload and decisions.fast_tier and len(names) > 1
+        fast = DistilledTier(names, ready_after=decisions.fast_tier_after) if learns else None
+        decide = learning(policy, fast, names) if fast is not None else policy.route_batch
         if offload and self.decider is not None:
             self.decider.fn = decide
         elif offload:
@@ -277,21 +304,7 @@ class ExpertRouter:
 
     def _check_limits(self, request: RouterFields) -> None:
         """The configured caps on what one request may ask for (400 with the limit named)."""
-        limits = self.config.ingress.security
-        texts = request.texts()
-        problems = []
-        if len(texts) > limits.max_messages:
-            problems.append(("messages", f"{len(texts)} messages; at most {limits.max_messages}"))
-        longest = max(map(len, texts), default=0)
-        if longest > limits.max_message_chars:
-            problems.append(
-                ("messages", f"a message has {longest} characters; at most {limits.max_message_chars}")
-            )
-        if request.token_limit is not None and request.token_limit > limits.max_tokens:
-            key = "max_completion_tokens" if getattr(request, "max_completion_tokens", None) else "max_tokens"
-            problems.append((key, f"{key} {request.token_limit}; at most {limits.max_tokens}"))
-        if request.n > limits.max_choices:
-            problems.append(("n", f"n {request.n}; at most {limits.max_choices}"))
+        problems = request.over_limits(self.config.ingress.security)
         if problems:
             raise APIError(
                 400, "; ".join(msg for _, msg in problems), "invalid_request_error", param=problems[0][0]
@@ -319,8 +332,7 @@ class ExpertRouter:
             tier, scores = "prior", self._prior
             if self.fast is not None and self.fast.ready:
                 try:
-                    learned = self.fast.scores(question.messages)
-                    scores = {n: learned[n] if math.isfinite(p) else p for n, p in self._prior.items()}
+                    scores = in_order_of(self.fast.scores(question.messages), self._prior)
                     tier = "fast"
                 except Exception as exc:
                     logger.warning("the fast tier failed; deciding from the prior: %s", exc)

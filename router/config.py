@@ -377,7 +377,7 @@ class AppConfig(_Strict):
         try:
             return cls.model_validate(args)
         except ValidationError as exc:
-            raise ConfigError(describe_errors(exc)) from None
+            raise ConfigError(describe_errors(exc, args)) from None
 
 
 def field_path(loc: tuple[str | int, ...], document: Any = None) -> str:
@@ -403,15 +403,16 @@ def field_path(loc: tuple[str | int, ...], document: Any = None) -> str:
     return path.lstrip(".")
 
 
-def describe_errors(exc: ValidationError) -> str:
-    """One readable line per problem: ``experts[1].price.input_per_1m: must be >= 0``."""
-    lines = [f"  {field_path(err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()]
+def describe_errors(exc: ValidationError, document: Any = None) -> str:
+    """One readable line per problem: ``experts[1].price.input_per_1m: must be >= 0`` (places
+    follow ``document``, the validated args, where given)."""
+    lines = [f"  {field_path(err['loc'], document) or '<root>'}: {err['msg']}" for err in exc.errors()]
     return "invalid expert-router configuration:\n" + "\n".join(lines)
 
 
-def serve_config_args(path: str | Path, app_name: str | None = None) -> Any:
-    """The ``args`` of an application in a Ray Serve config file (the first one by default); a file
-    of the wrong shape is a ConfigError naming what is missing."""
+def serve_config_app(path: str | Path, app_name: str | None = None) -> dict[str, Any]:
+    """An application of a Ray Serve config file (the first one by default); a file of the wrong
+    shape is a ConfigError naming what is missing."""
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -423,8 +424,28 @@ def serve_config_args(path: str | Path, app_name: str | None = None) -> Any:
         if not isinstance(app, dict):
             raise ConfigError(f"{path}: applications[{i}] must be a mapping")
         if app_name is None or app.get("name") == app_name:
-            return app.get("args") or {}
+            return app
     raise ConfigError(f"{path}: no application {app_name or ''} in 'applications'".replace("  ", " "))
+
+
+def serve_config_args(path: str | Path, app_name: str | None = None) -> Any:
+    """The ``args`` of an application in a Ray Serve config file (the first one by default)."""
+    return serve_config_app(path, app_name).get("args") or {}
+
+
+def served_policy(app: dict[str, Any], config: AppConfig) -> PolicyConfig:
+    """The policy the router replicas of ``app`` route by: the router deployment's ``user_config``
+    policy (a live rollout) where one is set, else the args' policy."""
+    for deployment in app.get("deployments") or []:
+        if isinstance(deployment, dict) and deployment.get("name") == "router":
+            try:
+                rollout = RouterUserConfig.model_validate(deployment.get("user_config") or {})
+            except ValidationError as exc:
+                raise ConfigError(
+                    describe_errors(exc).replace("\n  ", "\n  router user_config.", 1)
+                ) from None
+            return rollout.policy or config.policy
+    return config.policy
 
 
 def load_serve_config(path: str | Path, app_name: str | None = None) -> AppConfig:

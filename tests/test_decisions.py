@@ -235,3 +235,12 @@ def test_the_fast_tier_learns_a_domain_router_from_its_decisions_and_agrees_on_h
     chosen = [max((s := tier.scores([Message("user", r["instruction"])])), key=s.get) for r in test]
     agreement = sum(c == r["domain"] for c, r in zip(chosen, test)) / len(test)
     assert tier.ready and agreement > 0.75, agreement
+
+
+def test_the_fast_tier_ranks_while_the_policy_s_recent_scores_keep_their_scale():
+    """Load-aware ranking trades scores against waits: the fast tier's margins only reorder the
+    prior's values, and an expert the policy never routes to stays at -inf."""
+    from deployments.router_core import in_order_of
+
+    prior = {"a": 0.2, "b": 0.7, "c": -math.inf}
+    assert in_order_of({"a": 3.0, "b": -1.0, "c": 9.0}, prior) == {"a": 0.7, "b": 0.2, "c": -math.inf}

@@ -22,13 +22,36 @@ EXPERTS = [
 ]
 
 
+def write_config(path, **app):
+    args = {
+        "experts": EXPERTS,
+        "policy": {"name": "fixed", "args": {"expert": "math"}},
+        "ingress": {"security": {"max_message_chars": 200}},
+    }
+    path.write_text(
+        yaml.safe_dump({"applications": [{"name": "app", "import_path": "x:y", "args": args, **app}]})
+    )
+    return path
+
+
 @pytest.fixture
 def config(tmp_path):
     """A serve config whose fixed policy puts math first."""
-    path = tmp_path / "serve.yaml"
-    args = {"experts": EXPERTS, "policy": {"name": "fixed", "args": {"expert": "math"}}}
-    path.write_text(yaml.safe_dump({"applications": [{"name": "app", "import_path": "x:y", "args": args}]}))
-    return path
+    return write_config(tmp_path / "serve.yaml")
+
+
+def test_a_live_rollout_s_policy_is_the_one_the_dry_run_uses(tmp_path, capsys):
+    """The router deployment's user_config policy is what the replicas route by (README: rollouts)."""
+    rollout = {
+        "deployments": [
+            {"name": "router", "user_config": {"policy": {"name": "fixed", "args": {"expert": "general"}}}}
+        ]
+    }
+    path = write_config(tmp_path / "serve.yaml", **rollout)
+    queries = tmp_path / "q.txt"
+    queries.write_text("2+2?\n")
+    records, _ = route(capsys, path, queries)
+    assert records[0]["expert"] == "general"
 
 
 def route(capsys, config, path, *extra) -> tuple[list[dict], str]:
@@ -99,13 +122,19 @@ def test_every_format_routes_each_line_through_the_policy_with_its_own_routing_o
             ":1: this request needs tools, which no candidate expert is configured for",
         ),
         ("\n\n", "no queries"),
+        ('{"instruction": "' + "x" * 300 + '"}\n', ":1: messages: a message has 300 characters; at most 200"),
+        (
+            '{"instruction": "hi", "routing": {"experts": ["nobody"]}}\n',
+            ":1: routing.experts: unknown experts",
+        ),
+        (b"\xff\xfe not utf-8\n", "cannot read it"),
     ],
 )
 def test_a_bad_file_is_an_error_naming_the_line_and_nothing_is_routed(
     tmp_path, capsys, config, content, error
 ):
     path = tmp_path / "traffic.jsonl"
-    path.write_text(content)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(SystemExit) as stop:
         main(["route", "--config", str(config), "--queries", str(path)])
     out, err = capsys.readouterr()

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from deployments.openai_api import ChatRequest, TextCompletionRequest
 from deployments.router_core import expert_request, with_profile
-from router.config import ExpertConfig, field_path
+from router.config import ExpertConfig, SecurityConfig, field_path
 from tests.wrong_types import CHAT_BASES, COMPLETION_BASES, names_the_field, wrong_typed
 
 TOOLS = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
@@ -255,3 +255,18 @@ def test_every_field_of_every_json_type_is_accepted_or_a_validation_error_naming
         except Exception as exc:
             failures.append(f"{key}={value!r}: {type(exc).__name__}: {exc}")
     assert not failures, f"{len(failures)} of {cases} bodies:\n" + "\n".join(failures[:40])
+
+
+def test_the_caps_name_the_field_the_client_set():
+    """A text completion's extra ``max_completion_tokens`` is not read; its size caps name ``prompt``."""
+    limits = SecurityConfig(max_tokens=10, max_message_chars=5)
+    chat = ChatRequest.model_validate(
+        {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 20}
+    )
+    assert chat.over_limits(limits) == [("max_completion_tokens", "max_completion_tokens 20; at most 10")]
+    text = TextCompletionRequest.model_validate(
+        {"prompt": "longer", "max_tokens": 3, "max_completion_tokens": "x"}
+    )
+    assert text.token_limit == 3 and text.over_limits(limits) == [
+        ("prompt", "a message has 6 characters; at most 5")
+    ]

@@ -168,10 +168,12 @@ def _export_onnx(args: argparse.Namespace) -> None:
 
 def _route(args: argparse.Namespace) -> None:
     from deployments.dry_run import QueryFileError, read_queries, route_file, summarize
-    from router.config import ConfigError, load_serve_config
+    from router.config import AppConfig, ConfigError, serve_config_app, served_policy
 
     try:
-        config = load_serve_config(args.config)
+        app = serve_config_app(args.config)
+        config = AppConfig.parse(app.get("args") or {})
+        config = config.model_copy(update={"policy": served_policy(app, config)})
         queries, blank = read_queries(args.queries, config, args.format)
         records = []
         for record in route_file(config, queries):
