@@ -24,7 +24,7 @@ from schemathesis.generation.modes import GenerationMode
 
 from deployments.openai_api import ChatRequest, TextCompletionRequest
 from tests.conftest import free_port
-from tests.wrong_types import CHAT_BASES, COMPLETION_BASES, JSON_VALUES, body_keys, names_the_field
+from tests.wrong_types import CHAT_BASES, COMPLETION_BASES, OVER_HTTP, body_keys, names_the_field
 
 pytestmark = [pytest.mark.timeout(900)]
 
@@ -469,7 +469,8 @@ are remote ones)."""
 def test_every_field_of_every_json_type_gets_an_answer_or_a_400_naming_it_on_every_route(server):
     """Over HTTP, on each route: every field either request model declares (so the router's reads of
     extra fields are covered too: ``max_completion_tokens`` on /v1/completions answered 500) x every
-    JSON type: an answer or an OpenAI error, never a 5xx. A 400 of the router's names the field in
+    JSON type (``OVER_HTTP``; in-process, arrays of every type too): an answer or an OpenAI error,
+    never a 5xx. A 400 of the router's names the field in
     ``param``; an engine's refusal (``expert '...': ...``) passes on the engine's param, or none. A
     value the route's model accepts in-process (where the router's reads of it are checked) is sent
     once, on its own route (/predict shares the chat model and path): engines' answers are the slow
@@ -480,8 +481,8 @@ def test_every_field_of_every_json_type_gets_an_answer_or_a_400_naming_it_on_eve
     cases = []
     for path, (model, bases) in ROUTES.items():
         for k, key in enumerate(keys):
-            for v, value in enumerate(JSON_VALUES):
-                body = {**bases[(k * len(JSON_VALUES) + v) % len(bases)], key: value}
+            for v, value in enumerate(OVER_HTTP):
+                body = {**bases[(k * len(OVER_HTTP) + v) % len(bases)], key: value}
                 try:
                     model.model_validate(body)
                 except ValidationError:

@@ -30,6 +30,9 @@ JSON_VALUES: list[Any] = [
 ]
 """null, boolean, integers (small, negative, huge), a float, a string, an object, the empty array and
 an array of each of those."""
+OVER_HTTP: list[Any] = [v for v in JSON_VALUES if v not in ([True], [1.5], ["x"], [[]])]
+"""The twelve values issue 24 sent to the live app (arrays of objects, nulls and integers among them;
+each costs an HTTP round trip, and accepted ones an engine's answer)."""
 
 USER_TURN = [{"role": "user", "content": "Say hi"}]
 CHAT_BASES: list[dict[str, Any]] = [
