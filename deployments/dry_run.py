@@ -2,7 +2,7 @@
 
 Each query goes the way a routed request goes in a router replica: the same request model
 (``ChatRequest``: a line's own ``routing`` options, capabilities its tools or media need), the same
-candidate experts (``capable``) and the same policy built from the config, batched as the replica
+candidate experts (``routing_question``) and the same policy built from the config, batched as the replica
 batches concurrent decisions. A line's ``model`` is not read: the question is how the router would
 route it. No Ray, Serve or engine is started; nothing is sent to an expert.
 """
@@ -21,10 +21,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from deployments.openai_api import ChatRequest
-from deployments.router_core import capable
+from deployments.router_core import routing_question
 from router.config import AppConfig, ConfigError, field_path
 from router.policy import RouteRequest, RoutingPolicy, build_policy
-from router.schemas import RoutingOptions
 
 FORMATS = ("auto", "jsonl", "text")
 MAX_REPORTED = 20
@@ -104,7 +103,7 @@ def read_queries(path: str | Path, config: AppConfig, fmt: str = "auto") -> tupl
             request = ChatRequest.model_validate({**body, "model": "router"})
             if over := request.over_limits(config.ingress.security):  # the router's 400s
                 raise ValueError("; ".join(f"{where}: {problem}" for where, problem in over))
-            queries.append(Query(number, request, _question(request, config, abilities)))
+            queries.append(Query(number, request, routing_question(request, config.expert_names, abilities)))
         except ValidationError as exc:
             said = [
                 f"{field_path(e['loc'], body) or 'request'}: {str(e['msg']).removeprefix('Value error, ')}"
@@ -120,19 +119,6 @@ def read_queries(path: str | Path, config: AppConfig, fmt: str = "auto") -> tupl
     if not queries:
         raise QueryFileError(f"{path}: no queries")
     return queries, blank
-
-
-def _question(request: ChatRequest, config: AppConfig, abilities: dict[str, frozenset[str]]) -> RouteRequest:
-    """The policy's question for a request, as the router asks it: among the experts its
-    ``routing.experts`` allows that have the capabilities it needs (ValueError if none)."""
-    options = request.routing or RoutingOptions()
-    unknown = sorted(set(options.experts or ()) - set(config.expert_names))
-    if unknown:
-        raise ValueError(f"routing.experts: unknown experts {unknown}")
-    allowed = [n for n in config.expert_names if options.experts is None or n in options.experts]
-    return RouteRequest(
-        request.routing_messages(), capable(request.needs(), abilities, allowed), options.cost_weight
-    )
 
 
 def expected_cost(config: AppConfig, policy: RoutingPolicy, expert: str, request: ChatRequest) -> float:

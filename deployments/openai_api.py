@@ -40,7 +40,7 @@ logger = logging.getLogger("ray.serve")
 Loc = tuple[str | int, ...]
 
 
-def invalid(problems: list[tuple[Loc, str, Any]], kind: str = "value_error") -> ValidationError:
+def invalid(problems: list[tuple[Loc, str, Any]]) -> ValidationError:
     """A validation error with one ``(where, message, value)`` line per problem. Raised inside a
     validator, its places are kept (under the field's own place when nested), so the HTTP layer
     names the field in the error's ``param``."""
@@ -48,7 +48,7 @@ def invalid(problems: list[tuple[Loc, str, Any]], kind: str = "value_error") -> 
         "request",
         [
             InitErrorDetails(
-                type=PydanticCustomError(kind, "{reason}", {"reason": msg}), loc=loc, input=value
+                type=PydanticCustomError("value_error", "{reason}", {"reason": msg}), loc=loc, input=value
             )
             for loc, msg, value in problems
         ],

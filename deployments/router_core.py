@@ -132,17 +132,45 @@ def in_order_of(order: dict[str, float], scale: dict[str, float]) -> dict[str, f
     return {**scale, **dict(zip(ranked, sorted((scale[n] for n in finite), reverse=True)))}
 
 
+class NoCapableExpert(ValueError):
+    """No candidate expert has every capability the request needs (the message names them)."""
+
+
+class UnknownExperts(ValueError):
+    """``routing.experts`` names experts the config does not have."""
+
+
 def capable(needs: set[str], abilities: dict[str, frozenset[str]], names: Sequence[str]) -> list[str]:
-    """The experts among ``names`` that have every capability in ``needs``; ValueError naming what
-    is missing if none has."""
+    """The experts among ``names`` that have every capability in ``needs``; NoCapableExpert naming
+    what is missing if none has."""
     found = [name for name in names if needs <= abilities[name]]
     if not found:
         have = {name: sorted(abilities[name]) for name in names}
-        raise ValueError(
+        raise NoCapableExpert(
             f"this request needs {', '.join(sorted(needs))}, which no candidate expert is configured "
             f"for (capabilities: {json.dumps(have)})"
         )
     return found
+
+
+def routing_question(
+    request: RouterFields, experts: Sequence[str], abilities: dict[str, frozenset[str]]
+) -> RouteRequest:
+    """What the policy is asked for a routed request: its conversation, the experts its
+    ``routing.experts`` allows that have the capabilities it needs, and its cost weight
+    (UnknownExperts / NoCapableExpert otherwise). The router replica and the dry run both ask this."""
+    options = request.routing or RoutingOptions()
+    unknown = sorted(set(options.experts or ()) - set(experts))
+    if unknown:
+        raise UnknownExperts(f"routing.experts: unknown experts {unknown}")
+    allowed = [name for name in experts if options.experts is None or name in options.experts]
+    return RouteRequest(
+        request.routing_messages(), capable(request.needs(), abilities, allowed), options.cost_weight
+    )
+
+
+def _capability_error(exc: NoCapableExpert) -> APIError:
+    return APIError(400, str(exc), "invalid_request_error", code="capability_unsupported", param="model")
 
 
 def engine_param(error: Any, request: RouterFields) -> str | None:
@@ -315,10 +343,8 @@ class ExpertRouter:
         what is missing if none has)."""
         try:
             return capable(request.needs(), self._abilities, names)
-        except ValueError as exc:
-            raise APIError(
-                400, str(exc), "invalid_request_error", code="capability_unsupported", param="model"
-            )
+        except NoCapableExpert as exc:
+            raise _capability_error(exc) from None
 
     async def _decide(self, question: RouteRequest) -> tuple[RoutingDecision, str | None]:
         """The policy's decision: in the worker thread, batched with concurrent ones, or inline
@@ -352,18 +378,12 @@ class ExpertRouter:
         """Experts to try, best first, their scores, whether the policy chose (else: bypass), and
         the tier overload shed the decision to (None: the policy decided)."""
         if request.model == ROUTER_MODEL_NAME:
-            options = request.routing or RoutingOptions()
-            unknown = sorted(set(options.experts or ()) - set(self.handles))
-            if unknown:
-                raise APIError(
-                    400,
-                    f"routing.experts: unknown experts {unknown}",
-                    "invalid_request_error",
-                    param="routing.experts",
-                )
-            allowed = [name for name in self.handles if options.experts is None or name in options.experts]
-            allowed = self._capable(request, allowed)
-            question = RouteRequest(request.routing_messages(), allowed, options.cost_weight)
+            try:
+                question = routing_question(request, list(self.handles), self._abilities)
+            except UnknownExperts as exc:
+                raise APIError(400, str(exc), "invalid_request_error", param="routing.experts") from None
+            except NoCapableExpert as exc:
+                raise _capability_error(exc) from None
             decision, shed_to = await self._decide(question)
             return list(decision.ranking), decision.scores, True, shed_to
         if request.model not in self.handles:
