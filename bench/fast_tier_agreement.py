@@ -65,7 +65,7 @@ def main() -> None:
 
     set_inference_threads(1)
     config = load_serve_config(args.config)
-    policy = build_policy(config.policy, config.expert_names)
+    policy = build_policy(config.policy, config.experts)
     domains = sorted({r["domain"] for r in mix})
     by_domain = {r["instruction"]: r["domain"] for r in [*mix, *held]}
 

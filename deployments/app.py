@@ -19,7 +19,7 @@ def check_config(args: Any) -> tuple[AppConfig, dict[str, LLMConfig]]:
     mistake is a ConfigError naming its place; never another exception."""
     config = AppConfig.parse(args)
     try:
-        build_policy(config.policy, config.expert_names)
+        build_policy(config.policy, config.experts)
     except Exception as exc:  # a policy's args of the wrong shape, an artifact that does not load...
         raise ConfigError(f"invalid expert-router configuration:\n  policy: {exc}") from None
     engines = {}

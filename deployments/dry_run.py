@@ -137,7 +137,7 @@ def expected_cost(config: AppConfig, policy: RoutingPolicy, expert: str, request
 def route_file(config: AppConfig, queries: list[Query], batch_size: int = 64) -> Iterator[dict[str, Any]]:
     """One record per query: its line, the first choice, the ranking, the scores and the cost."""
     try:
-        policy = build_policy(config.policy, config.expert_names)
+        policy = build_policy(config.policy, config.experts)
     except Exception as exc:
         raise ConfigError(f"policy {config.policy.name}: {exc}") from None
     for start in range(0, len(queries), batch_size):

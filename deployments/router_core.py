@@ -29,9 +29,9 @@ from deployments.remote_expert import RemoteExpert
 from router.batching import MicroBatcher
 from router.config import ROUTER_MODEL_NAME, AppConfig, ExpertConfig, PolicyConfig, RouterUserConfig
 from router.encoder import set_inference_threads
-from router.fast_tier import DistilledTier, query_text
+from router.fast_tier import DistilledTier
 from router.load import Attempt, LoadTracker, load_aware_ranking
-from router.policy import RouteRequest, RoutingDecision, RoutingPolicy, build_policy
+from router.policy import RouteRequest, RoutingDecision, RoutingPolicy, build_policy, query_text
 from router.schemas import ErrorBody, ErrorInfo, ModelCard, ModelList, RoutingInfo, RoutingOptions
 
 logger = logging.getLogger("ray.serve")
@@ -237,7 +237,7 @@ class ExpertRouter:
         """The policy of ``config`` with its lazily built parts loaded now (not on the first user
         request), and its warm-up scores: they start the moving average that decides when overload
         sheds a decision (-inf stays -inf: experts the policy never routes to stay last). Blocking."""
-        policy = build_policy(config, self.config.expert_names)
+        policy = build_policy(config, self.config.experts)
         return policy, dict(policy.warm_up().scores)
 
     def use_policy(self, config: PolicyConfig, policy: RoutingPolicy, prior: dict[str, float]) -> None:
@@ -372,11 +372,9 @@ class ExpertRouter:
                 self._prior[name] = 0.98 * self._prior[name] + 0.02 * score
         return decision, None
 
-    async def _candidates(
-        self, request: RouterFields
-    ) -> tuple[list[str], dict[str, float], bool, str | None]:
-        """Experts to try, best first, their scores, whether the policy chose (else: bypass), and
-        the tier overload shed the decision to (None: the policy decided)."""
+    async def _candidates(self, request: RouterFields) -> tuple[RoutingDecision, bool, str | None]:
+        """Experts to try, best first, with their scores; whether the policy chose (else: bypass);
+        and the tier overload shed the decision to (None: the policy decided)."""
         if request.model == ROUTER_MODEL_NAME:
             try:
                 question = routing_question(request, list(self.handles), self._abilities)
@@ -385,7 +383,7 @@ class ExpertRouter:
             except NoCapableExpert as exc:
                 raise _capability_error(exc) from None
             decision, shed_to = await self._decide(question)
-            return list(decision.ranking), decision.scores, True, shed_to
+            return decision, True, shed_to
         if request.model not in self.handles:
             known = ", ".join([ROUTER_MODEL_NAME, *self.handles])
             raise APIError(
@@ -395,7 +393,7 @@ class ExpertRouter:
                 code="model_not_found",
                 param="model",
             )
-        return self._capable(request, [request.model]), {}, False, None
+        return RoutingDecision(tuple(self._capable(request, [request.model])), {}), False, None
 
     def _balance(
         self, candidates: list[str], scores: dict[str, float], routed: bool, options: RoutingOptions
@@ -455,7 +453,8 @@ class ExpertRouter:
         """Try the candidates best first; the expert that answered, with its first reply."""
         self._check_limits(request)
         started = time.perf_counter()
-        candidates, scores, routed, shed_to = await self._candidates(request)
+        decision, routed, shed_to = await self._candidates(request)
+        candidates, scores = list(decision.ranking), decision.scores
         routing_ms = (time.perf_counter() - started) * 1e3
         now = time.monotonic()
         live = [name for name in candidates if self._down_until.get(name, 0.0) <= now]
@@ -493,6 +492,7 @@ class ExpertRouter:
                 fallbacks=failures,
                 shed=shed_to is not None,
                 shed_tier=shed_to,
+                note=decision.note,
                 load=load,
             )
             return Routed(name, first, rest, info, attempt)

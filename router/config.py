@@ -101,11 +101,39 @@ Capability = Literal["tools", "json_schema", "vision", "audio"]
 (``response_format`` json_object/json_schema, vLLM ``structured_outputs``), image/video or audio
 content parts."""
 
+Skill = Literal["general", "math", "code", "biomedical", "science"]
+"""The builtin skills an expert may declare (router/skills.py; policy ``declared``)."""
+
 TOOL_ENGINE_ARGS = ("enable_auto_tool_choice", "tool_call_parser")
 """vLLM frontend arguments an expert's engine needs before it accepts ``tools``."""
 
 
-class ExpertConfig(_Strict):
+class Declaration(_Strict):
+    """What an expert says it is for (policy ``declared`` routes on it; router/declared.py)."""
+
+    description: str = Field(
+        "", description="What this expert is for, in words; policy 'declared' matches queries to it "
+        "when the expert declares neither skills nor examples."
+    )
+    skills: list[Skill] = Field(
+        default_factory=list,
+        description="Builtin skills this expert declares (general, math, code, biomedical, science): policy "
+        "'declared' routes queries of these kinds to it (routers/skills, no phase-1 data needed).",
+    )
+    examples: list[str] | str = Field(
+        default_factory=list,
+        description="Example queries this expert is for, or the path of a file of them (JSONL: strings or "
+        "objects with instruction/query/prompt/text/messages; Parquet: such a column; else a query a "
+        "line): policy 'declared' routes queries like them to it.",
+    )
+    default: bool = Field(
+        False,
+        description="Policy 'declared': where routed queries go that match no expert's declared expertise "
+        "(default: the cheapest expert declaring 'general').",
+    )
+
+
+class ExpertConfig(Declaration):
     """One expert LLM: its own autoscaled Ray Serve deployment running vLLM."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -114,7 +142,6 @@ class ExpertConfig(_Strict):
         description="Hugging Face hub id, a local folder, or 'builtin:<name>' for a model this "
         "project builds offline (see deployments/model_store.py).",
     )
-    description: str = ""
     endpoint: RemoteEndpoint | None = Field(
         None, description="Remote expert: 'model' is then the model name at this endpoint."
     )
@@ -358,6 +385,9 @@ class AppConfig(_Strict):
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise ValueError(f"expert names must be unique; repeated: {', '.join(duplicated)}")
+        defaults = [e.name for e in self.experts if e.default]
+        if len(defaults) > 1:
+            raise ValueError(f"at most one expert may be the default; marked: {', '.join(defaults)}")
         return self
 
     @property

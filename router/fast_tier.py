@@ -18,12 +18,7 @@ import numpy as np
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import SGDClassifier
 
-from router.policy import Message, RoutingDecision
-
-
-def query_text(messages: Sequence[Message]) -> str:
-    """What the tier reads of a conversation: its last user turn."""
-    return next((m.content for m in reversed(messages) if m.role == "user"), "")
+from router.policy import Message, RoutingDecision, query_text
 
 
 class DistilledTier:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from router import kinds
-from router.config import PolicyConfig
+from router.config import ExpertConfig, PolicyConfig
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class RoutingDecision:
 
     ranking: tuple[str, ...]
     scores: dict[str, float]
+    note: str | None = None
+    """Why the ranking is not simply by score (e.g. the default expert took an unmatched query)."""
 
     @property
     def expert(self) -> str:
@@ -135,6 +137,11 @@ class FixedPolicy(RoutingPolicy):
 PolicyFactory = Callable[..., RoutingPolicy]
 
 
+def query_text(messages: Sequence[Message]) -> str:
+    """The text most policies read of a conversation: its last user turn."""
+    return next((m.content for m in reversed(messages) if m.role == "user"), "")
+
+
 def _trained(kind: str) -> PolicyFactory:
     """Trained routers load torch & co. only when configured."""
 
@@ -146,11 +153,22 @@ def _trained(kind: str) -> PolicyFactory:
     return make
 
 
+def _declared(experts: Sequence[str], **args: Any) -> RoutingPolicy:
+    from router.declared import DeclaredPolicy
+
+    return DeclaredPolicy(experts, **args)
+
+
 _REGISTRY: dict[str, PolicyFactory] = {
     "random": RandomPolicy,
     "fixed": FixedPolicy,
+    "declared": _declared,
     **{kind: _trained(kind) for kind in kinds.names()},
 }
+
+
+DECLARATION_POLICIES = {"declared"}
+"""Policies built with the experts' configs (what they declare), not only their names."""
 
 
 def register_policy(name: str, factory: PolicyFactory) -> None:
@@ -162,13 +180,18 @@ def available_policies() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_policy(config: PolicyConfig, experts: Sequence[str]) -> RoutingPolicy:
-    """The policy named in ``config``, over ``experts``; ValueError with a clear message if wrong."""
+def build_policy(config: PolicyConfig, experts: Sequence[str] | Sequence[ExpertConfig]) -> RoutingPolicy:
+    """The policy named in ``config``, over ``experts`` (names, or configs: policies that route on
+    what experts declare need those); ValueError with a clear message if wrong."""
     factory = _REGISTRY.get(config.name)
     if factory is None:
         raise ValueError(f"unknown routing policy '{config.name}'; known: {', '.join(available_policies())}")
+    names = [e if isinstance(e, str) else e.name for e in experts]
+    args = dict(config.args)
+    if config.name in DECLARATION_POLICIES:
+        args["declarations"] = {e.name: e for e in experts if not isinstance(e, str)}
     try:
-        return factory(experts, **config.args)
+        return factory(names, **args)
     except TypeError as exc:
         raise ValueError(f"routing policy '{config.name}': bad args {config.args}: {exc}") from None
 

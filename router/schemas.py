@@ -41,6 +41,9 @@ class RoutingInfo(BaseModel):
         description="Who decided a shed request: 'fast', the per-query tier learned from the policy's "
         "decisions, or 'prior', the recent average of its scores (before the fast tier is ready)",
     )
+    note: str | None = Field(
+        None, description="Why the policy ranked as it did beyond its scores (e.g. the default expert)"
+    )
     load: dict[str, Any] | None = Field(
         None,
         description="Load-aware routing: the policy's own choice, whether load changed it, expected "

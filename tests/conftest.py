@@ -36,7 +36,7 @@ def tiny_server():
 
 def tiny_app_args(policy: dict | None = None, **ingress) -> dict:
     """The default app (serve_config.yaml) with its experts on the tiny model: the same expert
-    names and routing policy (the shipped router, unless ``policy`` is given), real vLLM engines
+    names, declarations and routing policy (the shipped router, unless ``policy`` is given), real vLLM engines
     that start in seconds. Contexts of 2,048 tokens, so a long answer can be asked for."""
     import yaml
 
@@ -44,9 +44,11 @@ def tiny_app_args(policy: dict | None = None, **ingress) -> dict:
 
     default = yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"][0]["args"]
     tiny = load_serve_config(REPO / "configs/tiny_cpu.yaml").experts
+    declared = ("description", "skills", "examples", "default")
     experts = [
         {
             **tiny[i % len(tiny)].model_dump(exclude_none=True),
+            **{key: expert[key] for key in declared if key in expert},
             "name": expert["name"],
             "engine_kwargs": {"max_model_len": 2048, "kv_cache_memory_bytes": 33554432, "max_num_seqs": 64},
         }

@@ -1,6 +1,7 @@
-"""End to end with the shipped routing policy (routers/default, the cluster router on ONNX int8)
-in front of real vLLM tiny-model experts named as in serve_config.yaml; and cancellation of
-abandoned expert calls, observed in the engines themselves."""
+"""End to end with the shipped routing policy (``declared``: the skills the experts of
+serve_config.yaml declare) in front of real vLLM tiny-model experts named and declared as there,
+plus one expert that declares nothing; in-place updates of what experts declare, with an outcome
+router added; and cancellation of abandoned expert calls, observed in the engines themselves."""
 
 from __future__ import annotations
 
@@ -34,16 +35,20 @@ def app():
 
     # Every decision by the model (no overload shedding), so batching is observable.
     args = tiny_app_args(expert_timeout_s=TIMEOUT_S, decisions={"max_queue_ms": 0})
+    # An expert that declares nothing: the shipped policy never routes to it until it declares.
+    undeclared = {"name": "translator", "description": "", "skills": [], "examples": [], "default": False}
+    args["experts"].append({**args["experts"][0], **undeclared})
     base = run_local(args, port=free_port(), num_cpus=8)
     yield base, args
     stop_local()
 
 
 def shipped_policy(args: dict):
-    from router.config import PolicyConfig
+    from router.config import AppConfig
     from router.policy import build_policy
 
-    return build_policy(PolicyConfig.model_validate(args["policy"]), [e["name"] for e in args["experts"]])
+    config = AppConfig.parse(args)
+    return build_policy(config.policy, config.experts)
 
 
 def test_answers_come_from_the_expert_the_shipped_policy_picks(app):
@@ -62,7 +67,54 @@ def test_answers_come_from_the_expert_the_shipped_policy_picks(app):
         served = json.loads(reply.headers["x-routing-scores"])
         assert served == pytest.approx(expected.scores, abs=1e-4)  # the same int8 encoder, same index
         picked[query] = expected.expert
-    assert set(picked.values()) == {"general", "math"}  # the shipped router really routes
+    assert set(picked.values()) == {"general", "math"}  # the shipped policy really routes
+
+
+def explained(base: str, query: str) -> tuple[dict, dict]:
+    body = {"messages": [{"role": "user", "content": query}], "max_tokens": 4, "routing": {"explain": True}}
+    reply = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    return reply.json(), reply.headers
+
+
+def test_a_query_no_expert_declared_goes_to_the_default_and_explain_says_so(app):
+    base, _ = app
+    body, headers = explained(base, "Write a Python function that reverses a linked list.")
+    assert body["expert"] == headers["x-expert"] == "general"  # serve_config.yaml: default: true
+    assert "default expert 'general'" in body["routing"]["note"]
+    body, _ = explained(base, "What is 17 times 23?")
+    assert body["expert"] == "math" and body["routing"]["note"] is None
+
+
+TRANSLATION = ["Translate 'good night' into Spanish.", "How do you say 'good luck' in German?"]
+
+
+def test_an_expert_that_declares_examples_in_place_is_routed_to_at_once_beside_an_outcome_router(app):
+    """A ``user_config`` policy update (Serve's in-place ``reconfigure`` of the router replica):
+    the expert that declared nothing now declares examples, and routers/default (outcomes of
+    general and math only) joins; translation queries go to the new expert at once, the others
+    still by skills and outcomes, with no replica restarted."""
+    from ray import serve
+
+    base, args = app
+    assert all(explained(base, q)[0]["expert"] != "translator" for q in TRANSLATION)
+    examples = ["Translate 'thank you' into Italian.", "How do you say 'good morning' in French?"]
+    policy = {
+        "name": "declared",
+        "args": {"declare": {"translator": {"examples": examples}}, "outcomes": "routers/default"},
+    }
+    router = serve.get_deployment_handle("router", app_name="expert-router")
+    router.reconfigure.remote({"policy": policy}).result(timeout_s=120)
+    try:
+        status = httpx.get(f"{base}/status", timeout=30).json()
+        assert status["policy"]["name"] == "declared" and "translator" in json.dumps(status["policy"])
+        for query in TRANSLATION:
+            body, headers = explained(base, query)
+            assert body["expert"] == "translator", body["routing"]
+        assert explained(base, "Solve for x: 3x + 5 = 20.")[0]["expert"] == "math"
+        assert explained(base, "Who wrote Hamlet?")[0]["expert"] == "general"
+    finally:
+        router.reconfigure.remote({"policy": args["policy"]}).result(timeout_s=120)
 
 
 def test_concurrent_decisions_are_batched_off_the_event_loop(app):

@@ -188,6 +188,14 @@ def _route(args: argparse.Namespace) -> None:
         print(json.dumps({"summary": summarize(records, config)}))
 
 
+def _skills(args: argparse.Namespace) -> None:
+    from training.skills import build
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    meta = build(args.data, args.out, dims=args.dims, allowed=tuple(args.features))
+    print(json.dumps({"out": str(args.out), **meta}))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="expert-router", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -268,6 +276,23 @@ def parser() -> argparse.ArgumentParser:
     route.add_argument("--format", choices=["auto", "jsonl", "text"], default="auto")
     route.add_argument("--summary", action="store_true", help="end with the share per expert and the cost")
     route.set_defaults(func=_route)
+
+    skills = sub.add_parser(
+        "skills", help="build the builtin skills model (routers/skills) from router_mix's train split"
+    )
+    skills.add_argument("--data", type=Path, default=DEFAULT_INSTRUCTIONS, help="router_mix.jsonl.gz")
+    skills.add_argument("--out", type=Path, default=Path("routers/skills"))
+    skills.add_argument("--dims", type=int, help="reduce the static embeddings to this size by PCA")
+    from training.skills import ALLOWED_FEATURES, FEATURE_SETS
+
+    skills.add_argument(
+        "--features",
+        nargs="+",
+        choices=list(FEATURE_SETS),
+        default=list(ALLOWED_FEATURES),
+        help="feature sets the model may use (all are scored; default: those within 1 ms a query)",
+    )
+    skills.set_defaults(func=_skills)
 
     for name, func, helptext in (
         ("train", _train, "train a router"),

@@ -1,0 +1,201 @@
+"""Policy ``declared``: experts routed by the skills, examples or description they declare, with
+the shipped skills model (routers/skills), no phase-1 data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from router.config import AppConfig, ConfigError, ExpertConfig, PolicyConfig
+from router.policy import Message, RouteRequest, build_policy
+
+MODEL = "builtin:tiny"
+
+
+def experts(*declared: dict) -> list[ExpertConfig]:
+    return [ExpertConfig.model_validate({"model": MODEL, **d}) for d in declared]
+
+
+def policy(team: list[ExpertConfig], **args):
+    return build_policy(PolicyConfig(name="declared", args=args), team)
+
+
+def first(p, text: str, **kw) -> str:
+    return p.route([Message("user", text)], **kw).expert
+
+
+TEAM = experts(
+    {"name": "general", "skills": ["general"]},
+    {"name": "math", "skills": ["math"]},
+    {"name": "code", "skills": ["code"]},
+    {"name": "biomedical", "skills": ["biomedical"]},
+)
+CLEAR = {
+    "general": ["Who wrote Hamlet?", "Give me a tip for learning French.", "What is the capital of Peru?"],
+    "math": ["Solve for x: 3x + 5 = 20", "What is the derivative of x^3 + 2x?"],
+    "code": ["Write a Python function that reverses a linked list.", "Fix this SQL query: SELEC * FROM t"],
+    "biomedical": ["What are the side effects of metformin?", "What causes type 2 diabetes?"],
+}
+
+
+def test_experts_declaring_skills_get_the_queries_of_those_skills():
+    p = policy(TEAM)
+    for expert, queries in CLEAR.items():
+        for query in queries:
+            decision = p.route([Message("user", query)])
+            assert decision.expert == expert, (query, decision.scores)
+            assert 0.0 <= min(decision.scores.values()) <= max(decision.scores.values()) <= 1.0
+
+
+def test_a_batch_decides_as_one_query_at_a_time_and_keeps_each_requests_candidates():
+    p = policy(TEAM)
+    queries = [q for qs in CLEAR.values() for q in qs]
+    requests = [
+        RouteRequest([Message("user", q)], ["general", "code"] if i % 2 else None)
+        for i, q in enumerate(queries)
+    ]
+    batch = p.route_batch(requests)
+    for request, decision in zip(requests, batch):
+        alone = p.route(request.messages, request.candidates)
+        assert decision.ranking == alone.ranking
+        assert decision.scores == pytest.approx(alone.scores, abs=1e-5)
+        assert set(decision.ranking) == set(request.candidates or p.experts)
+
+
+def test_examples_route_like_queries_to_an_expert_from_a_list_or_any_file(tmp_path):
+    examples = [
+        "Translate 'good morning' into Spanish.",
+        "How do you say 'thank you' in Japanese?",
+        "Translate this sentence into German: the cat sleeps.",
+    ]
+    query = "Translate 'where is the station' into French."
+    (tmp_path / "q.jsonl").write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                examples[0],
+                {"instruction": examples[1]},
+                {"messages": [{"role": "user", "content": examples[2]}]},
+            ]
+        )
+    )
+    (tmp_path / "q.txt").write_text("\n".join(examples) + "\n\n")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"query": examples}), tmp_path / "q.parquet")
+    for source in (examples, str(tmp_path / "q.jsonl"), str(tmp_path / "q.txt"), str(tmp_path / "q.parquet")):
+        team = experts({"name": "general", "skills": ["general"]}, {"name": "translator", "examples": source})
+        p = policy(team)
+        assert first(p, query) == "translator", source
+        assert first(p, "Who wrote Hamlet?") == "general"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"instruction": "a"}\nnot json\n', "line 2: not JSON"),
+        ('{"answer": "no query here"}\n', "line 1: not a query"),
+        ("[1, 2]\n", "line 1: not a query"),
+    ],
+)
+def test_a_bad_examples_file_is_a_clear_error_naming_its_line(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        policy(experts({"name": "a", "skills": ["general"]}, {"name": "b", "examples": str(path)}))
+    with pytest.raises(ValueError, match="does not exist"):
+        policy(experts({"name": "a", "examples": str(tmp_path / "missing.jsonl")}))
+
+
+def test_a_description_alone_routes_zero_shot():
+    team = experts(
+        {"name": "general", "skills": ["general"]},
+        {"name": "coder", "description": "Writing and debugging computer programs in Python and JavaScript."},
+    )
+    p = policy(team)
+    assert first(p, "Write a JavaScript function that debounces another function.") == "coder"
+    assert first(p, "Who painted the Mona Lisa?") == "general"
+
+
+def test_a_query_that_matches_nothing_declared_goes_to_the_default_expert_and_says_so():
+    team = experts(
+        {"name": "math", "skills": ["math"]},
+        {"name": "cheap", "skills": ["general"], "price": {"input_per_1m": 0.1}},
+        {"name": "dear", "skills": ["general"], "price": {"input_per_1m": 1.0}},
+        {"name": "doctor", "skills": ["biomedical"]},
+    )
+    p = policy(team)
+    code = [Message("user", "Write a Python function that reverses a linked list.")]
+    decision = p.route(code, ["math", "doctor", "dear", "cheap"])
+    # No one declared code: the cheapest expert declaring general takes it, first also after
+    # load-aware re-ranking (its score is raised over the others'), and the decision says why.
+    assert decision.expert == "cheap" and "default expert 'cheap'" in decision.note
+    assert decision.scores["cheap"] == max(decision.scores.values())
+    assert p.route(code, ["math", "doctor"]).note is None  # the default is not a candidate
+    marked = policy(experts({"name": "math", "skills": ["math"]}, {"name": "helper", "default": True}))
+    assert first(marked, "Write a Python function that reverses a linked list.") == "helper"
+    assert first(marked, "Solve for x: 3x + 5 = 20") == "math"
+
+
+def test_cost_weight_prefers_the_cheaper_of_experts_declaring_the_same_skill():
+    team = experts(
+        {"name": "dear", "skills": ["math"], "price": {"input_per_1m": 5, "output_per_1m": 15}},
+        {"name": "cheap", "skills": ["math"], "price": {"input_per_1m": 0.1, "output_per_1m": 0.2}},
+    )
+    p = policy(team)
+    question = [Message("user", "Solve for x: 3x + 5 = 20")]
+    assert p.route(question).ranking == ("dear", "cheap")  # equal scores: config order
+    assert p.route(question, cost_weight=0.5).expert == "cheap"
+    assert policy(team, cost_weight=0.5).route(question).expert == "cheap"
+
+
+def test_declare_changes_what_experts_declare_without_touching_their_config():
+    team = experts({"name": "general", "skills": ["general"]}, {"name": "new"})
+    query = "Translate 'good morning' into Spanish."
+    assert first(policy(team), query) == "general"
+    updated = policy(team, declare={"new": {"examples": ["Translate 'thank you' into Italian."]}})
+    assert first(updated, query) == "new"
+    with pytest.raises(ValueError, match="no such expert: ghost"):
+        policy(team, declare={"ghost": {"skills": ["math"]}})
+    with pytest.raises(ValueError):
+        policy(team, declare={"new": {"skills": ["astrology"]}})
+
+
+def test_an_outcome_router_adds_to_declared_expertise_and_a_new_expert_is_still_routed_to():
+    """routers/default learned general vs math outcomes; a code expert it never saw still gets code
+    queries by what it declares, and the outcome router moves only the experts it scores."""
+    team = experts(
+        {"name": "general", "skills": ["general"]},
+        {"name": "math", "skills": ["math"]},
+        {"name": "code", "skills": ["code"]},
+    )
+    combined = policy(team, outcomes="routers/default")
+    declared = policy(team)
+    assert combined.outcomes.unscored == ("code",)
+    for query in [
+        "Write a Python function that reverses a linked list.",
+        "Fix this SQL query: SELEC * FROM t",
+    ]:
+        assert first(combined, query) == "code"
+    for query in ["Solve for x: 3x + 5 = 20", "Who wrote Hamlet?"]:
+        both, alone = combined.route([Message("user", query)]), declared.route([Message("user", query)])
+        assert both.scores["code"] == pytest.approx(alone.scores["code"])
+        shift = both.scores["general"] - alone.scores["general"]
+        assert shift == pytest.approx(-(both.scores["math"] - alone.scores["math"]), abs=1e-5)
+    assert combined.expected_costs().keys() == {"general", "math"}
+    with pytest.raises(FileNotFoundError):
+        policy(team, outcomes="routers/none")
+
+
+def test_declarations_are_validated_with_the_config():
+    base = {"experts": [{"name": "a", "model": MODEL}], "policy": {"name": "declared"}}
+    with pytest.raises(ConfigError, match=r"experts\[0\]\.skills\[0\]"):
+        AppConfig.parse({**base, "experts": [{"name": "a", "model": MODEL, "skills": ["astrology"]}]})
+    with pytest.raises(ConfigError, match="at most one expert may be the default"):
+        AppConfig.parse(
+            {**base, "experts": [{"name": n, "model": MODEL, "default": True} for n in ("a", "b")]}
+        )
+    with pytest.raises(ValueError, match="needs the experts' configs"):
+        build_policy(PolicyConfig(name="declared"), ["a"])

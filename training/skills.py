@@ -1,0 +1,243 @@
+"""Build the builtin skills model (``routers/skills``; read by ``router/skills.py``) from router_mix's
+train split only: ``expert-router skills --out routers/skills``.
+
+1. A static encoder distilled from all-MiniLM-L6-v2 (as model2vec does): every vocabulary token
+   through the encoder once (``[CLS] token [SEP]``, mean-pooled; optionally PCA to ``dims``),
+   stored as int8 with a scale per token; token weights are the IDF of the training queries' tokens.
+   Numbers may be read as one number (chosen with the features, below).
+2. The five-skill logistic regression. Its features (the static embedding alone, or with hashed
+   word 1–2-grams and character 2–4-grams) and C are chosen by *unseen-source* folds of the train
+   split: each fold holds out whole sources of the domains that have several (general has one,
+   Dolly, and stays in training), so the choice rewards what transfers to new sources and formats.
+3. The calibration of similarity: a one-feature logistic regression from the mean cosine of a query
+   to its nearest few of an expert's example queries (or to a one-line description) to whether the
+   query is of that kind, fitted on train-split queries against examples of each domain.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from router.skills import META_FILE, SKILLS, SkillModel, StaticEncoder
+
+logger = logging.getLogger(__name__)
+
+SKILL_DESCRIPTIONS = {
+    "general": "General instructions, writing, advice and knowledge questions.",
+    "math": "Arithmetic, algebra and math word problems.",
+    "code": "Writing, explaining and fixing computer programs.",
+    "biomedical": "Medicine, health, diseases, drugs and biology of the human body.",
+    "science": "Physics, chemistry, biology and earth science questions.",
+}
+"""One line per builtin skill: used only to calibrate description matching."""
+
+NGRAMS = [
+    {"analyzer": "word", "range": [1, 2], "n_features": 2**17},
+    {"analyzer": "char_wb", "range": [2, 4], "n_features": 2**17},
+]
+FEATURE_SETS: dict[str, tuple[bool, list[dict]]] = {
+    "static": (False, []),
+    "static, numbers as one": (True, []),
+    "static+ngrams": (False, NGRAMS),
+}
+"""Candidate features: the static embedding (numbers as written, or every number read as one) alone
+or with hashed n-grams."""
+ALLOWED_FEATURES = ("static", "static, numbers as one")
+"""Feature sets the shipped model may use (all are scored): hashed n-grams cost ~3 ms for a single
+query in scikit-learn (its per-call validation), over a decision's 1 ms budget; the static embedding
+~0.03 ms."""
+CS = (1.0, 3.0, 10.0)
+NEAREST = 1
+EXAMPLES_PER_EXPERT = 8
+
+
+def read_train(path: Path) -> list[dict]:
+    """router_mix's train split: records with ``instruction``, ``domain`` and ``source``."""
+    with gzip.open(path, "rt") as f:
+        rows = [json.loads(line) for line in f]
+    return [r for r in rows if r.get("split") == "train" and r["domain"] in SKILLS]
+
+
+def distil(dims: int | None, out: Path) -> np.ndarray:
+    """Per-token vectors from all-MiniLM-L6-v2 (PCA to ``dims`` if given); writes ``tokenizer.json``."""
+    import shutil
+
+    import torch
+    from sklearn.decomposition import PCA
+    from tokenizers import Tokenizer
+    from transformers import AutoModel
+
+    from router.encoder import _minilm
+
+    folder = _minilm()
+    shutil.copy(folder / "tokenizer.json", out / "tokenizer.json")
+    model = AutoModel.from_pretrained(folder).eval()
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    size = tokenizer.get_vocab_size()
+    pooled = np.zeros((size, model.config.hidden_size), np.float32)
+    with torch.inference_mode():
+        for start in range(0, size, 2048):
+            ids = torch.arange(start, min(size, start + 2048))
+            batch = torch.stack([torch.full_like(ids, cls), ids, torch.full_like(ids, sep)], 1)
+            hidden = model(input_ids=batch, attention_mask=torch.ones_like(batch)).last_hidden_state
+            pooled[start : start + len(ids)] = hidden.mean(1).numpy()
+            logger.info("distilled %d/%d tokens", min(size, start + 2048), size)
+    return pooled if dims is None else PCA(dims, random_state=0).fit_transform(pooled).astype(np.float32)
+
+
+def quantize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 rows and a float32 scale per row (a quarter of float32's size)."""
+    scales = np.maximum(np.abs(vectors).max(axis=1), 1e-12) / 127.0
+    return np.round(vectors / scales[:, None]).astype(np.int8), scales.astype(np.float32)
+
+
+def encoder(folder: Path, texts: list[str], normalise_numbers: bool) -> StaticEncoder:
+    """The static encoder of ``folder`` with token weights = IDF over ``texts`` (unseen: highest)."""
+    from tokenizers import Tokenizer
+
+    vectors = np.load(folder / "vectors.npy").astype(np.float32) * np.load(folder / "scales.npy")[:, None]
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    plain = StaticEncoder(tokenizer, vectors, np.ones(len(vectors), np.float32), normalise_numbers)
+    counts = np.zeros(len(vectors))
+    for ids in plain.token_ids(texts):
+        counts[list(set(ids))] += 1
+    plain.idf = (np.log((1 + len(texts)) / (1 + counts)) + 1).astype(np.float32)
+    return plain
+
+
+def unseen_source_folds(rows: list[dict], folds: int = 3) -> list[np.ndarray]:
+    """Per fold, the indices of held-out rows: whole sources of every domain that has several."""
+    sources: dict[str, list[str]] = defaultdict(list)
+    for r in rows:
+        if r["source"] not in sources[r["domain"]]:
+            sources[r["domain"]].append(r["source"])
+    fold_of = {s: i % folds for names in sources.values() if len(names) > 1 for i, s in enumerate(names)}
+    return [np.array([i for i, r in enumerate(rows) if fold_of.get(r["source"]) == k]) for k in range(folds)]
+
+
+def _design(embedded: np.ndarray, texts: list[str], ngrams: list[dict]):
+    from scipy.sparse import csr_matrix, hstack
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    if not ngrams:
+        return embedded
+    hashed = [
+        HashingVectorizer(
+            analyzer=s["analyzer"],
+            ngram_range=tuple(s["range"]),
+            n_features=s["n_features"],
+            alternate_sign=False,
+            norm="l2",
+        ).transform(texts)
+        for s in ngrams
+    ]
+    return hstack([csr_matrix(embedded), *hashed]).tocsr()
+
+
+def _macro_recall(truth: np.ndarray, predicted: np.ndarray) -> float:
+    return float(np.mean([np.mean(predicted[truth == d] == d) for d in np.unique(truth)]))
+
+
+def choose_classifier(
+    rows: list[dict], encoders: dict[bool, StaticEncoder], allowed: tuple[str, ...] = ALLOWED_FEATURES
+) -> tuple[str, float, dict]:
+    """The ``allowed`` feature set and C with the best mean macro recall on unseen-source folds;
+    the score of every feature set and C."""
+    from sklearn.linear_model import LogisticRegression
+
+    texts = [r["instruction"] for r in rows]
+    labels = np.array([r["domain"] for r in rows])
+    scores: dict[str, list[float]] = defaultdict(list)
+    for name, (numbers, ngrams) in FEATURE_SETS.items():
+        x = _design(encoders[numbers].embed(texts), texts, ngrams)
+        for k, held in enumerate(unseen_source_folds(rows)):
+            train = np.setdiff1d(np.arange(len(rows)), held)
+            for c in CS:
+                model = LogisticRegression(C=c, max_iter=3000).fit(x[train], labels[train])
+                scores[f"{name} C={c:g}"].append(_macro_recall(labels[held], model.predict(x[held])))
+                logger.info("fold %d %s C=%g: %.4f", k, name, c, scores[f"{name} C={c:g}"][-1])
+    best = max((k for k in scores if k.split(" C=")[0] in allowed), key=lambda key: np.mean(scores[key]))
+    name, c = best.split(" C=")
+    return name, float(c), {key: round(float(np.mean(v)), 4) for key, v in scores.items()}
+
+
+def _fit_sigmoid(similarity: np.ndarray, match: np.ndarray) -> list[float]:
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=100.0, class_weight="balanced").fit(similarity[:, None], match)
+    return [float(model.coef_[0, 0]), float(model.intercept_[0])]
+
+
+def calibrate(model: SkillModel, rows: list[dict], embedded: np.ndarray, seed: int = 0) -> dict:
+    """Sigmoid parameters for example and description matching (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    labels = np.array([r["domain"] for r in rows])
+    queries = rng.choice(len(rows), size=min(3000, len(rows)), replace=False)
+    described = model.encoder.embed([SKILL_DESCRIPTIONS[s] for s in SKILLS])
+    ex_sim, ex_match, de_sim, de_match = [], [], [], []
+    for q in queries:
+        for d, skill in enumerate(SKILLS):
+            pool = np.flatnonzero((labels == skill) & (np.arange(len(rows)) != q))
+            examples = embedded[rng.choice(pool, size=EXAMPLES_PER_EXPERT, replace=False)]
+            top = np.sort(examples @ embedded[q])[-NEAREST:].mean()
+            ex_sim.append(top)
+            ex_match.append(labels[q] == skill)
+            de_sim.append(float(described[d] @ embedded[q]))
+            de_match.append(labels[q] == skill)
+    return {
+        "examples": {"nearest": NEAREST, "calibration": _fit_sigmoid(np.array(ex_sim), np.array(ex_match))},
+        "description": {"calibration": _fit_sigmoid(np.array(de_sim), np.array(de_match))},
+    }
+
+
+def build(
+    data: Path, out: Path, dims: int | None = None, allowed: tuple[str, ...] = ALLOWED_FEATURES
+) -> dict:
+    """Write the skills model to ``out``; returns its metadata."""
+    from sklearn.linear_model import LogisticRegression
+
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    rows = read_train(data)
+    texts = [r["instruction"] for r in rows]
+    vectors, scales = quantize(distil(dims, out))
+    np.save(out / "vectors.npy", vectors)
+    np.save(out / "scales.npy", scales)
+    encoders = {numbers: encoder(out, texts, numbers) for numbers in (False, True)}
+    features, c, tried = choose_classifier(rows, encoders, allowed)
+    numbers, ngrams = FEATURE_SETS[features]
+    np.save(out / "idf.npy", encoders[numbers].idf)
+    embedded = encoders[numbers].embed(texts)
+    classifier = LogisticRegression(C=c, max_iter=3000).fit(
+        _design(embedded, texts, ngrams), [r["domain"] for r in rows]
+    )
+    order = [list(classifier.classes_).index(s) for s in SKILLS]
+    np.savez(
+        out / "classifier.npz",
+        coef=np.asarray(classifier.coef_[order], np.float32).astype(np.float16),
+        intercept=np.asarray(classifier.intercept_[order], np.float32),
+    )
+    meta = {
+        "skills": list(SKILLS),
+        "encoder": "all-MiniLM-L6-v2, static (per-token vectors, int8)",
+        "dims": int(vectors.shape[1]),
+        "normalise_numbers": numbers,
+        "ngrams": ngrams,
+        "classifier": {"features": features, "C": c, "unseen_source_macro_recall": tried},
+        "trained_on": {"file": data.name, "split": "train", "queries": len(rows)},
+        "examples": {"nearest": NEAREST, "calibration": [1.0, 0.0]},
+        "description": {"calibration": [1.0, 0.0]},
+    }
+    (out / META_FILE).write_text(json.dumps(meta, indent=1))
+    meta |= calibrate(SkillModel(out), rows, embedded)
+    meta["seconds"] = round(time.perf_counter() - started, 1)
+    (out / META_FILE).write_text(json.dumps(meta, indent=1))
+    return meta
