@@ -1,5 +1,6 @@
-"""Decision latency of each trained router, per inference backend: one query at a time on 1 thread,
-and batched on 2 threads.
+"""Decision latency of the shipped default policy (serve_config.yaml's ``declared``: the skills its
+experts declare) and of each trained router, per inference backend: one query at a time on 1
+thread, and batched on 2 threads.
 
 Trains every registered router kind (router/kinds/: MLP, BERT with MiniLM fine-tuned, 1NN, weighted
 kNN, cluster, ...) on real router_mix queries (the domain-labelled table the tests use), saves them,
@@ -9,7 +10,9 @@ batches of 64 (queries/s, 2 threads); the baseline in the same run is the Random
 Also how often int8 picks the same expert as fp32. Prints one JSON line. Goals: encoder routers
 <= 3 ms p50 (ONNX int8) and >= 1,000 queries/s batched, MLP <= 0.2 ms.
 
-    .venv/bin/python bench/router_latency.py [--train 1000] [--queries 300]
+Goals of the default policy: p50 <= 1 ms, >= 5,000 queries/s batched.
+
+    .venv/bin/python bench/router_latency.py [--train 1000] [--queries 300] [--default-only]
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ TRAINING = {"bert": {"epochs": 1, "max_length": 128}}
 BACKENDS = {"torch_fp32": {"backend": "torch"}, "onnx_fp32": {}, "onnx_int8": {"quantize": "int8"}}
 GOALS = {"mlp": (0.2, None)}
 ENCODER_GOAL = (3.0, 1000)
+DEFAULT_POLICY_GOAL = (1.0, 5000)
 """p50 ms of one decision at most, batched decisions/s at least (encoder kinds: one encoder pass)."""
 
 
@@ -73,12 +77,38 @@ def measure(folder: Path, overrides: dict, texts: list[str], batch: list[str]) -
     return result, single.scores(texts).argmax(1)
 
 
+def default_policy(texts: list[str], batch: list[str]) -> dict:
+    """The shipped app's policy, as the router replica runs it (route_batch), from serve_config.yaml."""
+    from router.config import load_serve_config
+    from router.policy import RouteRequest, build_policy
+
+    config = load_serve_config(REPO / "serve_config.yaml")
+    t0 = time.perf_counter()
+    policy = build_policy(config.policy, config.experts)
+    build_s = time.perf_counter() - t0
+    set_inference_threads(1)
+    policy.warm_up()
+    result = stats(per_query_ms(lambda t: policy.route_batch([RouteRequest([Message("user", t)])]), texts))
+    set_inference_threads(2)
+    requests = [RouteRequest([Message("user", t)]) for t in batch]
+    t0 = time.perf_counter()
+    for s in range(0, len(requests), 64):
+        policy.route_batch(requests[s : s + 64])
+    result["batch_qps"] = round(len(batch) / (time.perf_counter() - t0), 1)
+    max_ms, min_qps = DEFAULT_POLICY_GOAL
+    result["goal_met"] = bool(result["p50_ms"] <= max_ms and result["batch_qps"] >= min_qps)
+    result["policy"] = config.policy.name
+    result["build_s"] = round(build_s, 3)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--train", type=int, default=1000, help="training queries")
     parser.add_argument("--queries", type=int, default=300, help="queries timed one at a time")
+    parser.add_argument("--default-only", action="store_true", help="only the shipped default policy")
     args = parser.parse_args()
     m = to_matrices(domain_table(args.train, max(args.queries, 256)))
     train_m, test_m = m.split("train"), m.split("test")
@@ -87,9 +117,12 @@ def main() -> None:
 
     random_policy = RandomPolicy(train_m.experts, seed=0)
     baseline = stats(per_query_ms(lambda t: random_policy.route([Message("user", t)]), texts))
-    results: dict = {}
+    results: dict = {"default_policy": default_policy(texts, batch)}
+    results["default_policy"]["p50_vs_random"] = round(
+        results["default_policy"]["p50_ms"] / baseline["p50_ms"], 1
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in kinds.names():
+        for kind in [] if args.default_only else kinds.names():
             fit_local(kind, train_m, config=TRAINING.get(kind)).save(Path(tmp) / kind)
             encoder = "encoder" in kinds.load(kind).DEFAULTS
             backends = BACKENDS if encoder else {"torch": {}}

@@ -149,6 +149,7 @@ def route_file(config: AppConfig, queries: list[Query], batch_size: int = 64) ->
                 "ranking": list(decision.ranking),
                 "scores": {name: _finite(score) for name, score in decision.scores.items()},
                 "cost_usd": expected_cost(config, policy, decision.expert, query.request),
+                **({"note": decision.note} if decision.note else {}),
             }
 
 
