@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 from fastapi.responses import JSONResponse
 
 from deployments.metrics import RouterMetrics
@@ -31,8 +32,9 @@ from router.config import ROUTER_MODEL_NAME, AppConfig, ExpertConfig, PolicyConf
 from router.encoder import set_inference_threads
 from router.fast_tier import DistilledTier
 from router.load import Attempt, LoadTracker, load_aware_ranking
-from router.policy import RouteRequest, RoutingDecision, RoutingPolicy, build_policy, query_text
+from router.policy import Message, RouteRequest, RoutingDecision, RoutingPolicy, build_policy, query_text
 from router.schemas import ErrorBody, ErrorInfo, ModelCard, ModelList, RoutingInfo, RoutingOptions
+from router.skills import warm_queries
 
 logger = logging.getLogger("ray.serve")
 
@@ -87,6 +89,10 @@ def expert_request(expert: ExpertConfig, request: RouterFields, **changes: Any) 
     if request.stream:
         changes.setdefault("stream_options", {"include_usage": True})
     return request.for_expert(expert.name, expert.sampling, **changes)
+
+
+Lesson = tuple[list[str], list[RoutingDecision]]
+"""Queries and the policy's decisions on them, for the fast tier to learn from."""
 
 
 def learning(
@@ -224,31 +230,41 @@ class ExpertRouter:
             wanted = RouterUserConfig.model_validate(user_config or {}).policy or self._args_policy
             if wanted == self.config.policy:
                 return
-            policy, prior = await asyncio.to_thread(self.load_policy, wanted)
+            policy, prior, lesson = await asyncio.to_thread(self.load_policy, wanted)
         except Exception as exc:
             self.policy_update_error = f"{type(exc).__name__}: {exc}"
             logger.error("policy update refused; still routing by %s: %s", self.config.policy, exc)
             return
-        self.use_policy(wanted, policy, prior)
+        self.use_policy(wanted, policy, prior, lesson)
         self.policy_update_error = None
         logger.info("routing by policy %s now", wanted)
 
-    def load_policy(self, config: PolicyConfig) -> tuple[RoutingPolicy, dict[str, float]]:
+    def load_policy(self, config: PolicyConfig) -> tuple[RoutingPolicy, dict[str, float], Lesson]:
         """The policy of ``config`` with its lazily built parts loaded now (not on the first user
-        request), and its warm-up scores: they start the moving average that decides when overload
-        sheds a decision (-inf stays -inf: experts the policy never routes to stay last). Blocking."""
+        request), and its decisions on the warm-up queries (``router.skills.warm_queries``): the
+        mean of their scores starts the moving average that decides when overload sheds a decision
+        before the fast tier is ready (-inf stays -inf: experts the policy never routes to stay
+        last), and they are the fast tier's first lesson. Blocking."""
         policy = build_policy(config, self.config.experts)
-        return policy, dict(policy.warm_up().scores)
+        texts = warm_queries()
+        decisions = policy.route_batch([RouteRequest([Message("user", t)]) for t in texts])
+        prior = {name: float(np.mean([d.scores[name] for d in decisions])) for name in policy.experts}
+        return policy, prior, (texts, decisions)
 
-    def use_policy(self, config: PolicyConfig, policy: RoutingPolicy, prior: dict[str, float]) -> None:
+    def use_policy(
+        self, config: PolicyConfig, policy: RoutingPolicy, prior: dict[str, float], lesson: Lesson
+    ) -> None:
         """Route with ``policy`` from now on (no await here: one request sees one policy). Decisions
         already queued for the worker thread are made by whichever policy is current when their
-        batch runs."""
+        batch runs. A new fast tier learns ``lesson`` (the policy's warm-up decisions) first, so
+        it is ready before the first shed decision."""
         decisions = self.config.ingress.decisions
         offload = decisions.offload == "always" or (decisions.offload == "auto" and policy.blocking)
         names = self.config.expert_names
         learns = offload and decisions.fast_tier and len(names) > 1
         fast = DistilledTier(names, ready_after=decisions.fast_tier_after) if learns else None
+        if fast is not None and lesson[0]:
+            fast.learn(*lesson)
         decide = learning(policy, fast, names) if fast is not None else policy.route_batch
         if offload and self.decider is not None:
             self.decider.fn = decide

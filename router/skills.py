@@ -138,6 +138,19 @@ class SkillModel:
         return sigmoid(a * (embedded @ description) + b)
 
 
+WARM_QUERIES = "warm_queries.json"
+
+
+def warm_queries(folder: Path = DEFAULT_ARTIFACT) -> list[str]:
+    """Queries of every skill (router_mix train, stratified) that a router replica routes once at
+    start: its policy loads everything lazy, the mean of their scores is the overload prior, and
+    the fast tier learns from its decisions before the first request."""
+    try:
+        return list(json.loads((folder / WARM_QUERIES).read_text()))
+    except FileNotFoundError:
+        return ["warm up"]
+
+
 _models: dict[Path, SkillModel] = {}
 
 

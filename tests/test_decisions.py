@@ -14,6 +14,7 @@ from deployments.openai_api import ChatRequest
 from deployments.router_core import ExpertRouter
 from router.batching import MicroBatcher
 from router.policy import RoutingPolicy, register_policy
+from router.skills import warm_queries
 from tests.test_router_fallback import ExpertHandle, ok
 
 pytestmark = pytest.mark.timeout(60)
@@ -81,7 +82,6 @@ class SlowPolicy(RoutingPolicy):
 
     blocking = True
     batches: list[int] = []
-    warmed = 0
 
     def scores(self, messages, cost_weight=None):
         return {"a": -0.5, "b": -0.1, "c": -math.inf}
@@ -90,10 +90,6 @@ class SlowPolicy(RoutingPolicy):
         SlowPolicy.batches.append(len(requests))
         time.sleep(0.03)
         return super().route_batch(requests)
-
-    def warm_up(self):
-        SlowPolicy.warmed += 1
-        return super().warm_up()
 
 
 register_policy("slow-test", SlowPolicy)
@@ -120,9 +116,9 @@ def burst(ingress: ExpertRouter, n: int) -> list:
 
 @pytest.mark.parametrize("offload", ["auto", "never"])
 def test_the_router_batches_blocking_decisions_off_the_loop_and_warms_up(offload):
-    SlowPolicy.batches, SlowPolicy.warmed = [], 0
+    SlowPolicy.batches = []
     ingress = router_with(offload=offload)
-    assert SlowPolicy.warmed == 1 and SlowPolicy.batches == [1]  # the warm-up decision, at start
+    assert SlowPolicy.batches == [len(warm_queries())]  # the warm-up decisions, at start, in one batch
     answers = burst(ingress, 20)
     assert {response["expert"] for response, _ in answers} == {"b"}
     decisions = SlowPolicy.batches[1:]
@@ -140,26 +136,29 @@ def test_cheap_policies_stay_inline():
     assert ExpertRouter(args, {"a": ExpertHandle(ok("a"))}).decider is not None
 
 
-def test_under_overload_decisions_are_shed_to_the_prior_and_say_so():
+def test_under_overload_decisions_are_shed_to_the_fast_tier_from_the_first_and_say_so():
     SlowPolicy.batches = []
     ingress = router_with(offload="always", max_queue_ms=50, max_batch_size=1)
-    burst(ingress, 4)  # teaches the prior (b first) and the time per decision (30 ms)
+    assert ingress.fast.ready  # it learned the policy's warm-up decisions at start
+    burst(ingress, 4)  # teaches the time per decision (30 ms)
     answers = burst(ingress, 20)
     shed = [headers for _, headers in answers if headers.get("x-routing-shed") == "true"]
     decided = [headers for _, headers in answers if "x-routing-shed" not in headers]
     assert shed and decided and ingress.shed == len(shed)  # the queue stayed near 50 ms
-    assert {h["x-routing-tier"] for h in shed} == {"prior"}  # the fast tier has not learned enough yet
+    assert {h["x-routing-tier"] for h in shed} == {"fast"}
     assert all(float(h["x-routing-ms"]) < 200 for h in decided)  # 20 x 30 ms unshed would be 600
-    # The prior ranks as the policy did: b, never c (a prior starting at 0 would put c first).
-    assert {response["expert"] for response, _ in answers} == {"b"}
+    assert {response["expert"] for response, _ in answers} == {"b"}  # as the policy: b, never c
 
 
-def test_without_the_fast_tier_shed_decisions_come_from_the_prior():
-    ingress = router_with(offload="always", max_queue_ms=50, max_batch_size=1, fast_tier=False)
-    assert ingress.fast is None
+@pytest.mark.parametrize("how", [{"fast_tier": False}, {"fast_tier_after": 10**6}])
+def test_without_a_ready_fast_tier_shed_decisions_come_from_the_prior(how):
+    ingress = router_with(offload="always", max_queue_ms=50, max_batch_size=1, **how)
     burst(ingress, 4)
     answers = burst(ingress, 20)
     assert {h["x-routing-tier"] for _, h in answers if "x-routing-shed" in h} == {"prior"}
+    # The prior (the mean of the warm-up scores) ranks as the policy did: b, never c (a prior
+    # starting at 0 would put c first).
+    assert {response["expert"] for response, _ in answers} == {"b"}
 
 
 def test_max_queue_ms_zero_never_sheds():

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from router.skills import META_FILE, SKILLS, SkillModel, StaticEncoder
+from router.skills import META_FILE, SKILLS, WARM_QUERIES, SkillModel, StaticEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +198,19 @@ def calibrate(model: SkillModel, rows: list[dict], embedded: np.ndarray, seed: i
     }
 
 
+WARM_PER_SKILL = 64
+
+
+def sample_warm_queries(rows: list[dict], per_skill: int = WARM_PER_SKILL, seed: int = 0) -> list[str]:
+    """``per_skill`` training queries of each skill (at most 1,000 characters each), shuffled."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for skill in SKILLS:
+        pool = [r["instruction"][:1000] for r in rows if r["domain"] == skill]
+        picked += [pool[i] for i in rng.choice(len(pool), size=min(per_skill, len(pool)), replace=False)]
+    return [picked[i] for i in rng.permutation(len(picked))]
+
+
 def build(
     data: Path, out: Path, dims: int | None = None, allowed: tuple[str, ...] = ALLOWED_FEATURES
 ) -> dict:
@@ -237,6 +250,7 @@ def build(
         "description": {"calibration": [1.0, 0.0]},
     }
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
+    (out / WARM_QUERIES).write_text(json.dumps(sample_warm_queries(rows), indent=0))
     meta |= calibrate(SkillModel(out), rows, embedded)
     meta["seconds"] = round(time.perf_counter() - started, 1)
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
