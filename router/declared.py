@@ -153,8 +153,8 @@ class DeclaredPolicy(RoutingPolicy):
         are scaled by one minus the best such match among the others. (A translator's examples
         then win translation queries over an expert declaring ``general``, whose skill would
         otherwise claim every general query.)"""
-        embedded = self.model.encoder.embed(texts)
-        probabilities = self.model.skill_probabilities(embedded, [])
+        embedded, ngrams = self.model.features(texts)
+        probabilities = self.model.skill_probabilities(embedded, ngrams)
         specific = np.zeros((len(texts), len(self.experts)), np.float32)
         skill = np.zeros_like(specific)
         for j in range(len(self.experts)):

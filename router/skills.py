@@ -72,6 +72,22 @@ class StaticEncoder:
         return out / np.maximum(norms, 1e-9)
 
 
+def hashers(specs: list[dict]) -> list:
+    """scikit-learn's stateless n-gram hashers for the model's ``ngrams`` specs."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    return [
+        HashingVectorizer(
+            analyzer=spec["analyzer"],
+            ngram_range=tuple(spec["range"]),
+            n_features=spec["n_features"],
+            alternate_sign=False,
+            norm="l2",
+        )
+        for spec in specs
+    ]
+
+
 class SkillModel:
     """Skill probabilities and calibrated similarities for query texts."""
 
@@ -92,18 +108,7 @@ class SkillModel:
 
     @cached_property
     def _hashers(self) -> list:
-        from sklearn.feature_extraction.text import HashingVectorizer
-
-        return [
-            HashingVectorizer(
-                analyzer=spec["analyzer"],
-                ngram_range=tuple(spec["range"]),
-                n_features=spec["n_features"],
-                alternate_sign=False,
-                norm="l2",
-            )
-            for spec in self.ngrams
-        ]
+        return hashers(self.ngrams)
 
     def features(self, texts: list[str]) -> tuple[np.ndarray, list]:
         """The static embeddings and the hashed n-gram matrices (empty when the model has none)."""

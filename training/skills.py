@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from router.skills import META_FILE, SKILLS, WARM_QUERIES, SkillModel, StaticEncoder
+from router.skills import META_FILE, SKILLS, WARM_QUERIES, SkillModel, StaticEncoder, hashers
 
 logger = logging.getLogger(__name__)
 
@@ -125,20 +125,10 @@ def unseen_source_folds(rows: list[dict], folds: int = 3) -> list[np.ndarray]:
 
 def _design(embedded: np.ndarray, texts: list[str], ngrams: list[dict]):
     from scipy.sparse import csr_matrix, hstack
-    from sklearn.feature_extraction.text import HashingVectorizer
 
     if not ngrams:
         return embedded
-    hashed = [
-        HashingVectorizer(
-            analyzer=s["analyzer"],
-            ngram_range=tuple(s["range"]),
-            n_features=s["n_features"],
-            alternate_sign=False,
-            norm="l2",
-        ).transform(texts)
-        for s in ngrams
-    ]
+    hashed = [h.transform(texts) for h in hashers(ngrams)]
     return hstack([csr_matrix(embedded), *hashed]).tocsr()
 
 
