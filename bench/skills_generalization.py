@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -28,19 +27,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.conftest import SHARED_DATA  # noqa: E402
+from training.skills import without_options  # noqa: E402
 
 DOMAINS = ["biomedical", "code", "general", "math", "science"]
-OPTION_LINE = re.compile(r"^\s*\(?[A-Ja-j1-9][.):]\s+\S.*$")
 
 
 def read(path: Path) -> list[dict]:
     return [json.loads(line) for line in gzip.open(path, "rt")]
-
-
-def without_options(text: str) -> str:
-    """The question without its answer-option lines (``A. ...``): the format, not the domain."""
-    kept = [line for line in text.splitlines() if not OPTION_LINE.match(line)]
-    return "\n".join(kept).strip() or text
 
 
 def data() -> tuple[list[dict], list[dict], list[dict]]:

@@ -112,8 +112,9 @@ class Declaration(_Strict):
     """What an expert says it is for (policy ``declared`` routes on it; router/declared.py)."""
 
     description: str = Field(
-        "", description="What this expert is for, in words; policy 'declared' matches queries to it "
-        "when the expert declares neither skills nor examples."
+        "",
+        description="What this expert is for, in words; policy 'declared' matches queries to it "
+        "when the expert declares neither skills nor examples.",
     )
     skills: list[Skill] = Field(
         default_factory=list,

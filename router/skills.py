@@ -25,6 +25,7 @@ import numpy as np
 
 SKILLS = ("general", "math", "code", "biomedical", "science")
 META_FILE = "skills.json"
+CENTRE_FILE = "centre.npy"
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent.parent / "routers" / "skills"
 MAX_TOKENS = 256
 
@@ -105,6 +106,17 @@ class SkillModel:
         self.intercept = weights["intercept"].astype(np.float32)
         self.skills: tuple[str, ...] = tuple(self.meta["skills"])
         self.ngrams: list[dict] = self.meta.get("ngrams", [])
+        centre = self.folder / CENTRE_FILE
+        self.centre = np.load(centre).astype(np.float32) if centre.exists() else None
+
+    def centred(self, embedded: np.ndarray) -> np.ndarray:
+        """Embeddings for similarity: minus the training queries' mean embedding, renormalised.
+        Mean-pooled static vectors share a large common direction that makes every long text look
+        alike (a medical vignette full of numbers as close to "What is 7 + 7?" as a math question)."""
+        if self.centre is None:
+            return embedded
+        shifted = embedded - self.centre
+        return shifted / np.maximum(np.linalg.norm(shifted, axis=-1, keepdims=True), 1e-9)
 
     @cached_property
     def _hashers(self) -> list:
@@ -132,7 +144,7 @@ class SkillModel:
         if not len(examples):
             return np.zeros(len(embedded), np.float32)
         nearest = min(int(self.meta["examples"]["nearest"]), len(examples))
-        cos = embedded @ examples.T
+        cos = self.centred(embedded) @ self.centred(examples).T
         top = -np.sort(-cos, axis=1)[:, :nearest].mean(axis=1)
         a, b = self.meta["examples"]["calibration"]
         return sigmoid(a * top + b)
@@ -140,7 +152,7 @@ class SkillModel:
     def description_match(self, embedded: np.ndarray, description: np.ndarray) -> np.ndarray:
         """(n,) probability that each query is what a one-line ``description`` ((d,)) says."""
         a, b = self.meta["description"]["calibration"]
-        return sigmoid(a * (embedded @ description) + b)
+        return sigmoid(a * (self.centred(embedded) @ self.centred(description)) + b)
 
 
 WARM_QUERIES = "warm_queries.json"

@@ -119,6 +119,46 @@ def test_a_description_alone_routes_zero_shot():
     assert first(p, "Who painted the Mona Lisa?") == "general"
 
 
+def test_a_long_text_full_of_numbers_does_not_match_short_arithmetic_examples():
+    # Similarity is on embeddings centred on the training queries' mean: uncentred, a clinical
+    # vignette with lab values was as close to "What is 12 times 4?" as a math question is.
+    team = experts(
+        {"name": "general", "skills": ["general"], "default": True},
+        {
+            "name": "math",
+            "examples": ["What is 12 times 4?", "Solve for x in 2x + 6 = 14.", "What is 15% of 80?"],
+        },
+    )
+    p = policy(team)
+    vignette = (
+        "A 45-year-old man presents with 3 days of fever of 38.9 C, pulse 112/min, blood pressure "
+        "94/60 mm Hg and a leukocyte count of 18,500/mm3. His serum creatinine is 2.1 mg/dL and "
+        "lactate 4.2 mmol/L. Which of the following is the most appropriate next step in management?"
+    )
+    assert first(p, vignette) == "general"
+    assert first(p, "What is 36 times 7?") == "math"
+
+
+def test_training_adds_each_question_in_the_other_format():
+    from training.skills import augment, is_multiple_choice
+
+    rows = [
+        {
+            "instruction": "Which vitamin prevents scurvy?\nA. A\nB. C\nC. D\nD. K",
+            "domain": "biomedical",
+            "reference": "B. C",
+        },
+        *(
+            {"instruction": f"What is {i} + {i}?", "domain": "math", "reference": str(2 * i)}
+            for i in range(30)
+        ),
+    ]
+    extra = augment(rows, "options added and removed")[len(rows) :]
+    assert extra[0]["instruction"] == "Which vitamin prevents scurvy?"
+    assert all(is_multiple_choice(r["instruction"]) and r["domain"] == "math" for r in extra[1:])
+    assert augment(rows, "none") == rows
+
+
 def test_a_query_that_matches_nothing_declared_goes_to_the_default_expert_and_says_so():
     team = experts(
         {"name": "math", "skills": ["math"]},

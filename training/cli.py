@@ -192,7 +192,13 @@ def _skills(args: argparse.Namespace) -> None:
     from training.skills import build
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    meta = build(args.data, args.out, dims=args.dims, allowed=tuple(args.features))
+    meta = build(
+        args.data,
+        args.out,
+        dims=args.dims,
+        allowed=tuple(args.features),
+        augmentations=tuple(args.augmentation),
+    )
     print(json.dumps({"out": str(args.out), **meta}))
 
 
@@ -283,7 +289,7 @@ def parser() -> argparse.ArgumentParser:
     skills.add_argument("--data", type=Path, default=DEFAULT_INSTRUCTIONS, help="router_mix.jsonl.gz")
     skills.add_argument("--out", type=Path, default=Path("routers/skills"))
     skills.add_argument("--dims", type=int, help="reduce the static embeddings to this size by PCA")
-    from training.skills import ALLOWED_FEATURES, FEATURE_SETS
+    from training.skills import ALLOWED_AUGMENTATIONS, ALLOWED_FEATURES, AUGMENTATIONS, FEATURE_SETS
 
     skills.add_argument(
         "--features",
@@ -291,6 +297,13 @@ def parser() -> argparse.ArgumentParser:
         choices=list(FEATURE_SETS),
         default=list(ALLOWED_FEATURES),
         help="feature sets the model may use (all are scored; default: those within 1 ms a query)",
+    )
+    skills.add_argument(
+        "--augmentation",
+        nargs="+",
+        choices=list(AUGMENTATIONS),
+        default=list(ALLOWED_AUGMENTATIONS),
+        help="training augmentations the model may use (all are scored; see docs/results/declared_routing)",
     )
     skills.set_defaults(func=_skills)
 
