@@ -37,8 +37,8 @@ class _Strict(BaseModel):
 class Price(_Strict):
     """What an expert costs, in US dollars per one million tokens."""
 
-    input_per_1m: float = Field(0.0, ge=0)
-    output_per_1m: float = Field(0.0, ge=0)
+    input_per_1m: float = Field(0.0, ge=0, description="Dollars per million input (prompt) tokens.")
+    output_per_1m: float = Field(0.0, ge=0, description="Dollars per million output (generated) tokens.")
 
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         """Dollar cost of one request."""
@@ -48,12 +48,16 @@ class Price(_Strict):
 class Autoscaling(_Strict):
     """Ray Serve autoscaling for one deployment (a subset of Serve's ``autoscaling_config``)."""
 
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(1, ge=1)
-    initial_replicas: int | None = Field(None, ge=0)
-    target_ongoing_requests: float = Field(2.0, gt=0)
-    upscale_delay_s: float = Field(30.0, ge=0)
-    downscale_delay_s: float = Field(600.0, ge=0)
+    min_replicas: int = Field(1, ge=0, description="Replicas kept running (0: scale to zero when idle).")
+    max_replicas: int = Field(1, ge=1, description="Replicas at most.")
+    initial_replicas: int | None = Field(
+        None, ge=0, description="Replicas at deploy (default: min_replicas)."
+    )
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, description="Requests in flight per replica the autoscaler aims for."
+    )
+    upscale_delay_s: float = Field(30.0, ge=0, description="Load above target this long adds replicas.")
+    downscale_delay_s: float = Field(600.0, ge=0, description="Load below target this long removes replicas.")
 
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:
@@ -69,10 +73,10 @@ class Autoscaling(_Strict):
 class SamplingDefaults(_Strict):
     """Generation settings an expert uses when the request does not set them."""
 
-    max_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    stop: list[str] = Field(default_factory=list)
+    max_tokens: int = Field(256, ge=1, description="Tokens generated at most.")
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature (0: greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end the answer.")
 
 
 class RemoteEndpoint(_Strict):
@@ -80,7 +84,7 @@ class RemoteEndpoint(_Strict):
 
     base_url: str = Field(pattern=r"^https?://", description="e.g. https://api.example.com/v1")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
-    timeout_s: float = Field(120.0, gt=0)
+    timeout_s: float = Field(120.0, gt=0, description="Seconds one call to the endpoint may take.")
 
 
 def _custom_only(resources: dict[str, float]) -> dict[str, float]:
@@ -137,7 +141,10 @@ class Declaration(_Strict):
 class ExpertConfig(Declaration):
     """One expert LLM: its own autoscaled Ray Serve deployment running vLLM."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="The expert's name: its model id in the API, its deployment 'expert:<name>'.",
+    )
     model: str = Field(
         min_length=1,
         description="Hugging Face hub id, a local folder, or 'builtin:<name>' for a model this "
@@ -150,7 +157,7 @@ class ExpertConfig(Declaration):
         None, description="Domain profile: prepended to the conversation as a system message."
     )
     price: Price = Price()
-    accelerator: Literal["cpu", "gpu"] = "cpu"
+    accelerator: Literal["cpu", "gpu"] = Field("cpu", description="Where the engine runs.")
     accelerator_type: str | None = Field(None, description="Ray accelerator type, e.g. 'A100' (GPU only).")
     num_cpus: float = Field(0.5, gt=0, description="Ray CPUs reserved per replica (logical).")
     num_gpus: float = Field(
@@ -180,7 +187,7 @@ class ExpertConfig(Declaration):
         "resources; deployments/k8s_manifests.py adds them to the GPU group).",
     )
     autoscaling: Autoscaling = Autoscaling()
-    max_ongoing_requests: int = Field(64, ge=1)
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica accepts at once (Serve).")
     max_in_flight: int | None = Field(
         None,
         ge=1,
@@ -235,8 +242,13 @@ class ExpertConfig(Declaration):
 class PolicyConfig(_Strict):
     """Which routing policy picks the expert (see ``router.policy``), and its arguments."""
 
-    name: str = "random"
-    args: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(
+        "random", description="A policy of router/policy.py: declared, random, fixed, or a router kind."
+    )
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The policy's arguments (e.g. artifact, cost_weight; docs/concepts.md).",
+    )
 
 
 class SecurityConfig(_Strict):
@@ -324,7 +336,7 @@ class DecisionConfig(_Strict):
 class IngressConfig(_Strict):
     """The router deployment that is also the HTTP ingress."""
 
-    num_cpus: float = Field(0.1, gt=0)
+    num_cpus: float = Field(0.1, gt=0, description="Ray CPUs reserved per router replica (logical).")
     resources: NodeResources = Field(
         default_factory=dict,
         description="Custom Ray resources each router replica needs, e.g. {router_node: 1}: pins the "
@@ -333,7 +345,7 @@ class IngressConfig(_Strict):
     max_replicas_per_node: int | None = Field(
         None, ge=1, description="Router replicas per node at most: 1 spreads them, so a node loss takes one."
     )
-    max_ongoing_requests: int = Field(256, ge=1)
+    max_ongoing_requests: int = Field(256, ge=1, description="Requests one router replica accepts at once.")
     autoscaling: Autoscaling = Autoscaling()
     expert_timeout_s: float = Field(120.0, gt=0, description="Budget for one expert call.")
     max_attempts: int = Field(2, ge=1, description="Experts tried, best first, before giving up.")
@@ -376,7 +388,7 @@ class RouterUserConfig(_Strict):
 class AppConfig(_Strict):
     """The whole system: experts, routing policy and ingress."""
 
-    experts: list[ExpertConfig] = Field(min_length=1)
+    experts: list[ExpertConfig] = Field(min_length=1, description="The experts, at least one.")
     policy: PolicyConfig = PolicyConfig()
     ingress: IngressConfig = IngressConfig()
 

@@ -300,3 +300,48 @@ def test_serving_a_config_of_the_wrong_shape_stops_with_the_place_not_a_tracebac
     path.write_text(text + "\n")
     assert serve_until_stopped(str(path)) == 2
     assert where in capsys.readouterr().err
+
+
+def test_the_configuration_reference_is_generated_from_the_models():
+    from router.config_reference import reference
+
+    written = (REPO / "docs" / "configuration.md").read_text()
+    assert written == reference(), (
+        "stale: run .venv/bin/python -m router.config_reference > docs/configuration.md"
+    )
+
+
+def _doc_yaml_blocks():
+    import re
+
+    for path in [REPO / "README.md", REPO / "k8s" / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for i, match in enumerate(re.finditer(r"```yaml\n(.*?)```", path.read_text(), re.S)):
+            yield pytest.param(match.group(1), id=f"{path.relative_to(REPO)}#{i}")
+
+
+@pytest.mark.parametrize("block", list(_doc_yaml_blocks()))
+def test_every_config_example_in_the_docs_validates(block, tmp_path):
+    """A whole Serve config validates as the app's; a fragment (its first line says so) validates
+    as the part of one it shows: args.experts entries, policy, ingress, or the router's user_config."""
+    import yaml
+
+    from router.config import IngressConfig, PolicyConfig, RouterUserConfig
+
+    doc = yaml.safe_load(block)
+    if isinstance(doc, dict) and "applications" in doc:
+        (tmp_path / "serve.yaml").write_text(block)
+        load_serve_config(tmp_path / "serve.yaml")
+        return
+    assert block.lstrip().startswith("# fragment"), "a partial config's first line is '# fragment: ...'"
+    experts = doc if isinstance(doc, list) else doc.get("experts", [])
+    for expert in experts:
+        ExpertConfig.model_validate(expert)
+    parts = {"policy": PolicyConfig, "ingress": IngressConfig}
+    for key, model in parts.items():
+        if isinstance(doc, dict) and key in doc:
+            model.model_validate(doc[key])
+    for deployment in doc.get("deployments", []) if isinstance(doc, dict) else []:
+        if "user_config" in deployment:
+            RouterUserConfig.model_validate(deployment["user_config"])
+    known = {"experts", "deployments", *parts}
+    assert isinstance(doc, list) or set(doc) <= known, f"a fragment of what? {sorted(doc)}"
