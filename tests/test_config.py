@@ -345,3 +345,63 @@ def test_every_config_example_in_the_docs_validates(block, tmp_path):
             RouterUserConfig.model_validate(deployment["user_config"])
     known = {"experts", "deployments", *parts}
     assert isinstance(doc, list) or set(doc) <= known, f"a fragment of what? {sorted(doc)}"
+
+
+def test_lora_adapter_experts_run_on_their_base_engine():
+    from deployments.app import check_config
+
+    tools = {"enable_auto_tool_choice": True, "tool_call_parser": "hermes"}
+    args = minimal(
+        experts=[
+            {"name": "base", "model": "builtin:tiny-llama", "engine_kwargs": tools},
+            {
+                "name": "tutor",
+                "model": "builtin:tiny-llama-lora-a",
+                "base": "base",
+                "price": {"input_per_1m": 1},
+            },
+            {"name": "poet", "model": "builtin:tiny-llama-lora-b", "base": "base", "capabilities": []},
+            {"name": "far", "model": "m", "endpoint": {"base_url": "https://example.com/v1"}},
+        ]
+    )
+    config, engines = check_config(args)
+    assert [e.kind for e in config.experts] == ["vllm", "lora", "lora", "remote"]
+    assert list(engines) == ["base"]  # one engine serves three experts
+    kwargs = engines["base"].engine_kwargs
+    assert kwargs["enable_lora"] and kwargs["max_loras"] == 2 and kwargs["max_lora_rank"] == 8  # rank 4
+    assert [(m.name, Path(m.path).name) for m in kwargs["lora_modules"]] == [
+        ("tutor", "tiny-llama-lora-a"),
+        ("poet", "tiny-llama-lora-b"),
+    ]
+    assert config.serving("tutor").name == "base" and config.serving("far").name == "far"
+    assert config.abilities("tutor") == {"tools", "json_schema"}  # its engine's
+    assert config.abilities("poet") == frozenset()  # its own, when it says
+
+
+@pytest.mark.parametrize(
+    "adapter, message",
+    [
+        (
+            {"base": "nobody"},
+            "base 'nobody' must name a local (vLLM) expert of this app; local experts: base",
+        ),
+        ({"base": "far"}, "base 'far' must name a local (vLLM) expert"),
+        ({"base": "tutor"}, "base 'tutor' must name a local (vLLM) expert"),
+        (
+            {"base": "base", "engine_kwargs": {"max_num_seqs": 4}},
+            "set engine_kwargs on expert 'base' instead",
+        ),
+        ({"base": "base", "num_cpus": 2, "autoscaling": {"max_replicas": 3}}, "set num_cpus, autoscaling on"),
+        ({"base": "base", "endpoint": {"base_url": "https://x.org"}}, "set endpoint on expert 'base'"),
+    ],
+)
+def test_a_lora_adapter_expert_needs_a_local_base_and_no_engine_of_its_own(adapter, message):
+    experts = [
+        {"name": "base", "model": "builtin:tiny-llama"},
+        {"name": "far", "model": "m", "endpoint": {"base_url": "https://example.com/v1"}},
+        {"name": "tutor", "model": "builtin:tiny-llama-lora-a", "base": "base"},
+        {"name": "new", "model": "builtin:tiny-llama-lora-b", **adapter},
+    ]
+    with pytest.raises(ConfigError) as caught:
+        AppConfig.parse(minimal(experts=experts))
+    assert message in str(caught.value)

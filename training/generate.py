@@ -151,7 +151,9 @@ class ExpertCalls:
         self.config = AppConfig.parse(config)
         self.seed, self.max_tokens, self.nll_only = seed, max_tokens, nll_only
         self.handles = {
-            e.name: serve.get_deployment_handle(f"expert:{e.name}", app_name=app_name).options(stream=True)
+            e.name: serve.get_deployment_handle(
+                f"expert:{self.config.serving(e.name).name}", app_name=app_name
+            ).options(stream=True)
             for e in self.config.experts
         }
         self.tokenizers: dict[str, Any] = {}
@@ -204,14 +206,15 @@ class ExpertCalls:
         }
 
     def tokenizer(self, name: str) -> Any:
-        """The expert's own tokenizer (the files its engine loads), for exact reference positions."""
+        """The expert's own tokenizer (the files its engine loads; a LoRA adapter's base's), for exact
+        reference positions."""
         if name not in self.tokenizers:
             from transformers import AutoTokenizer
 
             from deployments.model_store import resolve_model
 
             self.tokenizers[name] = AutoTokenizer.from_pretrained(
-                resolve_model(self.config.expert(name).model)
+                resolve_model(self.config.serving(name).model)
             )
         return self.tokenizers[name]
 
@@ -231,7 +234,7 @@ class ExpertCalls:
         from ray.serve.llm.openai_api_models import CompletionRequest
 
         prompt, reference = self.nll_prompt(row)
-        limit = self.config.expert(row["expert"]).all_engine_kwargs.get("max_model_len")
+        limit = self.config.serving(row["expert"]).all_engine_kwargs.get("max_model_len")
         if not reference or (limit and len(prompt) + len(reference) >= limit):
             return float("nan")
         request = CompletionRequest(
@@ -311,7 +314,7 @@ def generate(
     """
     import ray
 
-    remote = [e.name for e in config.experts if e.endpoint is not None]
+    remote = [e.name for e in config.experts if e.kind == "remote"]
     if remote:  # the reference NLL needs the engine's prompt logprobs and the model's tokenizer
         raise ValueError(f"phase 1 runs local (vLLM) experts only; remote experts: {', '.join(remote)}")
     out = Path(out)
