@@ -1,7 +1,8 @@
 """End to end with the shipped routing policy (``declared``: the skills the experts of
 serve_config.yaml declare) in front of real vLLM tiny-model experts named and declared as there,
-plus one expert that declares nothing; in-place updates of what experts declare, with an outcome
-router added; and cancellation of abandoned expert calls, observed in the engines themselves."""
+plus two LoRA adapter experts on ``general``'s engine that declare nothing; in-place updates of
+what experts declare, with an outcome router added; adapters answering, streaming and taking part
+in fallback; and cancellation of abandoned expert calls, observed in the engines themselves."""
 
 from __future__ import annotations
 
@@ -35,9 +36,13 @@ def app():
 
     # Every decision by the model (no overload shedding), so batching is observable.
     args = tiny_app_args(expert_timeout_s=TIMEOUT_S, decisions={"max_queue_ms": 0})
-    # An expert that declares nothing: the shipped policy never routes to it until it declares.
-    undeclared = {"name": "translator", "description": "", "skills": [], "examples": [], "default": False}
-    args["experts"].append({**args["experts"][0], **undeclared})
+    # Two LoRA adapters of the tiny model on general's engine (deployments/model_store.py), experts
+    # that declare nothing: the shipped policy never routes to them until they declare.
+    sampling = args["experts"][0]["sampling"]
+    args["experts"] += [
+        {"name": "translator", "model": "builtin:tiny-llama-lora-a", "base": "general", "sampling": sampling},
+        {"name": "poet", "model": "builtin:tiny-llama-lora-b", "base": "general", "sampling": sampling},
+    ]
     base = run_local(args, port=free_port(), num_cpus=8)
     yield base, args
     stop_local()
@@ -139,6 +144,43 @@ def test_concurrent_decisions_are_batched_off_the_event_loop(app):
     assert decided == 48 and batches < 48  # some decisions shared a batch
 
 
+def chat(base: str, **body) -> httpx.Response:
+    return httpx.post(f"{base}/v1/chat/completions", json={"max_tokens": 8, **body}, timeout=60)
+
+
+def test_two_lora_adapters_on_one_engine_answer_as_two_experts_routed_and_streamed(app):
+    from ray import serve
+
+    base, _ = app
+    hello = [{"role": "user", "content": "Hello there, how are you?"}]
+    answers = {}
+    for name in ("general", "translator", "poet"):
+        reply = chat(base, model=name, messages=hello)
+        assert reply.status_code == 200 and reply.json()["expert"] == reply.headers["x-expert"] == name
+        answers[name] = reply.json()["choices"][0]["message"]["content"]
+    assert len(set(answers.values())) == 3, answers  # each adapter changes what the model writes
+    # Routed to an adapter (routing.experts), streamed: the same answer, chunk by chunk.
+    body = {
+        "model": "router",
+        "stream": True,
+        "messages": hello,
+        "max_tokens": 8,
+        "routing": {"experts": ["poet"]},
+    }
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as reply:
+        assert reply.status_code == 200 and reply.headers["x-expert"] == "poet"
+        chunks = [json.loads(line[6:]) for line in reply.iter_lines() if line.startswith("data: {")]
+    assert (
+        "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        == answers["poet"]
+    )
+    # One engine serves all three: the adapters have no deployment of their own.
+    deployments = serve.status().applications["expert-router"].deployments
+    assert {"expert:general", "expert:math"} <= set(deployments) and "expert:poet" not in deployments
+    models = {m["id"] for m in httpx.get(f"{base}/v1/models", timeout=30).json()["data"]}
+    assert {"translator", "poet"} <= models
+
+
 def engine_load(expert: str) -> int:
     from ray import serve
 
@@ -209,3 +251,17 @@ def test_an_expert_timeout_cancels_the_generation(app, long_prompt):
     assert reply.status_code == 503 and "no answer within" in reply.json()["error"]["message"]
     assert time.monotonic() - started < TIMEOUT_S + 2
     assert seconds_until_idle("general") < 0.75  # not the >= 1.5 s rest of the answer
+
+
+def test_a_routed_request_falls_back_to_a_lora_adapter_and_its_abandoned_call_is_cancelled(app, long_prompt):
+    """The last test of the module: the failed experts cool down."""
+    base, _ = app
+    prompt, _ = long_prompt
+    body = {"model": "router", "messages": [{"role": "user", "content": prompt}], **LONG}
+    reply = chat(base, **body, routing={"experts": ["math", "poet"]})
+    # math first (it declares a skill; poet declares nothing), then the adapter: both run past the
+    # expert timeout on this long answer, each attempt is cancelled in its engine.
+    assert reply.status_code == 503
+    message = reply.json()["error"]["message"]
+    assert message.index("math: no answer within") < message.index("poet: no answer within"), message
+    assert seconds_until_idle("general") < 0.75 and seconds_until_idle("math") < 0.75
