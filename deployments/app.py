@@ -7,7 +7,8 @@ from typing import Any
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 
-from deployments.experts import EXPERT_PREFIX, ExpertServer, expert_llm_config
+from deployments.experts import EXPERT_PREFIX, deployment
+from deployments.experts.vllm import ExpertServer, expert_llm_config
 from deployments.ingress import RouterIngress
 from router.config import AppConfig, ConfigError
 from router.policy import build_policy
@@ -35,13 +36,16 @@ def check_config(args: Any) -> tuple[AppConfig, dict[str, LLMConfig]]:
 
 def build_app(args: dict[str, Any]) -> Application:
     """Check the config, then bind one LLMServer deployment per local expert into the router
-    ingress; a LoRA adapter expert is answered by its base's deployment."""
+    ingress, under the name of every expert it answers for (a LoRA adapter expert: its base's)."""
     config, engines = check_config(args)
     experts = {
         name: build_llm_deployment(engine, name_prefix=EXPERT_PREFIX, deployment_cls=ExpertServer)
         for name, engine in engines.items()
     }
-    experts |= {e.name: experts[e.base] for e in config.experts if e.kind == "lora"}
+    by_deployment = {EXPERT_PREFIX + name: bound for name, bound in experts.items()}
+    experts = {
+        e.name: by_deployment[name] for e in config.experts if (name := deployment(e, config)) is not None
+    }
     ingress = config.ingress
     actor_options = {"num_cpus": ingress.num_cpus, "runtime_env": {"env_vars": ingress.env_vars}}
     if ingress.resources:

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.experts import EXPERT_PREFIX
+from deployments.experts import deployment
 from deployments.gpu_status import gpu_status
 from deployments.openai_api import ChatRequest, RouterFields, TextCompletionRequest
 from deployments.router_core import APIError, ExpertRouter
@@ -181,13 +181,17 @@ class RouterIngress(ExpertRouter):
                 routers = max(int((own or {}).get("RUNNING", 1)), 1)
                 for expert in self.config.experts:
                     self.load.state[expert.name].routers = routers
-                    states = getattr(deployments.get(EXPERT_PREFIX + expert.name), "replica_states", None)
+                    answering = deployment(expert, self.config)  # a LoRA adapter's: its base's
+                    states = (
+                        getattr(deployments.get(answering), "replica_states", None) if answering else None
+                    )
                     if states is None:
                         continue
                     running = int(states.get("RUNNING", 0))
+                    scaling = self.config.serving(expert.name).autoscaling
                     self.load.state[expert.name].replicas = max(running, 1)
-                    self.can_scale[expert.name] = running < expert.autoscaling.max_replicas
-                    if running == 0 and expert.autoscaling.min_replicas > 0:
+                    self.can_scale[expert.name] = running < scaling.max_replicas
+                    if running == 0 and scaling.min_replicas > 0:
                         self.lost.add(expert.name)
                     else:
                         self.lost.discard(expert.name)

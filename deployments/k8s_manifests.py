@@ -12,7 +12,7 @@ Files written into ``--out``:
   the same expert definitions;
 - ``pvc.yaml``: the shared volume for the model cache, datasets, tables and router artifacts.
 
-A GPU worker pod holds the largest expert replica, sized as ``deployments/experts.py`` places it.
+A GPU worker pod holds the largest expert replica, sized as ``deployments/experts/vllm.py`` places it.
 Needs neither Ray nor vLLM.
 """
 
@@ -80,7 +80,7 @@ class GpuGroup:
 
 
 def replica_gpus(expert: ExpertConfig) -> float:
-    """GPUs one replica of a GPU expert reserves, as ``deployments/experts.py`` places it: a bundle of
+    """GPUs one replica of a GPU expert reserves, as ``deployments/experts/vllm.py`` places it: a bundle of
     ``num_gpus`` (default 1) per tensor x pipeline parallel worker."""
     kwargs = expert.engine_kwargs
     workers = int(kwargs.get("tensor_parallel_size", 1)) * int(kwargs.get("pipeline_parallel_size", 1))

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from fastapi.responses import JSONResponse
 
+from deployments.experts import clients
 from deployments.metrics import RouterMetrics
 from deployments.openai_api import ChatRequest, RouterFields
-from deployments.remote_expert import RemoteExpert
 from router.batching import MicroBatcher
 from router.config import ROUTER_MODEL_NAME, AppConfig, ExpertConfig, PolicyConfig, RouterUserConfig
 from router.encoder import set_inference_threads
@@ -205,8 +205,7 @@ class ExpertRouter:
         self.use_policy(self.config.policy, *self.load_policy(self.config.policy))
         self.shed = 0
         self.shed_by_tier: Counter[str] = Counter()
-        remote = {e.name: RemoteExpert(e) for e in self.config.experts if e.kind == "remote"}
-        experts = {**experts, **remote}
+        experts = {**experts, **clients(self.config)}
         self._experts = experts
         self._abilities = {name: self.config.abilities(name) for name in self.config.expert_names}
         capacities = {

@@ -140,7 +140,7 @@ def test_expert_capabilities_follow_the_engine_settings_unless_configured(expert
 
 
 def test_llm_config_reaches_ray_serve_llm_merged_and_validated_by_it():
-    from deployments.experts import expert_llm_config
+    from deployments.experts.vllm import expert_llm_config
     from router.config import ExpertConfig
 
     expert = ExpertConfig(
@@ -170,7 +170,7 @@ def test_a_wrong_llm_config_stops_the_start_naming_the_expert():
 
 
 def test_hub_models_may_download_local_ones_stay_offline():
-    from deployments.experts import expert_llm_config
+    from deployments.experts.vllm import expert_llm_config
     from router.config import ExpertConfig
 
     def env(model: str) -> dict:
@@ -188,7 +188,7 @@ def test_the_gpu_config_turns_tools_on_for_the_models_that_call_tools():
 
 def test_placement_resources_reach_the_expert_bundle_and_the_router_replicas():
     from deployments.app import build_app
-    from deployments.experts import expert_llm_config
+    from deployments.experts.vllm import expert_llm_config
     from router.config import ExpertConfig
 
     cpu = ExpertConfig(name="a", model="builtin:tiny-llama", resources={"expert_node": 1})

@@ -84,7 +84,7 @@ def servers():
     from ray.serve.llm import build_openai_app
 
     from deployments.app import build_app
-    from deployments.experts import expert_llm_config
+    from deployments.experts.vllm import expert_llm_config
     from deployments.launch import start_local_ray
     from router.config import ExpertConfig
 

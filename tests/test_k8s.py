@@ -235,7 +235,7 @@ def test_the_generate_entrypoint_parses_with_the_cli():
 
 def test_replica_gpus_is_what_ray_serve_llm_reserves():
     """The sizing rule against the placement bundles ray.serve.llm builds for the experts (imports vLLM)."""
-    from deployments.experts import expert_llm_config
+    from deployments.experts.vllm import expert_llm_config
 
     shapes = [
         {"engine_kwargs": {"tensor_parallel_size": 2}},

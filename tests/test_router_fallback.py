@@ -291,7 +291,7 @@ def test_an_abandoned_expert_call_is_cancelled_on_timeout_and_fallback():
 
 def test_cancelling_a_remote_answer_closes_it():
     """A remote expert's reply stream closes on cancel(), which ends its HTTP request."""
-    from deployments.remote_expert import _Replies
+    from deployments.experts.remote import _Replies
 
     closed = []
 

@@ -148,12 +148,14 @@ class ExpertCalls:
     ):
         from ray import serve
 
+        from deployments.experts import deployment
+
         self.config = AppConfig.parse(config)
         self.seed, self.max_tokens, self.nll_only = seed, max_tokens, nll_only
         self.handles = {
-            e.name: serve.get_deployment_handle(
-                f"expert:{self.config.serving(e.name).name}", app_name=app_name
-            ).options(stream=True)
+            e.name: serve.get_deployment_handle(deployment(e, self.config), app_name=app_name).options(
+                stream=True
+            )
             for e in self.config.experts
         }
         self.tokenizers: dict[str, Any] = {}
@@ -316,7 +318,9 @@ def generate(
 
     remote = [e.name for e in config.experts if e.kind == "remote"]
     if remote:  # the reference NLL needs the engine's prompt logprobs and the model's tokenizer
-        raise ValueError(f"phase 1 runs local (vLLM) experts only; remote experts: {', '.join(remote)}")
+        raise ValueError(
+            f"phase 1 runs experts served here (vLLM, LoRA) only; remote experts: {', '.join(remote)}"
+        )
     out = Path(out)
     queries = load_instructions(data, limit_per_domain, limit, seed)
     parts = PartStore(out.with_name(out.name + ".parts"))

@@ -1,8 +1,8 @@
-"""One Ray Serve deployment per expert: ``ray.serve.llm``'s LLMServer running vLLM."""
+"""A local expert: its own autoscaled Ray Serve deployment, ``ray.serve.llm``'s LLMServer running
+vLLM (with the LoRA adapters of the app's adapter experts that name it as their base)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,8 +10,9 @@ from typing import Any
 from pydantic import ValidationError
 from ray.serve.llm import LLMConfig, LLMServer
 
+from deployments.experts import EXPERT_PREFIX, lora
 from deployments.model_store import resolve_model
-from router.config import ExpertConfig
+from router.config import AppConfig, ExpertConfig
 
 # Engine environment every expert gets unless its config says otherwise. HF_HUB_OFFLINE only where
 # the model is a local folder (builtin models too): hub ids are downloaded by the engine, with the
@@ -19,8 +20,14 @@ from router.config import ExpertConfig
 _BASE_ENV = {"TOKENIZERS_PARALLELISM": "false"}
 _LOCAL_MODEL_ENV = {"HF_HUB_OFFLINE": "1"}
 _CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
-EXPERT_PREFIX = "expert:"
-"""Deployment names are ``expert:<name>``."""
+
+
+def deployment(expert: ExpertConfig, config: AppConfig) -> str:
+    return EXPERT_PREFIX + expert.name
+
+
+def client(expert: ExpertConfig) -> None:
+    return None
 
 
 def _autoscaling(expert: ExpertConfig) -> dict[str, Any]:
@@ -34,44 +41,6 @@ def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         nested = isinstance(value, dict) and isinstance(out.get(key), dict)
         out[key] = merged(out[key], value) if nested else value
     return out
-
-
-LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-"""The ``max_lora_rank`` values vLLM accepts."""
-
-
-def _lora_module(name: str, path: str) -> Any:
-    """vLLM's static LoRA module entry (its OpenAI frontend loads these at engine start)."""
-    try:
-        from vllm.entrypoints.openai.models.protocol import LoRAModulePath
-    except ImportError:  # vLLM before the entrypoints were reorganised
-        from vllm.entrypoints.openai.serving_models import LoRAModulePath
-    return LoRAModulePath(name=name, path=path)
-
-
-def _adapter_rank(path: str) -> int:
-    """The largest LoRA rank of a local PEFT adapter (``r``, ``rank_pattern``); 16 if unreadable."""
-    try:
-        config = json.loads((Path(path) / "adapter_config.json").read_text())
-    except (OSError, ValueError):
-        return 16
-    return max([int(config.get("r", 16)), *map(int, (config.get("rank_pattern") or {}).values())])
-
-
-def lora_engine_kwargs(adapters: Sequence[ExpertConfig]) -> dict[str, Any]:
-    """Engine arguments that serve ``adapters`` (LoRA adapter experts) on one vLLM engine beside its
-    base model: each is a static LoRA module named after its expert, so a request whose ``model``
-    is the expert's name runs through its adapter."""
-    if not adapters:
-        return {}
-    paths = {a.name: resolve_model(a.model) for a in adapters}
-    rank = max(_adapter_rank(p) for p in paths.values())
-    return {
-        "enable_lora": True,
-        "max_loras": len(adapters),
-        "max_lora_rank": min(r for r in LORA_RANKS if r >= rank),
-        "lora_modules": [_lora_module(name, path) for name, path in paths.items()],
-    }
 
 
 def expert_llm_config(expert: ExpertConfig, adapters: Sequence[ExpertConfig] = ()) -> LLMConfig:
@@ -94,7 +63,7 @@ def expert_llm_config(expert: ExpertConfig, adapters: Sequence[ExpertConfig] = (
         # On CPU the engine's placement bundle carries the expert's CPUs; the replica adds none.
         "ray_actor_options": {"num_cpus": 0 if on_cpu else expert.num_cpus},
     }
-    engine_kwargs = {"enforce_eager": on_cpu, **lora_engine_kwargs(adapters), **expert.engine_kwargs}
+    engine_kwargs = {"enforce_eager": on_cpu, **lora.engine_kwargs(adapters), **expert.engine_kwargs}
     kwargs: dict[str, Any] = {}
     if on_cpu:
         kwargs["accelerator_config"] = {"kind": "cpu"}

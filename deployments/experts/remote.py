@@ -20,7 +20,15 @@ from typing import Any
 
 import httpx
 
-from router.config import ExpertConfig
+from router.config import AppConfig, ExpertConfig
+
+
+def deployment(expert: ExpertConfig, config: AppConfig) -> None:
+    return None
+
+
+def client(expert: ExpertConfig) -> RemoteExpert:
+    return RemoteExpert(expert)
 
 
 class _Method:
