@@ -17,7 +17,7 @@ from router.trained import export_onnx, load_router
 from tests.conftest import REPO, SHARED_DATA, domain_table
 from training.train import fit_local
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # BERT fine-tunes, ONNX exports
 
 TEXTS = ["x", "What is 17 times 23?", "Explain photosynthesis in one paragraph. " * 3, "word " * 400]
 

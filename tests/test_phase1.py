@@ -19,7 +19,7 @@ import pytest
 from router.config import load_serve_config
 from tests.conftest import REPO, SHARED_DATA
 
-pytestmark = [pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 CONFIG_PATH = REPO / "configs/tiny_cpu.yaml"
 CONFIG = load_serve_config(CONFIG_PATH)

@@ -118,7 +118,7 @@ def matrices():
         ("pointwise", {"features": "embedding+stats"}),
         ("pointwise", {"features": "tfidf+stats"}),
         ("ensemble", {}),
-        ("bert", {"epochs": 2, "max_length": 64}),
+        pytest.param("bert", {"epochs": 2, "max_length": 64}, marks=pytest.mark.slow),
     ],
 )
 def test_each_router_learns_the_domain_signal_and_round_trips(kind, config, matrices, tmp_path):
@@ -152,6 +152,7 @@ def kill_at_first_checkpoint(runs: Path, process_marker: str, killed: list[int])
             return
 
 
+@pytest.mark.slow
 def test_ray_train_job_on_two_cpu_workers_survives_a_killed_worker(tmp_path):
     """Ray Train on two CPU workers; one worker process is killed after the first epoch's
     checkpoint: the run restarts its workers from the last checkpoint and finishes every epoch."""

@@ -26,7 +26,7 @@ from deployments.openai_api import ChatRequest, TextCompletionRequest
 from tests.conftest import free_port
 from tests.wrong_types import CHAT_BASES, COMPLETION_BASES, OVER_HTTP, body_keys, names_the_field
 
-pytestmark = [pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 KEYS = ("key-one", "key-two")
 AUTH = {"Authorization": f"Bearer {KEYS[1]}"}

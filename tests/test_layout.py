@@ -1,0 +1,64 @@
+"""The floors of the code: ``router/`` (routing, no Ray) < ``deployments/`` (Ray Serve) <
+``training/`` (data, training, evaluation). Nothing imports a floor above its own, anywhere in a
+module (function-level imports included), and the router's serving modules import no torch."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ABOVE = {
+    "router": {"deployments", "training", "ray", "vllm"},
+    "deployments": {"training"},
+}
+"""Packages each floor must not import: the floors above it (and, for router/, Ray and vLLM)."""
+TORCH_ALLOWED = {
+    "router/neural.py",  # training loops of the neural kinds
+    "router/bert_model.py",  # BERT-Router's torch module (training, export)
+    "router/pooling.py",
+    "router/onnx_encoder.py",  # the ONNX export
+    "router/encoder.py",  # the torch fallback when no ONNX export is there
+    "router/kinds/mlp.py",  # MLP-Router scores with torch
+    "router/kinds/bert.py",
+}
+"""router/ modules that may import torch; every other one is torch-free (the shipped policy's path)."""
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((REPO / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", sorted(ABOVE))
+def test_no_module_imports_a_floor_above_its_own(package):
+    upward = [
+        f"{path.relative_to(REPO)}:{line} imports {name}"
+        for path in modules(package)
+        for line, name in imports(path)
+        if name.split(".")[0] in ABOVE[package]
+    ]
+    assert not upward, "\n".join(upward)
+
+
+def test_the_routers_serving_modules_import_no_torch():
+    found = [
+        f"{path.relative_to(REPO)}:{line} imports {name}"
+        for path in modules("router")
+        if str(path.relative_to(REPO)) not in TORCH_ALLOWED
+        for line, name in imports(path)
+        if name.split(".")[0] == "torch"
+    ]
+    assert not found, "\n".join(found)
