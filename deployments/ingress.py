@@ -292,7 +292,8 @@ class RouterIngress(ExpertRouter):
                 {
                     "name": e.name,
                     "model": e.model,
-                    "accelerator": e.accelerator,
+                    "kind": e.kind,
+                    "accelerator": self.config.serving(e.name).accelerator,
                     "price": e.price.model_dump(),
                     "routed_by_policy": e.name not in self.policy.unscored,
                 }

@@ -115,8 +115,9 @@ def gpu_group(config: AppConfig, opts: Options) -> GpuGroup:
 
 def check_cpus(config: AppConfig, opts: Options) -> None:
     """ConfigError unless every replica fits the CPUs of the worker pods it runs on."""
-    on_gpu = [e.num_cpus for e in config.experts if e.accelerator == "gpu"]
-    on_cpu = [config.ingress.num_cpus] + [e.num_cpus for e in config.experts if e.accelerator == "cpu"]
+    local = [e for e in config.experts if e.kind == "vllm"]  # remote and LoRA experts have no replica
+    on_gpu = [e.num_cpus for e in local if e.accelerator == "gpu"]
+    on_cpu = [config.ingress.num_cpus] + [e.num_cpus for e in local if e.accelerator == "cpu"]
     for needs, cpus, kind in ((on_gpu, opts.gpu_worker_cpus, "GPU"), (on_cpu, opts.cpu_worker_cpus, "CPU")):
         if needs and max(needs) > cpus:
             raise ConfigError(f"a replica needs {max(needs)} CPUs, more than the {cpus} of a {kind} worker")

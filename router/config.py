@@ -108,8 +108,6 @@ content parts."""
 Skill = Literal["general", "math", "code", "biomedical", "science"]
 """The builtin skills an expert may declare (router/skills.py; policy ``declared``)."""
 
-TOOL_ENGINE_ARGS = ("enable_auto_tool_choice", "tool_call_parser")
-
 ExpertKind = Literal["vllm", "remote", "lora"]
 ENGINE_FIELDS = (
     "endpoint",
@@ -125,7 +123,6 @@ ENGINE_FIELDS = (
     "max_ongoing_requests",
 )
 """Fields that set up an expert's own engine: a LoRA adapter expert has none (its base's serve it)."""
-"""vLLM frontend arguments an expert's engine needs before it accepts ``tools``."""
 
 
 class Declaration(_Strict):
@@ -155,11 +152,13 @@ class Declaration(_Strict):
 
 
 class ExpertConfig(Declaration):
-    """One expert LLM: its own autoscaled Ray Serve deployment running vLLM."""
+    """One expert LLM: its own autoscaled Ray Serve deployment running vLLM, a remote
+    OpenAI-compatible endpoint (``endpoint``), or a LoRA adapter on another expert's engine (``base``)."""
 
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
-        description="The expert's name: its model id in the API, its deployment 'expert:<name>'.",
+        description="The expert's name: its model id in the API (and its deployment 'expert:<name>', "
+        "when it has one).",
     )
     model: str = Field(
         min_length=1,
@@ -449,12 +448,19 @@ class AppConfig(_Strict):
     @field_validator("experts")
     @classmethod
     def _adapters_have_local_bases(cls, experts: list[ExpertConfig]) -> list[ExpertConfig]:
-        engines = {e.name for e in experts if e.kind == "vllm"}
+        engines = {e.name: e for e in experts if e.kind == "vllm"}
         for e in experts:
-            if e.base is not None and e.base not in engines:
+            if e.base is None:
+                continue
+            if e.base not in engines:
                 raise ValueError(
                     f"expert '{e.name}': base '{e.base}' must name a local (vLLM) expert of this "
                     f"app; local experts: {', '.join(sorted(engines)) or 'none'}"
+                )
+            if "tools" in (e.capabilities or ()) and not engines[e.base].parses_tool_calls:
+                raise ValueError(
+                    f"expert '{e.name}': capabilities 'tools' needs its base '{e.base}' to parse tool "
+                    "calls (engine_kwargs enable_auto_tool_choice: true and a tool_call_parser)"
                 )
         return experts
 

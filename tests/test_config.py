@@ -336,6 +336,8 @@ def test_every_config_example_in_the_docs_validates(block, tmp_path):
     experts = doc if isinstance(doc, list) else doc.get("experts", [])
     for expert in experts:
         ExpertConfig.model_validate(expert)
+    if any("base" in expert for expert in experts):  # adapters name their base among the others
+        AppConfig.model_validate({"experts": experts})
     parts = {"policy": PolicyConfig, "ingress": IngressConfig}
     for key, model in parts.items():
         if isinstance(doc, dict) and key in doc:
@@ -393,6 +395,10 @@ def test_lora_adapter_experts_run_on_their_base_engine():
         ),
         ({"base": "base", "num_cpus": 2, "autoscaling": {"max_replicas": 3}}, "set num_cpus, autoscaling on"),
         ({"base": "base", "endpoint": {"base_url": "https://x.org"}}, "set endpoint on expert 'base'"),
+        (
+            {"base": "base", "capabilities": ["tools"]},
+            "capabilities 'tools' needs its base 'base' to parse tool",
+        ),
     ],
 )
 def test_a_lora_adapter_expert_needs_a_local_base_and_no_engine_of_its_own(adapter, message):

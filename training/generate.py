@@ -75,14 +75,17 @@ def load_instructions(
     return df[cols].astype({c: "string" for c in cols}).fillna("").reset_index(drop=True)
 
 
-ANSWER_FIELDS = {"model", "system_prompt", "engine_kwargs", "llm_config", "sampling", "env_vars"}
+ANSWER_FIELDS = {"model", "base", "system_prompt", "engine_kwargs", "llm_config", "sampling", "env_vars"}
 """What an expert's answers depend on (its price does not: costs are recomputed from tokens)."""
 
 
-def expert_fingerprint(expert: ExpertConfig) -> str:
-    """A short hash of the expert's :data:`ANSWER_FIELDS`: rows made under another one are stale."""
-    fields = json.dumps(expert.model_dump(mode="json", include=ANSWER_FIELDS), sort_keys=True)
-    return hashlib.sha256(fields.encode()).hexdigest()[:16]
+def expert_fingerprint(expert: ExpertConfig, config: AppConfig | None = None) -> str:
+    """A short hash of the expert's :data:`ANSWER_FIELDS` (a LoRA adapter's: with its base's, from
+    ``config``): rows made under another one are stale."""
+    fields = expert.model_dump(mode="json", include=ANSWER_FIELDS)
+    if expert.base is not None and config is not None:
+        fields["engine"] = config.serving(expert.name).model_dump(mode="json", include=ANSWER_FIELDS)
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class PartStore:
@@ -324,7 +327,7 @@ def generate(
     out = Path(out)
     queries = load_instructions(data, limit_per_domain, limit, seed)
     parts = PartStore(out.with_name(out.name + ".parts"))
-    fingerprints = {e.name: expert_fingerprint(e) for e in config.experts}
+    fingerprints = {e.name: expert_fingerprint(e, config) for e in config.experts}
     todo = pending_pairs(queries, config.expert_names, parts.done(fingerprints))
     total, finished = len(queries) * len(config.experts), len(queries) * len(config.experts) - len(todo)
     if finished:

@@ -3,7 +3,7 @@
 An ``Expert`` is called the way a Ray Serve DeploymentHandle to ``ray.serve.llm``'s LLMServer is:
 ``.options(stream=True)``, then ``.chat.remote(request)`` / ``.completions.remote(request)`` (an
 async iterator of replies with ``cancel()``) and ``.check_health.remote()``. How an expert is
-served is its kind (``ExpertConfig.kind``), one module each, found in ``KINDS``:
+served is its kind (``ExpertConfig.kind``), one module each, found by :func:`kind`:
 
 - ``vllm`` (``vllm.py``): its own autoscaled Serve deployment, ``expert:<name>``, running vLLM;
 - ``remote`` (``remote.py``): an OpenAI-compatible endpoint the router calls itself;
@@ -12,7 +12,7 @@ served is its kind (``ExpertConfig.kind``), one module each, found in ``KINDS``:
 A kind module exports ``deployment(expert, config)``, the name of the Serve deployment that answers
 for the expert (``None``: nobody's, the router calls it directly), and ``client(expert)``, the
 router's direct client of it (``None`` when a deployment answers). Adding a kind is adding its
-module, one line in ``KINDS`` and its name in ``router.config.ExpertKind``.
+module, one line in :func:`kind` and its name in ``router.config.ExpertKind``.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ def _lora_module(name: str, path: str) -> Any:
 
 
 def _adapter_rank(path: str) -> int:
-    """The largest LoRA rank of a local PEFT adapter (``r``, ``rank_pattern``); 16 if unreadable."""
+    """The largest LoRA rank of a local PEFT adapter (``r``, ``rank_pattern``); 16 (vLLM's default)
+    for a hub id, whose adapter_config.json is not read before the engine starts."""
     try:
         config = json.loads((Path(path) / "adapter_config.json").read_text())
     except (OSError, ValueError):
@@ -49,6 +50,8 @@ def engine_kwargs(adapters: Sequence[ExpertConfig]) -> dict[str, Any]:
         return {}
     paths = {a.name: resolve_model(a.model) for a in adapters}
     rank = max(_adapter_rank(p) for p in paths.values())
+    if rank > LORA_RANKS[-1]:
+        raise ValueError(f"LoRA rank {rank} is over vLLM's largest max_lora_rank, {LORA_RANKS[-1]}")
     return {
         "enable_lora": True,
         "max_loras": len(adapters),

@@ -49,11 +49,12 @@ def expert_llm_config(expert: ExpertConfig, adapters: Sequence[ExpertConfig] = (
     validates the result (ValueError if wrong)."""
     on_cpu = expert.accelerator == "cpu"
     source = resolve_model(expert.model)
+    local = [source, *(resolve_model(a.model) for a in adapters)]  # offline only if all are folders
     # Unbounded, vLLM on CPU claims ~92% of RAM and fails: bound the KV cache unless the config does.
     bounded = "kv_cache_memory_bytes" in expert.all_engine_kwargs
     env = {
         **_BASE_ENV,
-        **(_LOCAL_MODEL_ENV if Path(source).is_dir() else {}),
+        **(_LOCAL_MODEL_ENV if all(Path(m).is_dir() for m in local) else {}),
         **(_CPU_ENV if on_cpu and not bounded else {}),
         **expert.env_vars,
     }
