@@ -38,13 +38,14 @@ def build_app(args: dict[str, Any]) -> Application:
     """Check the config, then bind one LLMServer deployment per local expert into the router
     ingress, under the name of every expert it answers for (a LoRA adapter expert: its base's)."""
     config, engines = check_config(args)
-    experts = {
-        name: build_llm_deployment(engine, name_prefix=EXPERT_PREFIX, deployment_cls=ExpertServer)
+    deployments = {
+        EXPERT_PREFIX + name: build_llm_deployment(
+            engine, name_prefix=EXPERT_PREFIX, deployment_cls=ExpertServer
+        )
         for name, engine in engines.items()
     }
-    by_deployment = {EXPERT_PREFIX + name: bound for name, bound in experts.items()}
     experts = {
-        e.name: by_deployment[name] for e in config.experts if (name := deployment(e, config)) is not None
+        e.name: deployments[name] for e in config.experts if (name := deployment(e, config)) is not None
     }
     ingress = config.ingress
     actor_options = {"num_cpus": ingress.num_cpus, "runtime_env": {"env_vars": ingress.env_vars}}

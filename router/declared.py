@@ -119,9 +119,10 @@ class DeclaredPolicy(RoutingPolicy):
             for c in configs
         ]
         self.skills = [[SKILLS.index(s) for s in d.skills] for d in declared]
-        self.examples = [self.model.encoder.embed(read_examples(d.examples)) for d in declared]
+        embed = self.model.encoder.embed
+        self.examples = [self.model.centred(embed(read_examples(d.examples))) for d in declared]
         self.described = [
-            self.model.encoder.embed([d.description])[0]
+            self.model.centred(embed([d.description]))[0]
             if d.description.strip() and not d.skills and not len(x)
             else None
             for d, x in zip(declared, self.examples)
@@ -155,15 +156,16 @@ class DeclaredPolicy(RoutingPolicy):
         otherwise claim every general query.)"""
         embedded, ngrams = self.model.features(texts)
         probabilities = self.model.skill_probabilities(embedded, ngrams)
+        centred = self.model.centred(embedded)
         specific = np.zeros((len(texts), len(self.experts)), np.float32)
         skill = np.zeros_like(specific)
         for j in range(len(self.experts)):
             if self.skills[j]:
                 skill[:, j] = probabilities[:, self.skills[j]].max(axis=1)
             if len(self.examples[j]):
-                specific[:, j] = self.model.example_match(embedded, self.examples[j])
+                specific[:, j] = self.model.example_match(centred, self.examples[j])
             if self.described[j] is not None:
-                specific[:, j] = self.model.description_match(embedded, self.described[j])
+                specific[:, j] = self.model.description_match(centred, self.described[j])
         others = np.zeros_like(specific)
         for j in range(len(self.experts)):
             rest = np.delete(specific, j, axis=1)

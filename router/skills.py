@@ -139,20 +139,22 @@ class SkillModel:
         return p / p.sum(axis=1, keepdims=True)
 
     def example_match(self, embedded: np.ndarray, examples: np.ndarray) -> np.ndarray:
-        """(n,) probability that each query is of the kind of ``examples`` ((k, d) unit vectors):
-        the calibrated mean cosine to its nearest few examples."""
+        """(n,) probability that each query is of the kind of ``examples`` ((k, d)): the calibrated
+        mean cosine to its nearest few examples. Queries and examples both as :meth:`centred` gives
+        them (examples centred once, when the policy is built)."""
         if not len(examples):
             return np.zeros(len(embedded), np.float32)
         nearest = min(int(self.meta["examples"]["nearest"]), len(examples))
-        cos = self.centred(embedded) @ self.centred(examples).T
+        cos = embedded @ examples.T
         top = -np.sort(-cos, axis=1)[:, :nearest].mean(axis=1)
         a, b = self.meta["examples"]["calibration"]
         return sigmoid(a * top + b)
 
     def description_match(self, embedded: np.ndarray, description: np.ndarray) -> np.ndarray:
-        """(n,) probability that each query is what a one-line ``description`` ((d,)) says."""
+        """(n,) probability that each query is what a one-line ``description`` ((d,)) says; both as
+        :meth:`centred` gives them."""
         a, b = self.meta["description"]["calibration"]
-        return sigmoid(a * (self.centred(embedded) @ self.centred(description)) + b)
+        return sigmoid(a * (embedded @ description) + b)
 
 
 WARM_QUERIES = "warm_queries.json"

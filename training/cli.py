@@ -291,20 +291,12 @@ def parser() -> argparse.ArgumentParser:
     skills.add_argument("--dims", type=int, help="reduce the static embeddings to this size by PCA")
     from training.skills import ALLOWED_AUGMENTATIONS, ALLOWED_FEATURES, AUGMENTATIONS, FEATURE_SETS
 
-    skills.add_argument(
-        "--features",
-        nargs="+",
-        choices=list(FEATURE_SETS),
-        default=list(ALLOWED_FEATURES),
-        help="feature sets the model may use (all are scored; default: those within 1 ms a query)",
-    )
-    skills.add_argument(
-        "--augmentation",
-        nargs="+",
-        choices=list(AUGMENTATIONS),
-        default=list(ALLOWED_AUGMENTATIONS),
-        help="training augmentations the model may use (all are scored; see docs/results/declared_routing)",
-    )
+    for flag, choices, allowed, what in (
+        ("--features", FEATURE_SETS, ALLOWED_FEATURES, "feature sets (default: those within 1 ms a query)"),
+        ("--augmentation", AUGMENTATIONS, ALLOWED_AUGMENTATIONS, "training augmentations"),
+    ):
+        help_ = f"{what} the model may choose among (all are scored; docs/results/declared_routing)"
+        skills.add_argument(flag, nargs="+", choices=list(choices), default=list(allowed), help=help_)
     skills.set_defaults(func=_skills)
 
     for name, func, helptext in (

@@ -79,11 +79,11 @@ ANSWER_FIELDS = {"model", "base", "system_prompt", "engine_kwargs", "llm_config"
 """What an expert's answers depend on (its price does not: costs are recomputed from tokens)."""
 
 
-def expert_fingerprint(expert: ExpertConfig, config: AppConfig | None = None) -> str:
+def expert_fingerprint(expert: ExpertConfig, config: AppConfig) -> str:
     """A short hash of the expert's :data:`ANSWER_FIELDS` (a LoRA adapter's: with its base's, from
     ``config``): rows made under another one are stale."""
     fields = expert.model_dump(mode="json", include=ANSWER_FIELDS)
-    if expert.base is not None and config is not None:
+    if expert.base is not None:
         fields["engine"] = config.serving(expert.name).model_dump(mode="json", include=ANSWER_FIELDS)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
