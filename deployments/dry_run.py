@@ -20,8 +20,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from deployments.dispatch import RoutingError, routing_question
 from deployments.openai_api import ChatRequest
-from deployments.router_core import routing_question
 from router.config import AppConfig, ConfigError, field_path
 from router.policy import RouteRequest, RoutingPolicy, build_policy
 
@@ -110,7 +110,7 @@ def read_queries(path: str | Path, config: AppConfig, fmt: str = "auto") -> tupl
                 for e in exc.errors()[:3]
             ]
             problems.append(f"{path}:{number}: {'; '.join(said)}")
-        except ValueError as exc:
+        except (ValueError, RoutingError) as exc:
             problems.append(f"{path}:{number}: {exc}")
     if problems:
         shown = problems[:MAX_REPORTED]

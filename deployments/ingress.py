@@ -1,10 +1,11 @@
-"""The router deployment, which is also the FastAPI ingress (saves a ~2.5 ms handle hop).
+"""The HTTP layer: the router's Serve deployment, which is also the FastAPI ingress (saves a
+~2.5 ms handle hop), holding a :class:`~deployments.dispatch.Dispatcher` that does the routing.
 
 Routes: ``POST /predict`` (the seed's shape), ``POST /v1/chat/completions`` and ``POST
 /v1/completions`` (OpenAI, the whole request passed to the expert; ``model`` = ``"router"`` routes,
 an expert's name bypasses routing), ``GET /v1/models``, ``GET /health``, ``GET /ready``,
 ``GET /status`` (experts, policy, live load per expert, GPUs via gpustat). Errors are OpenAI-style
-JSON.
+JSON: :data:`ERRORS` maps each of the dispatcher's refusals to its status, type and code.
 :class:`RequestGuard` applies ``ingress.security``: API keys, body size, CORS.
 """
 
@@ -22,14 +23,62 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.experts import deployment
+from deployments import dispatch
+from deployments.dispatch import Dispatcher, RoutingError
 from deployments.gpu_status import gpu_status
-from deployments.openai_api import ChatRequest, RouterFields, TextCompletionRequest
-from deployments.router_core import APIError, ExpertRouter
+from deployments.openai_api import (
+    ChatRequest,
+    ErrorBody,
+    ErrorInfo,
+    ModelList,
+    RouterFields,
+    TextCompletionRequest,
+)
 from router.config import field_path
-from router.schemas import ModelList
 
 logger = logging.getLogger("ray.serve")
+
+
+class APIError(Exception):
+    """An error the client sees as OpenAI-style JSON."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.info = status, ErrorInfo(message=message, type=type_, code=code, param=param)
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        body = ErrorBody(error=self.info).model_dump()
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+ERRORS: dict[type[RoutingError], tuple[int, str, str | None]] = {
+    dispatch.NoCapableExpert: (400, "invalid_request_error", "capability_unsupported"),
+    dispatch.InvalidRequest: (400, "invalid_request_error", None),
+    dispatch.UnknownModel: (404, "invalid_request_error", "model_not_found"),
+    dispatch.ExpertsOverloaded: (429, "rate_limit_error", "experts_overloaded"),
+    dispatch.LatencyObjectiveUnmet: (503, "service_unavailable", "latency_objective_unmet"),
+    dispatch.ExpertsUnavailable: (503, "service_unavailable", "experts_unavailable"),
+}
+"""The status, type and code of each kind of refusal (the most specific class listed first)."""
+
+
+def api_error(exc: RoutingError) -> APIError:
+    """The HTTP error of one of the dispatcher's refusals."""
+    status, type_, code = next(v for kind, v in ERRORS.items() if isinstance(exc, kind))
+    retry = getattr(exc, "retry_after_s", None)
+    headers = {"retry-after": f"{retry:g}"} if retry is not None else None
+    return APIError(status, str(exc), type_, code=code, param=exc.param, headers=headers)
+
+
 app = FastAPI(title="expert-router", version="0.1.0")
 OPEN_PATHS = {"/health", "/ready"}
 """Probes answer without an API key."""
@@ -120,6 +169,11 @@ async def _api_error(request: Request, exc: APIError) -> JSONResponse:
     return exc.response()
 
 
+@app.exception_handler(RoutingError)
+async def _routing_error(request: Request, exc: RoutingError) -> JSONResponse:
+    return await _api_error(request, api_error(exc))
+
+
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     _count_error(request.app, "invalid_request_error")
@@ -153,51 +207,40 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 @serve.deployment(name="router")
 @serve.ingress(app)
-class RouterIngress(ExpertRouter):
-    """HTTP routes over :class:`ExpertRouter`; one replica holds every expert's handle."""
+class RouterIngress:
+    """HTTP routes over one :class:`Dispatcher`; one replica holds every expert's handle."""
 
     def __init__(self, config: dict[str, Any], experts: dict[str, Any]):
-        super().__init__(config, experts)
-        security = self.config.ingress.security
+        self.dispatcher = Dispatcher(config, experts)
+        security = self.dispatcher.config.ingress.security
         keys = os.environ.get(security.api_keys_env, "") if security.api_keys_env else ""
         if security.api_keys_env and not keys.strip():
             raise ValueError(f"ingress.security.api_keys_env: ${security.api_keys_env} holds no keys")
-        app.state.security, app.state.metrics = security, self.metrics
+        app.state.security, app.state.metrics = security, self.dispatcher.metrics
         app.state.api_keys = [k.strip().encode() for k in keys.split(",") if k.strip()]
         self._monitor: asyncio.Task | None = None
 
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve's in-place ``user_config`` update: a new policy (``Dispatcher.reconfigure``)."""
+        await self.dispatcher.reconfigure(user_config)
+
     async def _watch_experts(self) -> None:
-        """Background loop: the experts' running replica counts from Serve (for the expected waits
-        and ``ingress.load.prefer_scaling``), experts left with none (``lost``) and the load gauges;
-        never on the request path."""
-        every = self.config.ingress.load.replicas_refresh_s
+        """Background loop: the running replicas of this deployment and of the experts', from
+        Serve, handed to the dispatcher (``Dispatcher.observe_replicas``); never on the request path."""
+        every = self.dispatcher.config.ingress.load.replicas_refresh_s
         context = serve.get_replica_context()
         app_name, own_name = context.app_name, context.deployment
         while True:
             try:
                 status = await asyncio.to_thread(serve.status)
                 deployments = status.applications[app_name].deployments
-                own = getattr(deployments.get(own_name), "replica_states", None)
-                routers = max(int((own or {}).get("RUNNING", 1)), 1)
-                for expert in self.config.experts:
-                    self.load.state[expert.name].routers = routers
-                    answering = deployment(expert, self.config)  # a LoRA adapter's: its base's
-                    states = (
-                        getattr(deployments.get(answering), "replica_states", None) if answering else None
-                    )
-                    if states is None:
-                        continue
-                    running = int(states.get("RUNNING", 0))
-                    scaling = self.config.serving(expert.name).autoscaling
-                    self.load.state[expert.name].replicas = max(running, 1)
-                    self.can_scale[expert.name] = running < scaling.max_replicas
-                    if running == 0 and scaling.min_replicas > 0:
-                        self.lost.add(expert.name)
-                    else:
-                        self.lost.discard(expert.name)
+                running = {
+                    name: int((getattr(d, "replica_states", None) or {}).get("RUNNING", 0))
+                    for name, d in deployments.items()
+                }
+                self.dispatcher.observe_replicas(running.pop(own_name, 1), running)
             except Exception as exc:  # the controller may be restarting: keep the last view
                 logger.warning("reading expert replica counts failed: %s", exc)
-            self.metrics.load(self.load.snapshot())
             await asyncio.sleep(every)
 
     @app.post("/predict")
@@ -233,16 +276,16 @@ class RouterIngress(ExpertRouter):
         if self._monitor is None or self._monitor.done():
             self._monitor = asyncio.get_running_loop().create_task(self._watch_experts())
         if request.stream:
-            events, headers = await self.stream(request)
+            events, headers = await self.dispatcher.stream(request)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        body, headers = await self.complete(request)
+        body, headers = await self.dispatcher.complete(request)
         if fields is not None:
             body = {key: value for key, value in body.items() if key in fields}
         return JSONResponse(body, headers=headers)
 
     @app.get("/v1/models")
     async def list_models(self) -> ModelList:
-        return self.models
+        return self.dispatcher.models()
 
     @app.get("/health")
     async def health(self) -> dict[str, str]:
@@ -252,7 +295,7 @@ class RouterIngress(ExpertRouter):
     @app.get("/ready")
     async def ready(self) -> JSONResponse:
         """Readiness: 200 once every expert deployment passes its health check, else 503."""
-        experts = await self.expert_readiness()
+        experts = await self.dispatcher.expert_readiness()
         ready = all(state == "ok" for state in experts.values())
         body = {"status": "ready" if ready else "not_ready", "experts": experts}
         return JSONResponse(body, status_code=200 if ready else 503)
@@ -261,43 +304,4 @@ class RouterIngress(ExpertRouter):
     async def status(self) -> dict[str, Any]:
         """Experts with prices, the routing policy and how its decisions run (worker thread, batches),
         and the GPUs of this node (gpustat)."""
-        decider = self.decider
-        return {
-            "policy": {
-                **self.config.policy.model_dump(),
-                "unscored_experts": list(self.policy.unscored),
-                "update_error": self.policy_update_error,
-            },
-            "decisions": {
-                "offloaded": decider is not None,
-                "threads": self.config.ingress.decision_threads,
-                "shed": self.shed,
-                "shed_by_tier": dict(self.shed_by_tier),
-                "fast_tier": {"ready": self.fast.ready, "learned": self.fast.learned} if self.fast else None,
-                **(decider.stats() if decider else {}),
-            },
-            "load": {
-                "settings": self.config.ingress.load.model_dump(),
-                "experts": {
-                    name: {
-                        **values,
-                        "max_in_flight": self._caps.get(name),
-                        "can_scale": self.can_scale.get(name),
-                        "lost": name in self.lost,
-                    }
-                    for name, values in self.load.snapshot().items()
-                },
-            },
-            "experts": [
-                {
-                    "name": e.name,
-                    "model": e.model,
-                    "kind": e.kind,
-                    "accelerator": self.config.serving(e.name).accelerator,
-                    "price": e.price.model_dump(),
-                    "routed_by_policy": e.name not in self.policy.unscored,
-                }
-                for e in self.config.experts
-            ],
-            "gpus": gpu_status(),
-        }
+        return {**self.dispatcher.status(), "gpus": gpu_status()}

@@ -335,7 +335,7 @@ class DecisionConfig(_Strict):
 
     Policies that do real compute per decision (encoder routers: BERT, 1NN) run in a worker thread,
     never on the replica's event loop, and concurrent decisions are micro-batched: requests that
-    arrive while a batch is scored are scored together next (``router/batching.py``).
+    arrive while a batch is scored are scored together next (``router/decisions.py``).
     """
 
     offload: Literal["auto", "always", "never"] = Field(
@@ -368,7 +368,7 @@ class DecisionConfig(_Strict):
     fast_tier: bool = Field(
         True,
         description="Shed decisions are made per query by a classifier each replica learns online "
-        "from the policy's own decisions (router/fast_tier.py); false: always from the prior.",
+        "from the policy's own decisions (router/decisions.py); false: always from the prior.",
     )
     fast_tier_after: int = Field(
         64, ge=1, description="Decisions the fast tier learns from before it decides shed requests."

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
+from deployments.dispatch import Dispatcher
 from deployments.openai_api import ChatRequest
-from deployments.router_core import ExpertRouter
-from router.batching import MicroBatcher
+from router.decisions import MicroBatcher
 from router.policy import RoutingPolicy, register_policy
 from router.skills import warm_queries
 from tests.test_router_fallback import ExpertHandle, ok
@@ -95,16 +95,16 @@ class SlowPolicy(RoutingPolicy):
 register_policy("slow-test", SlowPolicy)
 
 
-def router_with(**decisions) -> ExpertRouter:
+def router_with(**decisions) -> Dispatcher:
     args = {
         "policy": {"name": "slow-test"},
         "ingress": {"decisions": decisions},
         "experts": [{"name": n, "model": "builtin:tiny-llama"} for n in "abc"],
     }
-    return ExpertRouter(args, {n: ExpertHandle(ok(n)) for n in "abc"})
+    return Dispatcher(args, {n: ExpertHandle(ok(n)) for n in "abc"})
 
 
-def burst(ingress: ExpertRouter, n: int) -> list:
+def burst(ingress: Dispatcher, n: int) -> list:
     """``n`` concurrent routed requests; their (response, headers)."""
     request = ChatRequest.model_validate({"messages": [{"role": "user", "content": "hi"}]})
 
@@ -124,27 +124,27 @@ def test_the_router_batches_blocking_decisions_off_the_loop_and_warms_up(offload
     decisions = SlowPolicy.batches[1:]
     assert sum(decisions) == 20
     if offload == "auto":  # a blocking policy: in the worker thread, in batches
-        assert ingress.decider is not None and len(decisions) < 20 and max(decisions) > 1
+        assert ingress.decider.batcher is not None and len(decisions) < 20 and max(decisions) > 1
     else:  # forced inline: one decision per request, on the loop
-        assert ingress.decider is None and decisions == [1] * 20
+        assert ingress.decider.batcher is None and decisions == [1] * 20
 
 
 def test_cheap_policies_stay_inline():
     args = {"experts": [{"name": "a", "model": "m"}], "policy": {"name": "random"}}
-    assert ExpertRouter(args, {"a": ExpertHandle(ok("a"))}).decider is None
+    assert Dispatcher(args, {"a": ExpertHandle(ok("a"))}).decider.batcher is None
     args["ingress"] = {"decisions": {"offload": "always"}}
-    assert ExpertRouter(args, {"a": ExpertHandle(ok("a"))}).decider is not None
+    assert Dispatcher(args, {"a": ExpertHandle(ok("a"))}).decider.batcher is not None
 
 
 def test_under_overload_decisions_are_shed_to_the_fast_tier_from_the_first_and_say_so():
     SlowPolicy.batches = []
     ingress = router_with(offload="always", max_queue_ms=50, max_batch_size=1)
-    assert ingress.fast.ready  # it learned the policy's warm-up decisions at start
+    assert ingress.decider.fast.ready  # it learned the policy's warm-up decisions at start
     burst(ingress, 4)  # teaches the time per decision (30 ms)
     answers = burst(ingress, 20)
     shed = [headers for _, headers in answers if headers.get("x-routing-shed") == "true"]
     decided = [headers for _, headers in answers if "x-routing-shed" not in headers]
-    assert shed and decided and ingress.shed == len(shed)  # the queue stayed near 50 ms
+    assert shed and decided and ingress.decider.shed == len(shed)  # the queue stayed near 50 ms
     assert {h["x-routing-tier"] for h in shed} == {"fast"}
     assert all(float(h["x-routing-ms"]) < 200 for h in decided)  # 20 x 30 ms unshed would be 600
     assert {response["expert"] for response, _ in answers} == {"b"}  # as the policy: b, never c
@@ -164,7 +164,7 @@ def test_without_a_ready_fast_tier_shed_decisions_come_from_the_prior(how):
 def test_max_queue_ms_zero_never_sheds():
     ingress = router_with(offload="always", max_queue_ms=0, max_batch_size=1)
     answers = burst(ingress, 10)
-    assert ingress.shed == 0 and not any("x-routing-shed" in h for _, h in answers)
+    assert ingress.decider.shed == 0 and not any("x-routing-shed" in h for _, h in answers)
 
 
 class TopicPolicy(SlowPolicy):
@@ -188,7 +188,7 @@ def test_under_overload_the_fast_tier_decides_per_query_once_it_has_learned_the_
         },
         "experts": [{"name": n, "model": "builtin:tiny-llama"} for n in "abc"],
     }
-    ingress = ExpertRouter(args, {n: ExpertHandle(ok(n)) for n in "abc"})
+    ingress = Dispatcher(args, {n: ExpertHandle(ok(n)) for n in "abc"})
     queries = [f"what is {i} plus {i + 1}" if i % 2 else f"tell me about city {i}" for i in range(40)]
 
     async def burst(texts):
@@ -205,7 +205,7 @@ def test_under_overload_the_fast_tier_decides_per_query_once_it_has_learned_the_
     assert shed and {h["x-routing-tier"] for _, _, h in shed} == {"fast"}
     assert {expert for _, expert, _ in shed} == {"a", "b"}
     assert all(expert == ("a" if "plus" in text else "b") for text, expert, _ in shed)
-    assert ingress.shed_by_tier == {"fast": len(shed)} and ingress.fast.learned >= 12
+    assert ingress.decider.shed_by_tier == {"fast": len(shed)} and ingress.decider.fast.learned >= 12
 
 
 def test_the_fast_tier_learns_a_domain_router_from_its_decisions_and_agrees_on_held_out_queries():
@@ -215,7 +215,7 @@ def test_the_fast_tier_learns_a_domain_router_from_its_decisions_and_agrees_on_h
     import json
     from pathlib import Path
 
-    from router.fast_tier import DistilledTier
+    from router.decisions import DistilledTier
     from router.policy import Message, RoutingDecision
 
     path = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "router_mix.jsonl.gz"
@@ -239,7 +239,7 @@ def test_the_fast_tier_learns_a_domain_router_from_its_decisions_and_agrees_on_h
 def test_the_fast_tier_ranks_while_the_policy_s_recent_scores_keep_their_scale():
     """Load-aware ranking trades scores against waits: the fast tier's margins only reorder the
     prior's values, and an expert the policy never routes to stays at -inf."""
-    from deployments.router_core import in_order_of
+    from router.decisions import in_order_of
 
     prior = {"a": 0.2, "b": 0.7, "c": -math.inf}
     assert in_order_of({"a": 3.0, "b": -1.0, "c": 9.0}, prior) == {"a": 0.7, "b": 0.2, "c": -math.inf}

@@ -22,8 +22,8 @@ def direct_expert_answer(name: str, content: str) -> dict:
     """What the expert deployment itself answers, called by handle with no router in between."""
     from ray import serve
 
+    from deployments.dispatch import expert_request
     from deployments.openai_api import ChatRequest
-    from deployments.router_core import expert_request
 
     expert = CONFIG.expert(name)
     request = ChatRequest.model_validate({"messages": [{"role": "user", "content": content}]})

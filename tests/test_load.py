@@ -10,8 +10,9 @@ import time
 
 import pytest
 
+from deployments.dispatch import Dispatcher, RoutingError
+from deployments.ingress import api_error
 from deployments.openai_api import ChatRequest
-from deployments.router_core import APIError, ExpertRouter
 from router.load import ExpertLoad, LoadTracker, load_aware_ranking
 from tests.test_router_fallback import ARGS, ExpertHandle, ok, reply
 
@@ -21,9 +22,9 @@ def request(**routing) -> ChatRequest:
     return ChatRequest.model_validate(body)
 
 
-def router(args=ARGS, **behaviours) -> tuple[ExpertRouter, dict[str, ExpertHandle]]:
+def router(args=ARGS, **behaviours) -> tuple[Dispatcher, dict[str, ExpertHandle]]:
     handles = {name: ExpertHandle(behaviours.get(name, ok(name))) for name in ("a", "b", "c")}
-    return ExpertRouter(args, handles), handles
+    return Dispatcher(args, handles), handles
 
 
 def loaded(ttft: float, idle: float, in_flight: int, load_at_sample: float = 1.0) -> ExpertLoad:
@@ -145,9 +146,11 @@ def test_max_ttft_passes_over_slow_experts_and_strict_is_a_503():
     assert body["expert"] == "c" and body["routing"]["load"]["passed_over"] == ["a", "b"]
     ingress.load.state["c"] = loaded(ttft=0.5, idle=0.5, in_flight=0)
     assert asyncio.run(ingress.complete(request(max_ttft_ms=100)))[0]["expert"] == "a"  # best effort
-    with pytest.raises(APIError) as info:
+    with pytest.raises(RoutingError) as info:
         asyncio.run(ingress.complete(request(max_ttft_ms=100, strict_latency=True)))
-    assert info.value.status == 503 and info.value.info.code == "latency_objective_unmet"
+    assert (
+        api_error(info.value).status == 503 and api_error(info.value).info.code == "latency_objective_unmet"
+    )
 
 
 def test_max_in_flight_spills_to_the_next_expert_and_all_full_is_a_429_with_retry_after():
@@ -167,11 +170,11 @@ def test_max_in_flight_spills_to_the_next_expert_and_all_full_is_a_429_with_retr
         first = [asyncio.create_task(ingress.complete(request())) for _ in range(3)]
         await asyncio.sleep(0.05)
         assert {n: s.in_flight for n, s in ingress.load.state.items()} == {"a": 1, "b": 1, "c": 1}
-        with pytest.raises(APIError) as info:
+        with pytest.raises(RoutingError) as info:
             await ingress.complete(request())
         gate.set()
         answers = [body["expert"] for body, _ in await asyncio.gather(*first)]
-        return answers, info.value
+        return answers, api_error(info.value)
 
     answers, error = asyncio.run(scenario())
     assert answers == ["a", "b", "c"]  # each one past the cap spilled down the ranking

@@ -5,8 +5,8 @@ import pickle
 import pytest
 from pydantic import ValidationError
 
+from deployments.dispatch import expert_request, with_profile
 from deployments.openai_api import ChatRequest, TextCompletionRequest
-from deployments.router_core import expert_request, with_profile
 from router.config import ExpertConfig, SecurityConfig, field_path
 from tests.wrong_types import CHAT_BASES, COMPLETION_BASES, names_the_field, wrong_typed
 

@@ -13,8 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from deployments.dispatch import Dispatcher, RoutingError
+from deployments.ingress import api_error
 from deployments.openai_api import ChatRequest
-from deployments.router_core import APIError, ExpertRouter
 
 ARGS = {
     "policy": {"name": "fixed", "args": {"expert": "a"}},
@@ -106,7 +107,7 @@ async def too_long(_):
 
 def router(**behaviours):
     handles = {name: ExpertHandle(behaviours.get(name, ok(name))) for name in ("a", "b", "c")}
-    return ExpertRouter(ARGS, handles), handles
+    return Dispatcher(ARGS, handles), handles
 
 
 def complete(ingress, request=REQUEST):
@@ -161,26 +162,26 @@ def test_a_policy_updated_in_place_routes_what_follows_and_a_broken_one_is_refus
 
 def test_all_attempts_failing_is_a_503():
     ingress, handles = router(a=crash, b=crash)
-    with pytest.raises(APIError) as info:
+    with pytest.raises(RoutingError) as info:
         complete(ingress)
-    assert info.value.status == 503 and "replica died" in info.value.info.message
+    assert api_error(info.value).status == 503 and "replica died" in api_error(info.value).info.message
     assert handles["c"].calls == 0  # max_attempts = 2
 
 
 def test_a_request_the_engine_refuses_is_a_400_not_a_fallback():
     ingress, handles = router(a=too_long)
-    with pytest.raises(APIError) as info:
+    with pytest.raises(RoutingError) as info:
         complete(ingress)
-    assert info.value.status == 400 and "too large" in info.value.info.message
+    assert api_error(info.value).status == 400 and "too large" in api_error(info.value).info.message
     assert handles["b"].calls == 0
 
 
 def test_bypass_calls_only_the_named_expert():
     ingress, handles = router(c=crash)
     bypass = ChatRequest.model_validate({"model": "c", "messages": [{"role": "user", "content": "hi"}]})
-    with pytest.raises(APIError) as info:
+    with pytest.raises(RoutingError) as info:
         complete(ingress, bypass)
-    assert info.value.status == 503 and handles["a"].calls == 0
+    assert api_error(info.value).status == 503 and handles["a"].calls == 0
 
 
 def test_profile_and_defaults_reach_the_expert():
@@ -203,7 +204,7 @@ def test_profile_and_defaults_reach_the_expert():
             {"name": "c", "model": "m"},
         ],
     }
-    ingress = ExpertRouter(args, {n: ExpertHandle(capture) for n in "abc"})
+    ingress = Dispatcher(args, {n: ExpertHandle(capture) for n in "abc"})
     request = ChatRequest.model_validate(
         {
             "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
@@ -253,16 +254,20 @@ def test_readiness_reports_each_expert():
 
 def test_a_failed_expert_is_skipped_for_the_cooldown_and_all_down_is_a_fast_503():
     ingress, handles = router(a=crash, b=crash)
-    with pytest.raises(APIError):
+    with pytest.raises(RoutingError):
         complete(ingress)  # a and b fail: both cool down
     response, headers = complete(ingress)
     assert response["expert"] == "c" and headers["x-fallbacks"] == "0"  # skipped, not called again
     assert handles["a"].calls == handles["b"].calls == 1
 
     bypass = ChatRequest.model_validate({"model": "a", "messages": [{"role": "user", "content": "hi"}]})
-    with pytest.raises(APIError) as info:
+    with pytest.raises(RoutingError) as info:
         complete(ingress, bypass)  # the only candidate is down: 503 at once
-    assert info.value.status == 503 and "retry in" in info.value.info.message and handles["a"].calls == 1
+    assert (
+        api_error(info.value).status == 503
+        and "retry in" in api_error(info.value).info.message
+        and handles["a"].calls == 1
+    )
 
 
 def test_after_the_cooldown_the_expert_is_tried_again():
@@ -273,7 +278,7 @@ def test_after_the_cooldown_the_expert_is_tried_again():
         return await behaviour["now"](request)
 
     handles = {"a": ExpertHandle(flaky), "b": ExpertHandle(ok("b")), "c": ExpertHandle(ok("c"))}
-    ingress = ExpertRouter(args, handles)
+    ingress = Dispatcher(args, handles)
     assert complete(ingress)[0]["expert"] == "b"
     behaviour["now"] = ok("a")  # recovered
     assert complete(ingress)[0]["expert"] == "b"  # still cooling down

@@ -193,7 +193,7 @@ class ExpertCalls:
         return ChatRequest.model_validate({"messages": [{"role": "user", "content": row["query"]}]})
 
     async def answer(self, row: dict[str, Any]) -> dict[str, Any]:
-        from deployments.router_core import expert_request
+        from deployments.dispatch import expert_request
 
         expert = self.config.expert(row["expert"])
         extra = {"seed": self.seed, **({"max_tokens": self.max_tokens} if self.max_tokens else {})}
@@ -225,7 +225,7 @@ class ExpertCalls:
 
     def nll_prompt(self, row: dict[str, Any]) -> tuple[list[int], list[int]]:
         """Token ids of the expert's chat-templated prompt and of the reference answer."""
-        from deployments.router_core import with_profile
+        from deployments.dispatch import with_profile
 
         tokenizer = self.tokenizer(row["expert"])
         messages = with_profile(self.config.expert(row["expert"]).system_prompt, self._request(row).messages)
