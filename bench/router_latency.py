@@ -124,7 +124,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in [] if args.default_only else kinds.names():
             fit_local(kind, train_m, config=TRAINING.get(kind)).save(Path(tmp) / kind)
-            encoder = "encoder" in kinds.load(kind).DEFAULTS
+            encoder = "encoder" in kinds.load(kind).settings.model_fields
             backends = BACKENDS if encoder else {"torch": {}}
             choices = {}
             for backend, overrides in backends.items():

@@ -509,6 +509,7 @@ class Dispatcher:
         return {
             "policy": {
                 **self.config.policy.model_dump(),
+                "kind": policy.kind,
                 "unscored_experts": list(policy.unscored),
                 "update_error": self.policy_update_error,
             },

@@ -285,7 +285,9 @@ class PolicyConfig(_Strict):
     """Which routing policy picks the expert (see ``router.policy``), and its arguments."""
 
     name: str = Field(
-        "random", description="A policy of router/policy.py: declared, random, fixed, or a router kind."
+        "random",
+        description="A policy of router/policy.py: declared, random, fixed, trained (a router "
+        "artifact, its kind read from it), or a router kind (an artifact that must be of it).",
     )
     args: dict[str, Any] = Field(
         default_factory=dict,

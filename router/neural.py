@@ -7,9 +7,13 @@ function runs locally and inside a Ray Train worker (training/train.py).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from router.kinds import NeuralSettings
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -70,12 +74,12 @@ def adamw(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
 
 
 def fit_epochs(
-    model: torch.nn.Module, texts: list[str], targets: np.ndarray, config: dict
+    model: torch.nn.Module, texts: list[str], targets: np.ndarray, config: NeuralSettings
 ) -> torch.nn.Module:
-    """Train ``model`` in this process for ``config["epochs"]`` (AdamW, ``lr``, ``batch_size``) on
-    ``config["device"]`` (default the CPU; see :func:`training_device`)."""
-    model.to(training_device(config.get("device", "cpu")))
-    optimizer = adamw(model, config["lr"])
-    for epoch in range(config["epochs"]):
-        train_epoch(model, optimizer, batches(texts, targets, config["batch_size"], config["seed"] + epoch))
+    """Train ``model`` in this process for ``config.epochs`` (AdamW, ``lr``, ``batch_size``) on
+    ``config.device`` (see :func:`training_device`)."""
+    model.to(training_device(config.device))
+    optimizer = adamw(model, config.lr)
+    for epoch in range(config.epochs):
+        train_epoch(model, optimizer, batches(texts, targets, config.batch_size, config.seed + epoch))
     return model

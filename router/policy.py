@@ -63,6 +63,8 @@ class RoutingPolicy(ABC):
     """
 
     blocking: bool = False
+    kind: str | None = None
+    """The trained router kind, where the policy serves an artifact (read from it)."""
     unscored: tuple[str, ...] = ()
     """Configured experts this policy cannot score (a trained artifact that never saw them): it never
     routes to them (they stay reachable by name); ``/status`` and a start-up warning name them."""
@@ -142,8 +144,9 @@ def query_text(messages: Sequence[Message]) -> str:
     return next((m.content for m in reversed(messages) if m.role == "user"), "")
 
 
-def _trained(kind: str) -> PolicyFactory:
-    """Trained routers load torch & co. only when configured."""
+def _trained(kind: str | None) -> PolicyFactory:
+    """A trained router artifact of ``kind`` (None: whatever kind the artifact holds); torch & co.
+    load only when configured."""
 
     def make(experts: Sequence[str], **args: Any) -> RoutingPolicy:
         from router.trained_policy import factory
@@ -163,6 +166,7 @@ _REGISTRY: dict[str, PolicyFactory] = {
     "random": RandomPolicy,
     "fixed": FixedPolicy,
     "declared": _declared,
+    "trained": _trained(None),
     **{kind: _trained(kind) for kind in kinds.names()},
 }
 

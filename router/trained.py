@@ -8,6 +8,7 @@ expert, training config, metrics) plus the kind's weights; :func:`load_router` r
 from __future__ import annotations
 
 import json
+import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,8 +16,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from router import kinds
-from router.encoder import check_inference_options
+from router.kinds import Settings
 from router.knob import choose
+
+logger = logging.getLogger(__name__)
 
 META_FILE = "router.json"
 
@@ -28,12 +31,13 @@ class TrainedRouter(ABC):
     blocking: ClassVar[bool] = True
     """Whether scoring is heavy enough to run off the event loop (encoders); see RoutingPolicy."""
 
-    def __init__(self, experts: list[str], expected_costs: np.ndarray, config: dict[str, Any]):
-        """``expected_costs``: (m,) per expert, or the training queries' (n, m) costs (averaged)."""
+    def __init__(self, experts: list[str], expected_costs: np.ndarray, config: Settings):
+        """``expected_costs``: (m,) per expert, or the training queries' (n, m) costs (averaged);
+        ``config``: its kind's settings."""
         self.experts = list(experts)
         costs = np.asarray(expected_costs, dtype=float)
         self.expected_costs = np.nanmean(costs, axis=0) if costs.ndim == 2 else costs
-        self.config = dict(config)
+        self.config = config
         self.metrics: dict[str, Any] = {}
 
     @abstractmethod
@@ -41,7 +45,7 @@ class TrainedRouter(ABC):
         """(n, m) scores for ``texts``."""
 
     @classmethod
-    def encoder_source(cls, folder: Path, config: dict[str, Any]) -> str | None:
+    def encoder_source(cls, folder: Path, config: Any) -> str | None:
         """The encoder (name or folder) an ONNX bundle of this artifact is made from (None: no encoder)."""
         return None
 
@@ -52,9 +56,9 @@ class TrainedRouter(ABC):
     @classmethod
     @abstractmethod
     def load_weights(
-        cls, folder: Path, experts: list[str], expected_costs: np.ndarray, config: dict
+        cls, folder: Path, experts: list[str], expected_costs: np.ndarray, config: Any
     ) -> TrainedRouter:
-        """Rebuild the router from ``folder``."""
+        """Rebuild the router from ``folder`` (``config``: its kind's settings)."""
 
     def predict(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(n, m) scores and (n, m) expected costs for ``texts``: the per-expert expected costs,
@@ -74,7 +78,7 @@ class TrainedRouter(ABC):
             "kind": self.kind,
             "experts": self.experts,
             "expected_costs": self.expected_costs.tolist(),
-            "config": self.config,
+            "config": self.config.model_dump(mode="json"),
             "metrics": self.metrics,
         }
         (folder / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -85,20 +89,34 @@ INFERENCE_OPTIONS = ("backend", "quantize")
 """Config keys a loader may override: how the router runs, not what it learned."""
 
 
-def load_router(folder: str | Path, overrides: dict[str, Any] | None = None) -> TrainedRouter:
-    """Any trained router from its artifact folder; ``overrides`` of :data:`INFERENCE_OPTIONS`."""
-    folder = Path(folder)
+def read_meta(folder: Path) -> tuple[dict[str, Any], kinds.Kind, Settings]:
+    """An artifact's ``router.json``, its kind and its settings. Settings the kind no longer has
+    (an artifact from an older version) are dropped with a warning."""
     meta_path = folder / META_FILE
     if not meta_path.exists():
         raise FileNotFoundError(f"{folder} is not a router artifact (no {META_FILE})")
     meta = json.loads(meta_path.read_text())
-    router_class = kinds.load(meta["kind"]).ROUTER
+    kind = kinds.load(meta["kind"])
+    known = {k: v for k, v in meta["config"].items() if k in kind.settings.model_fields}
+    if dropped := sorted(set(meta["config"]) - set(known)):
+        logger.warning(
+            "router artifact %s: settings %s are not %s's any more, ignored", folder, dropped, kind.name
+        )
+    return meta, kind, kind.configure(known)
+
+
+def load_router(folder: str | Path, overrides: dict[str, Any] | None = None) -> TrainedRouter:
+    """Any trained router from its artifact folder; ``overrides`` of :data:`INFERENCE_OPTIONS`."""
+    folder = Path(folder)
+    meta, kind, settings = read_meta(folder)
     wrong = sorted(set(overrides or {}) - set(INFERENCE_OPTIONS))
     if wrong:
         raise ValueError(f"only {', '.join(INFERENCE_OPTIONS)} can be overridden, not {', '.join(wrong)}")
-    config = {**meta["config"], **(overrides or {})}
-    check_inference_options(config.get("backend", "onnx"), config.get("quantize"))
-    router = router_class.load_weights(folder, meta["experts"], np.asarray(meta["expected_costs"]), config)
+    if overrides:
+        if not set(overrides) <= set(kind.settings.model_fields):
+            raise ValueError(f"a '{kind.name}' router runs no encoder: {', '.join(overrides)} do not apply")
+        settings = kind.configure({**settings.model_dump(exclude_unset=True), **overrides})
+    router = kind.router.load_weights(folder, meta["experts"], np.asarray(meta["expected_costs"]), settings)
     router.metrics = meta.get("metrics", {})
     return router
 
@@ -123,10 +141,10 @@ def export_onnx(folder: str | Path) -> Path:
     folder = Path(folder)
     if bundled_onnx(folder):
         return folder / ONNX_FOLDER
-    meta = json.loads((folder / META_FILE).read_text())
-    source = kinds.load(meta["kind"]).ROUTER.encoder_source(folder, meta["config"])
+    _, kind, settings = read_meta(folder)
+    source = kind.router.encoder_source(folder, settings)
     if source is None:
-        raise ValueError(f"a '{meta['kind']}' router has no encoder to export")
+        raise ValueError(f"a '{kind.name}' router has no encoder to export")
     return copy_bundle(cached_bundle(resolve_encoder(source)), folder / ONNX_FOLDER)
 
 

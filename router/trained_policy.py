@@ -1,6 +1,7 @@
-"""A trained router artifact (mlp / bert / knn) as the serving routing policy.
+"""A trained router artifact (any kind of ``router.kinds``) as the serving routing policy.
 
-Config: ``policy: {name: mlp, args: {artifact: routers/mlp, cost_weight: 0.0, window: 1}}``, plus
+Config: ``policy: {name: trained, args: {artifact: routers/mlp, cost_weight: 0.0, window: 1}}``
+(the kind is read from the artifact; naming a kind instead, ``name: mlp``, also insists on it), plus
 ``backend`` (``onnx``/``torch``) and ``quantize`` (``int8``) to override how an encoder router's
 artifact runs. A relative artifact path is taken from the repository root.
 
@@ -44,7 +45,7 @@ class TrainedPolicy(RoutingPolicy):
         path = Path(artifact) if Path(artifact).is_absolute() else REPO_ROOT / artifact
         overrides = {k: v for k, v in (("backend", backend), ("quantize", quantize)) if v is not None}
         self.router = load_router(path, overrides)
-        self.blocking = self.router.blocking
+        self.blocking, self.kind = self.router.blocking, self.router.kind
         if kind and self.router.kind != kind:
             raise ValueError(f"artifact {artifact} holds a '{self.router.kind}' router, not '{kind}'")
         removed = [e for e in self.router.experts if e not in self.experts]
@@ -91,8 +92,8 @@ class TrainedPolicy(RoutingPolicy):
         return {name: known.get(name, -math.inf) for name in self.experts}
 
 
-def factory(kind: str):
-    """A policy factory that insists on artifacts of ``kind``."""
+def factory(kind: str | None):
+    """A policy factory that insists on artifacts of ``kind`` (None: any kind)."""
 
     def make(experts: Sequence[str], **args) -> TrainedPolicy:
         return TrainedPolicy(experts, kind=kind, **args)

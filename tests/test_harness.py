@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def test_nested_cross_validation_tunes_on_inner_folds_of_the_training_part_only(
         return real_fit(kind, m, *args, **kwargs)
 
     monkeypatch.setattr(harness, "fit_local", recording_fit)
-    monkeypatch.setattr(cluster, "GRID", {"clusters": [2, 8]})
+    monkeypatch.setattr(cluster, "KIND", dataclasses.replace(cluster.KIND, grid={"clusters": [2, 8]}))
     report = evaluate_table(table, folds=3, router_kinds=["cluster"], inner_folds=2)
     chosen = report["routers"]["cluster"]["chosen_per_fold"]
     assert len(chosen) == 3 and all(c["clusters"] in (2, 8) for c in chosen)

@@ -186,7 +186,7 @@ def test_an_exported_artifact_serves_with_onnxruntime_and_tokenizers_alone(train
 
 def test_bad_inference_options_are_refused(trained):
     folder, _ = trained
-    with pytest.raises(ValueError, match="quantize must be one of"):
+    with pytest.raises(ValueError, match="knn settings: quantize: Input should be 'int8'"):
         load_router(folder / "knn", {"quantize": "int4"})
     with pytest.raises(ValueError, match="only backend, quantize"):
         load_router(folder / "knn", {"k": 3})

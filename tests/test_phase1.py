@@ -206,8 +206,9 @@ def test_pipeline_trains_a_router_that_the_app_then_serves(tiny_server, tmp_path
 
     serving = yaml.safe_load((run / "serve_config.yaml").read_text())
     args = serving["applications"][0]["args"]
-    assert args["policy"]["name"] == result["router"]
+    assert args["policy"]["name"] == "trained"  # the kind is the artifact's own
     assert Path(args["policy"]["args"]["artifact"]).resolve() == (run / "router").resolve()
+    assert json.loads((run / "router" / "router.json").read_text())["kind"] == result["router"]
 
     serve.run(build_app(args), name=APP, route_prefix="/", blocking=False)  # in-place update
     policy = build_policy(load_serve_config(run / "serve_config.yaml").policy, CONFIG.expert_names)
@@ -220,4 +221,4 @@ def test_pipeline_trains_a_router_that_the_app_then_serves(tiny_server, tmp_path
         assert reply.status_code == 200, reply.text
         assert reply.json()["expert"] == expected
         status = httpx.get(f"{tiny_server}/status", timeout=30).json()
-        assert result["router"] in json.dumps(status["policy"])
+        assert status["policy"]["kind"] == result["router"]

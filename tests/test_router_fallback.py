@@ -334,3 +334,28 @@ def test_a_stream_the_client_leaves_cancels_the_expert_call():
     assert handles["a"].replies[-1].cancelled
     assert asyncio.run(read_one_then_leave(True))[-1] == "data: [DONE]\n\n"
     assert not handles["a"].replies[-1].cancelled  # a finished stream is not cancelled
+
+
+def test_every_refusal_of_the_dispatcher_maps_to_a_status_and_none_is_a_500():
+    from deployments import dispatch
+    from deployments.ingress import ERRORS
+
+    refusals = [
+        kind
+        for kind in vars(dispatch).values()
+        if isinstance(kind, type)
+        and issubclass(kind, dispatch.RoutingError)
+        and kind is not dispatch.RoutingError
+    ]
+    assert set(ERRORS) <= set(refusals)
+    made = {kind: kind("m", 1.0) if kind is dispatch.ExpertsOverloaded else kind("m") for kind in refusals}
+    statuses = {kind.__name__: api_error(error).status for kind, error in made.items()}  # each one maps
+    assert statuses == {
+        "InvalidRequest": 400,
+        "UnknownModel": 404,
+        "UnknownExperts": 400,
+        "NoCapableExpert": 400,
+        "ExpertsOverloaded": 429,
+        "LatencyObjectiveUnmet": 503,
+        "ExpertsUnavailable": 503,
+    }

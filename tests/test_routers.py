@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
@@ -93,7 +94,8 @@ def test_mlp_training_analyses_each_query_once_and_serving_keeps_no_memo(monkeyp
     monkeypatch.setattr(mlp.TfidfBags, "analyse", counted)
     texts = [f"question {i} about {topic}" for i in range(40) for topic in ("maths", "code")]
     targets = np.tile([[0.8, 0.2], [0.2, 0.8]], (40, 1)).astype(np.float32)
-    router = mlp.fit(texts, targets, ["a", "b"], np.array([1.0, 2.0]), {"epochs": 3, "batch_size": 16})
+    settings = mlp.KIND.configure({"epochs": 3, "batch_size": 16})
+    router = mlp.fit(texts, targets, ["a", "b"], np.array([1.0, 2.0]), settings)
     assert set(analysed.values()) == {1} and len(analysed) == len(texts)  # 3 epochs, one analysis each
     assert router.model.memo is None
     router.scores(["question 1 about maths"] * 3)
@@ -198,7 +200,8 @@ def test_trained_artifact_is_a_serving_policy(matrices, tmp_path):
     router = fit_local("mlp", train_m)
     router.save(tmp_path / "mlp")
     experts = [*train_m.experts, "extra"]
-    policy = build_policy(PolicyConfig(name="mlp", args={"artifact": str(tmp_path / "mlp")}), experts)
+    policy = build_policy(PolicyConfig(name="trained", args={"artifact": str(tmp_path / "mlp")}), experts)
+    assert policy.router.kind == "mlp"  # read from the artifact
     texts = test_m.queries[:20]
     expected = [router.experts[i] for i in router.scores(texts).argmax(1)]
     decisions = [policy.route([Message("system", "Be brief."), Message("user", t)]) for t in texts]
@@ -244,13 +247,13 @@ def test_every_kind_is_one_registered_module_and_every_list_comes_from_the_regis
 
     assert {"mlp", "bert", "knn", "knn_weighted", "cluster"} <= set(kinds.names())
     for name in kinds.names():
-        module = kinds.load(name)
-        assert module.ROUTER.kind == name and module.TARGETS in ("soft_labels", "quality")
-        assert callable(module.fit) and isinstance(module.DEFAULTS, dict)
+        spec = kinds.load(name)
+        assert spec.name == spec.router.kind == name and spec.targets in ("soft_labels", "quality")
+        assert callable(spec.fit) and issubclass(spec.settings, kinds.Settings)
         if kinds.is_neural(name):
-            assert all(callable(getattr(module, f)) for f in ("prepare", "build_model", "from_model"))
-            assert "epochs" in module.GRID  # the neural kinds' epochs are chosen by nested CV too
-        assert set(getattr(module, "GRID", {})) <= set(module.DEFAULTS), name
+            assert all(callable(f) for f in (spec.prepare, spec.build_model, spec.from_model))
+            assert "epochs" in spec.grid  # the neural kinds' epochs are chosen by nested CV too
+        assert set(spec.grid) <= set(spec.settings.model_fields), name
     assert set(kinds.names()) <= set(available_policies())
     assert kinds.parse("all") == kinds.names()
     with pytest.raises(ValueError, match="unknown router kind 'nope'; known: bert, cluster"):
@@ -287,10 +290,11 @@ def test_bert_router_loads_half_precision_weights_as_fp32_and_trains_them(tmp_pa
 
 
 def test_cluster_scores_mix_the_nearest_clusters_by_similarity():
-    from router.kinds.cluster import ClusterRouter
+    from router.kinds.cluster import ClusterRouter, ClusterSettings
 
     quality = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
-    router = ClusterRouter(["a", "b"], np.ones(2), {"nearest": 2, "sharpness": 10.0}, np.eye(3), quality)
+    settings = ClusterSettings(nearest=2, sharpness=10.0)
+    router = ClusterRouter(["a", "b"], np.ones(2), settings, np.eye(3), quality)
     scores = router.assignment(np.array([[0.9, 0.1, 0.0], [0.5, 0.5, -1.0]])) @ router.quality
     assert scores[0, 0] > 0.99 and np.allclose(scores[1], [0.5, 0.5])  # third cluster not among nearest 2
 
@@ -354,3 +358,36 @@ def test_ensemble_is_the_mean_of_its_members_and_encodes_a_query_once(matrices, 
     assert calls == [10]  # one encoder pass for both members
     with pytest.raises(ValueError, match="'mlp' does not"):
         fit_local("ensemble", train_m, config={"members": ["mlp"]})
+
+
+@pytest.mark.parametrize(
+    ("kind", "config", "named"),
+    [
+        ("knn", {"kk": 3}, "kk: Extra inputs are not permitted"),
+        ("knn_weighted", {"k": 0}, "k: Input should be greater than or equal to 1"),
+        ("pointwise", {"features": "words"}, "features: Input should be"),
+        ("cluster", {"quantize": "int8", "backend": "torch"}, "quantize needs backend 'onnx'"),
+        ("mlp", {"epochs": "many"}, "epochs: Input should be a valid integer"),
+        ("ensemble", {"members": ["knn", "nope"]}, "unknown router kind 'nope'"),
+    ],
+)
+def test_a_kinds_settings_are_typed_and_a_wrong_one_is_named_before_any_training(
+    matrices, kind, config, named
+):
+    train_m, _ = matrices
+    with pytest.raises(ValueError, match=f"{kind} settings: .*{re.escape(named)}"):
+        fit_local(kind, train_m, config=config)
+
+
+def test_an_artifact_keeps_its_settings_and_one_from_an_older_version_still_loads(matrices, tmp_path):
+    import json
+
+    from router.trained import META_FILE, load_router
+
+    train_m, _ = matrices
+    folder = fit_local("knn_weighted", train_m, config={"k": 7}).save(tmp_path / "knn")
+    assert load_router(folder).config.k == 7 and load_router(folder).config.temperature == 0.1
+    meta = json.loads((folder / META_FILE).read_text())
+    meta["config"]["retired_setting"] = 1
+    (folder / META_FILE).write_text(json.dumps(meta))
+    assert load_router(folder, {"quantize": "int8"}).config.quantize == "int8"

@@ -353,7 +353,7 @@ def parser() -> argparse.ArgumentParser:
                 "--inner-folds",
                 type=int,
                 default=3,
-                help="nested CV: a kind's tuned settings (its GRID) are chosen per outer fold by this "
+                help="nested CV: a kind's tuned settings (its grid) are chosen per outer fold by this "
                 "many inner folds of the outer training part (0: the kind's defaults)",
             )
             s.add_argument(

@@ -89,11 +89,11 @@ def selection_score(m: Matrices, scores: np.ndarray) -> float:
 
 
 def search_grid(kind: str, extra: dict[str, list[Any]] | None = None) -> dict[str, list[Any]]:
-    """What nested CV chooses among for ``kind``: its ``GRID``, plus those of ``extra``'s settings
+    """What nested CV chooses among for ``kind``: its ``grid``, plus those of ``extra``'s settings
     the kind has (e.g. ``{"encoder": [...]}`` for the kinds that embed)."""
-    module = kinds.load(kind)
-    known = getattr(module, "DEFAULTS", {})
-    return {**getattr(module, "GRID", {}), **{k: v for k, v in (extra or {}).items() if k in known}}
+    spec = kinds.load(kind)
+    known = spec.settings.model_fields
+    return {**spec.grid, **{k: v for k, v in (extra or {}).items() if k in known}}
 
 
 def tuned_config(
@@ -149,7 +149,7 @@ def evaluate_table(
     """The report (``{"routers": {NAME: {...}}, "meta": {...}}``); written to ``out`` if given.
     ``config``: settings per kind; ``grid``: settings nested CV also chooses among (see
     :func:`search_grid`)."""
-    known = {k for kind in router_kinds for k in getattr(kinds.load(kind), "DEFAULTS", {})}
+    known = {k for kind in router_kinds for k in kinds.load(kind).settings.model_fields}
     unknown = set(grid or {}) - known
     if unknown:
         raise ValueError(f"--grid settings no kind among {list(router_kinds)} has: {sorted(unknown)}")

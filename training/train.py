@@ -34,11 +34,12 @@ def training_queries(table: pd.DataFrame, quality_column: str = "quality", split
 def fit_local(
     kind: str, m: Matrices, temperature: float = 0.1, config: dict[str, Any] | None = None
 ) -> TrainedRouter:
-    """Train ``kind`` in this process on matrices ``m`` (also what cross-validation uses)."""
-    module = kinds.load(kind)
-    targets = m.quality if module.TARGETS == "quality" else soft_labels(m.quality, temperature)
-    cfg = {**(config or {}), "temperature": temperature}
-    return module.fit(m.queries, targets, m.experts, m.cost, cfg)
+    """Train ``kind`` in this process on matrices ``m`` (also what cross-validation uses);
+    ``config``: settings of the kind (ValueError naming any it does not have)."""
+    spec = kinds.load(kind)
+    targets = m.quality if spec.targets == "quality" else soft_labels(m.quality, temperature)
+    settings = spec.configure({**(config or {}), "temperature": temperature})
+    return spec.fit(m.queries, targets, m.experts, m.cost, settings)
 
 
 def _loop_per_worker(cfg: dict[str, Any]) -> None:
@@ -59,19 +60,19 @@ def _loop_per_worker(cfg: dict[str, Any]) -> None:
             model.load_state_dict(torch.load(Path(folder) / "model.pt"))
             state = torch.load(Path(folder) / "train_state.pt")
     model = prepare_model(model)
-    optimizer = adamw(model, params["lr"])
+    optimizer = adamw(model, params.lr)
     if state:
         optimizer.load_state_dict(state["optimizer"])
     shard = ray.train.get_dataset_shard("train")
     losses: list[float] = state["losses"] if state else []  # per epoch, carried across restarts
-    for epoch in range(len(losses), params["epochs"]):
+    for epoch in range(len(losses), params.epochs):
         batches = (
             (list(b["text"]), np.stack(b["target"]))
             for b in shard.iter_batches(
-                batch_size=params["batch_size"],
+                batch_size=params.batch_size,
                 batch_format="numpy",
                 local_shuffle_buffer_size=1000,
-                local_shuffle_seed=params["seed"] + epoch,
+                local_shuffle_seed=params.seed + epoch,
             )
         )
         losses.append(train_epoch(model, optimizer, batches))
@@ -109,8 +110,8 @@ def fit_ray(
     if not kinds.is_neural(kind):
         neural = [k for k in kinds.names() if kinds.is_neural(k)]
         raise ValueError(f"Ray Train fits neural routers ({', '.join(neural)}), not '{kind}'")
-    module = kinds.load(kind)
-    params = {**module.DEFAULTS, **(config or {}), "temperature": temperature}
+    spec = kinds.load(kind)
+    params = spec.configure({**(config or {}), "temperature": temperature})
     if not ray.is_initialized():
         ray.init(num_cpus=max(4, num_workers + 2), include_dashboard=False, log_to_driver=False)
     table = conform(ray.data.read_parquet(str(table_path)).to_pandas())  # numpy dtypes, NaN not NA
@@ -119,7 +120,7 @@ def fit_ray(
     dataset = ray.data.from_pandas(
         pd.DataFrame({"text": m.queries, "target": list(targets.astype(np.float32))})
     )
-    prepared = module.prepare(m.queries, params)
+    prepared = spec.prepare(m.queries, params)
     loop_cfg = {"kind": kind, "params": params, "n_experts": len(m.experts), "prepared": prepared}
     trainer = TorchTrainer(
         _loop_per_worker,
@@ -136,11 +137,11 @@ def fit_ray(
         ),
     )
     result = trainer.fit()
-    model = module.build_model(len(m.experts), params, **prepared)
+    model = spec.build_model(len(m.experts), params, **prepared)
     with result.checkpoint.as_directory() as folder:
         model.load_state_dict(torch.load(Path(folder) / "model.pt"))
     costs = np.nanmean(m.cost, axis=0)
-    router = module.from_model(m.experts, costs, params, model, **prepared)
+    router = spec.from_model(m.experts, costs, params, model, **prepared)
     router.metrics = {
         "epochs": [{"epoch": i, "loss": loss} for i, loss in enumerate(result.metrics["losses"])],
         "resumed": bool(result.metrics["resumed"]),
@@ -179,7 +180,7 @@ def train(
         router = fit_local(
             kind, training_queries(read_table(table_path), quality_column), temperature, config
         )
-    router.config["quality_column"] = quality_column
+    router.config = router.config.model_copy(update={"quality_column": quality_column})
     router.save(out)
     logger.info("saved %s router to %s", kind, out)
     return router

@@ -1,13 +1,14 @@
 """The registry of trained router kinds: one module per kind in this package, found by its name and
 imported only when used (serving an ONNX kNN artifact imports no torch).
 
-A kind module defines ``ROUTER`` (its :class:`router.trained.TrainedRouter` subclass), ``DEFAULTS``
-(its settings), ``TARGETS`` (what it fits: ``"soft_labels"``, the softmax of quality / T, or
-``"quality"``, the raw per-expert quality) and ``fit(texts, targets, experts, costs, config)``
-(``costs``: the training queries' (n, m) costs; a router keeps their per-expert mean, or more).
-A kind that trains by gradient also sets ``NEURAL = True`` and defines ``prepare(texts,
-config)`` (driver-side state, e.g. a vocabulary), ``build_model(n_experts, config, **prepared)``
-and ``from_model(experts, expected_costs, config, model, **prepared)`` for the Ray Train job.
+A kind module exports one :class:`Kind`, ``KIND``: its name, its settings (a pydantic model,
+unknown keys refused), its :class:`router.trained.TrainedRouter` subclass (scores, save and load),
+``fit(texts, targets, experts, costs, settings)`` (``costs``: the training queries' (n, m) costs; a
+router keeps their per-expert mean, or more), what it fits (``"soft_labels"``, the softmax of
+quality / T, or ``"quality"``, the raw per-expert quality), the grid nested cross-validation chooses
+among, and for a kind that trains by gradient as a Ray Train job ``prepare(texts, settings)``
+(driver-side state, e.g. a vocabulary), ``build_model(n_experts, settings, **prepared)`` and
+``from_model(experts, expected_costs, settings, model, **prepared)``.
 
 Adding a kind is adding a module here: the CLI's choices, the pipeline's candidates, the serving
 policy names and the cross-validation harness all list kinds with :func:`names`.
@@ -17,7 +18,72 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from types import ModuleType
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Settings(BaseModel):
+    """What every kind's settings hold; each kind's model adds its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    temperature: float | None = Field(
+        None, description="The soft-label temperature it was trained with (recorded by training)."
+    )
+    quality_column: str | None = Field(None, description="The column it learned (recorded by training).")
+
+
+class NeuralSettings(Settings):
+    """Settings of the kinds trained by gradient (local or as a Ray Train job)."""
+
+    epochs: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    seed: int = 0
+    device: str = Field(
+        "cpu", description="Training only: cpu, cuda, or auto (the GPU where torch sees one)."
+    )
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One router kind: everything training, evaluation and serving need of it."""
+
+    name: str
+    settings: type[Settings]
+    router: type
+    """Its ``TrainedRouter`` subclass: scores, saves and loads the artifact."""
+    fit: Callable[..., Any]
+    targets: Literal["soft_labels", "quality"]
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    """What nested cross-validation chooses among (settings of this kind)."""
+    prepare: Callable[..., dict[str, Any]] | None = None
+    build_model: Callable[..., Any] | None = None
+    from_model: Callable[..., Any] | None = None
+
+    def __post_init__(self) -> None:
+        unknown = set(self.grid) - set(self.settings.model_fields)
+        if unknown:
+            raise ValueError(f"kind {self.name}: grid settings it does not have: {sorted(unknown)}")
+
+    @property
+    def neural(self) -> bool:
+        """Trains by gradient (as a Ray Train job)."""
+        return self.build_model is not None
+
+    def configure(self, config: Mapping[str, Any] | Settings | None = None) -> Settings:
+        """Its settings from ``config`` (defaults for what it leaves out); ValueError naming every
+        unknown or wrong setting."""
+        if isinstance(config, self.settings):
+            return config
+        values = config.model_dump(exclude_unset=True) if isinstance(config, Settings) else dict(config or {})
+        try:
+            return self.settings.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"{self.name} settings: {problems}") from None
 
 
 def names() -> list[str]:
@@ -25,16 +91,16 @@ def names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
-def load(name: str) -> ModuleType:
-    """The module of kind ``name`` (ValueError naming the known kinds if there is none)."""
+def load(name: str) -> Kind:
+    """Kind ``name`` (ValueError naming the known kinds if there is none)."""
     if name not in names():
         raise ValueError(f"unknown router kind '{name}'; known: {', '.join(names())}")
-    return importlib.import_module(f"{__name__}.{name}")
+    return importlib.import_module(f"{__name__}.{name}").KIND
 
 
 def is_neural(name: str) -> bool:
     """Whether kind ``name`` trains by gradient (as a Ray Train job)."""
-    return bool(getattr(load(name), "NEURAL", False))
+    return load(name).neural
 
 
 def parse(spec: str) -> list[str]:

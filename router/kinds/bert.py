@@ -8,22 +8,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from router.encoder import DEFAULT_ENCODER, Encoder, load_encoder
+from router.encoder import Encoder, load_encoder
+from router.kinds import Kind, NeuralSettings
+from router.kinds._embedding import EncoderSettings
 from router.onnx_encoder import bundle_beside
 from router.trained import ONNX_FOLDER, TrainedRouter, bundled_onnx
 
-DEFAULTS = {
-    "encoder": DEFAULT_ENCODER,
-    "max_length": 128,
-    "epochs": 2,
-    "lr": 3e-5,
-    "batch_size": 32,
-    "seed": 0,
-    "device": "auto",  # training only: the GPU where torch sees one; a saved router scores on the CPU
-    "backend": "onnx",
-    "quantize": None,
-}
+
+class BertSettings(EncoderSettings, NeuralSettings):
+    max_length: int = Field(128, ge=8, description="Tokens of a query the encoder reads.")
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(3e-5, gt=0)
+    batch_size: int = Field(32, ge=1)
+    device: str = Field(
+        "auto", description="Training only: the GPU where torch sees one; a saved router scores on the CPU."
+    )
+
+
 GRID = {"epochs": [1, 2, 4]}
 """What nested cross-validation chooses among (``--inner-folds 0`` keeps the defaults: ~8x cheaper)."""
 
@@ -37,7 +40,7 @@ class BertRouter(TrainedRouter):
         self,
         experts: list[str],
         expected_costs: np.ndarray,
-        config: dict[str, Any],
+        config: BertSettings,
         encode: Encoder,
         head: tuple[np.ndarray, np.ndarray],
         model: Any = None,
@@ -48,7 +51,7 @@ class BertRouter(TrainedRouter):
 
     @classmethod
     def from_model(
-        cls, experts: list[str], expected_costs: np.ndarray, config: dict[str, Any], model: Any
+        cls, experts: list[str], expected_costs: np.ndarray, config: BertSettings, model: Any
     ) -> BertRouter:
         """A router over a freshly trained ``EncoderClassifier`` (scores in torch until saved and loaded)."""
         import torch
@@ -80,18 +83,17 @@ class BertRouter(TrainedRouter):
         np.savez(folder / "head.npz", weight=self.weight, bias=self.bias)
 
     @classmethod
-    def encoder_source(cls, folder: Path, config: dict[str, Any]) -> str:
+    def encoder_source(cls, folder: Path, config: BertSettings) -> str:
         return str(folder / "encoder")
 
     @classmethod
     def load_weights(
-        cls, folder: Path, experts: list[str], expected_costs: np.ndarray, config: dict
+        cls, folder: Path, experts: list[str], expected_costs: np.ndarray, config: BertSettings
     ) -> BertRouter:
-        config = {**DEFAULTS, **config}
         source = str(folder / "encoder")
-        if config["backend"] == "onnx":  # the artifact's own bundle, exported into it on first use
+        if config.backend == "onnx":  # the artifact's own bundle, exported into it on first use
             source = bundled_onnx(folder) or str(bundle_beside(source, folder / ONNX_FOLDER))
-        encode = load_encoder(source, config["max_length"], config["backend"], config["quantize"])
+        encode = load_encoder(source, config.max_length, config.backend, config.quantize)
         return cls(experts, expected_costs, config, encode, load_head(folder))
 
 
@@ -119,24 +121,18 @@ def _length_sorted(encode: Encoder) -> Encoder:
     return run
 
 
-def prepare(texts: list[str], config: dict[str, Any]) -> dict[str, Any]:
+def prepare(texts: list[str], config: BertSettings) -> dict[str, Any]:
     return {}
 
 
-def from_model(
-    experts: list[str], expected_costs: np.ndarray, config: dict[str, Any], model: Any
-) -> BertRouter:
-    return BertRouter.from_model(experts, expected_costs, config, model)
-
-
-def build_model(n_experts: int, config: dict[str, Any]) -> Any:
+def build_model(n_experts: int, config: BertSettings) -> Any:
     """A fresh ``EncoderClassifier`` (torch)."""
     import torch
 
     from router.bert_model import EncoderClassifier
 
-    torch.manual_seed(config.get("seed", 0))
-    return EncoderClassifier(config["encoder"], n_experts, config["max_length"])
+    torch.manual_seed(config.seed)
+    return EncoderClassifier(config.encoder, n_experts, config.max_length)
 
 
 def fit(
@@ -144,14 +140,15 @@ def fit(
     targets: np.ndarray,
     experts: list[str],
     expected_costs: np.ndarray,
-    config: dict[str, Any],
+    config: BertSettings,
 ) -> BertRouter:
     """Fine-tune locally (no Ray)."""
     from router.neural import fit_epochs
 
-    config = {**DEFAULTS, **config}
     model = fit_epochs(build_model(len(experts), config), texts, targets, config)
     return BertRouter.from_model(experts, expected_costs, config, model)
 
 
-ROUTER, TARGETS, NEURAL = BertRouter, "soft_labels", True
+KIND = Kind(
+    "bert", BertSettings, BertRouter, fit, "soft_labels", GRID, prepare, build_model, BertRouter.from_model
+)

@@ -10,11 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from router.encoder import embed
-from router.kinds import _embedding
+from router.kinds import Kind, _embedding
 
-DEFAULTS = {**_embedding.DEFAULTS, "clusters": 16, "nearest": 3, "sharpness": 20.0, "seed": 0}
+
+class ClusterSettings(_embedding.EncoderSettings):
+    clusters: int = Field(16, ge=1, description="k-means clusters (at most one per training query).")
+    nearest: int = Field(3, ge=1, description="Nearest clusters a query mixes.")
+    sharpness: float = Field(20.0, ge=0, description="Softmax weight of its similarity to their centroids.")
+    seed: int = 0
+
+
 GRID = {"clusters": [8, 16, 32, 64], "nearest": [1, 3]}
 """Hyper-parameters nested cross-validation chooses among."""
 SHRINK = 5.0
@@ -26,7 +34,6 @@ class ClusterRouter(_embedding.EmbeddingRouter):
     (``cost`` None for artifacts saved before it existed: the per-expert expected costs)."""
 
     kind = "cluster"
-    defaults = DEFAULTS
     weights_file, vectors_key = "clusters.npz", "centroids"
 
     def __init__(self, *args: Any, cost: np.ndarray | None = None, **kwargs: Any):
@@ -45,9 +52,9 @@ class ClusterRouter(_embedding.EmbeddingRouter):
     def assignment(self, sims: np.ndarray) -> np.ndarray:
         """(n, clusters) weights from query-centroid cosine similarities: a softmax over the
         ``nearest`` clusters."""
-        nearest = min(self.config["nearest"], sims.shape[1])
+        nearest = min(self.config.nearest, sims.shape[1])
         cut = -np.partition(-sims, nearest - 1, axis=1)[:, nearest - 1 : nearest]
-        logits = np.where(sims >= cut, self.config["sharpness"] * sims, -np.inf)
+        logits = np.where(sims >= cut, self.config.sharpness * sims, -np.inf)
         weights = np.exp(logits - logits.max(axis=1, keepdims=True))
         return weights / weights.sum(axis=1, keepdims=True)
 
@@ -58,7 +65,7 @@ class ClusterRouter(_embedding.EmbeddingRouter):
 
     @classmethod
     def load_weights(
-        cls, folder: Path, experts: list[str], expected_costs: np.ndarray, config: dict
+        cls, folder: Path, experts: list[str], expected_costs: np.ndarray, config: ClusterSettings
     ) -> ClusterRouter:
         router = super().load_weights(folder, experts, expected_costs, config)
         if (folder / "cluster_cost.npz").exists():
@@ -84,16 +91,15 @@ def fit(
     quality: np.ndarray,
     experts: list[str],
     costs: np.ndarray,
-    config: dict[str, Any],
+    config: ClusterSettings,
 ) -> ClusterRouter:
     """k-means (cosine: on unit vectors, centroids re-normalised); each cluster's mean quality per
     expert and, given the training queries' (n, m) costs, mean cost per expert."""
     from sklearn.cluster import KMeans
 
-    config = {**DEFAULTS, **config}
-    vectors = embed(list(texts), config["encoder"], config["backend"])
-    n_clusters = max(1, min(config["clusters"], len(vectors)))
-    labels = KMeans(n_clusters, n_init=3, random_state=config["seed"]).fit_predict(vectors)
+    vectors = embed(list(texts), config.encoder, config.backend)
+    n_clusters = max(1, min(config.clusters, len(vectors)))
+    labels = KMeans(n_clusters, n_init=3, random_state=config.seed).fit_predict(vectors)
     centroids = np.stack([vectors[labels == c].mean(axis=0) for c in range(n_clusters)])
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True) + 1e-12
     costs = np.asarray(costs, dtype=float)
@@ -102,4 +108,4 @@ def fit(
     return ClusterRouter(experts, costs, config, centroids, per_cluster, cost=cost)
 
 
-ROUTER, TARGETS = ClusterRouter, "quality"
+KIND = Kind("cluster", ClusterSettings, ClusterRouter, fit, "quality", GRID)

@@ -9,29 +9,35 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from router import kinds
-from router.encoder import DEFAULT_ENCODER, embedding_cache
+from router.encoder import embedding_cache
+from router.kinds import Kind, _embedding
 from router.trained import TrainedRouter, bundled_onnx, load_router
 
-DEFAULTS: dict[str, Any] = {
-    "members": ["pointwise", "knn_weighted", "cluster"],
-    "member_config": {},
-    "encoder": DEFAULT_ENCODER,
-    "backend": "onnx",
-    "quantize": None,
-}
+
+class EnsembleSettings(_embedding.EncoderSettings):
+    members: list[str] = Field(
+        ["pointwise", "knn_weighted", "cluster"], min_length=1, description="Kinds scoring in quality units."
+    )
+    member_config: dict[str, dict[str, Any]] = Field(
+        {}, description="Settings per member kind (encoder, backend and quantize are the ensemble's)."
+    )
+
+    @field_validator("members")
+    @classmethod
+    def _quality_units(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name == "ensemble" or kinds.load(name).targets != "quality":
+                raise ValueError(f"ensemble members score in quality units; '{name}' does not")
+        return names
+
+
 GRID = {"members": [["pointwise", "knn_weighted"], ["pointwise", "knn_weighted", "cluster"]]}
 MEMBERS_FOLDER = "members"
 SHARED = ("encoder", "backend", "quantize")
 """Settings every member takes from the ensemble's (one encoder pass per query for all)."""
-
-
-def _check_members(names: list[str]) -> None:
-    for name in names:
-        module = kinds.load(name)
-        if name == "ensemble" or module.TARGETS != "quality":
-            raise ValueError(f"ensemble members score in quality units; '{name}' does not")
 
 
 class EnsembleRouter(TrainedRouter):
@@ -43,10 +49,10 @@ class EnsembleRouter(TrainedRouter):
         self,
         experts: list[str],
         expected_costs: np.ndarray,
-        config: dict[str, Any],
+        config: EnsembleSettings,
         members: list[TrainedRouter],
     ):
-        super().__init__(experts, expected_costs, {**DEFAULTS, **config})
+        super().__init__(experts, expected_costs, config)
         self.members = list(members)
 
     def scores(self, texts: list[str]) -> np.ndarray:
@@ -63,17 +69,16 @@ class EnsembleRouter(TrainedRouter):
             member.save(folder / MEMBERS_FOLDER / f"{i}-{member.kind}")
 
     @classmethod
-    def encoder_source(cls, folder: Path, config: dict[str, Any]) -> str:
-        return config.get("encoder", DEFAULT_ENCODER)
+    def encoder_source(cls, folder: Path, config: EnsembleSettings) -> str:
+        return config.encoder
 
     @classmethod
     def load_weights(
-        cls, folder: Path, experts: list[str], expected_costs: np.ndarray, config: dict
+        cls, folder: Path, experts: list[str], expected_costs: np.ndarray, config: EnsembleSettings
     ) -> EnsembleRouter:
-        config = {**DEFAULTS, **config}
-        overrides = {k: config[k] for k in ("backend", "quantize")}
+        overrides = {"backend": config.backend, "quantize": config.quantize}
         members = [load_router(path, overrides) for path in sorted((folder / MEMBERS_FOLDER).iterdir())]
-        bundle = bundled_onnx(folder) if config["backend"] == "onnx" else None
+        bundle = bundled_onnx(folder) if config.backend == "onnx" else None
         for member in members:
             if bundle and getattr(member, "encoder", None) is not None:
                 member.encoder = bundle  # the ensemble's exported encoder serves every member
@@ -85,19 +90,16 @@ def fit(
     quality: np.ndarray,
     experts: list[str],
     costs: np.ndarray,
-    config: dict[str, Any],
+    config: EnsembleSettings,
 ) -> EnsembleRouter:
     """Each member fitted on the same queries, per-expert quality and costs."""
-    config = {**DEFAULTS, **config}
-    _check_members(config["members"])
-    shared = {k: config[k] for k in SHARED}
-    members = [
-        kinds.load(name).fit(
-            texts, quality, experts, costs, {**config["member_config"].get(name, {}), **shared}
-        )
-        for name in config["members"]
-    ]
+    shared = {k: getattr(config, k) for k in SHARED}
+    members = []
+    for name in config.members:
+        member = kinds.load(name)
+        settings = member.configure({**config.member_config.get(name, {}), **shared})
+        members.append(member.fit(texts, quality, experts, costs, settings))
     return EnsembleRouter(experts, costs, config, members)
 
 
-ROUTER, TARGETS = EnsembleRouter, "quality"
+KIND = Kind("ensemble", EnsembleSettings, EnsembleRouter, fit, "quality", GRID)

@@ -3,17 +3,20 @@ to the query; k and the weighting are chosen by nested cross-validation (``GRID`
 
 from __future__ import annotations
 
-from router.kinds import knn
+from pydantic import Field
 
-DEFAULTS = {**knn.DEFAULTS, "k": 30, "sharpness": 0.0}
-GRID = {"k": [10, 30, 100, 300], "sharpness": [0.0, 20.0]}
+from router.kinds import Kind, knn
+
+
+class WeightedKNNSettings(knn.KNNSettings):
+    k: int = Field(30, ge=1, description="Nearest training queries averaged.")
 
 
 class WeightedKNNRouter(knn.KNNRouter):
     kind = "knn_weighted"
-    defaults = DEFAULTS
 
 
-fit = WeightedKNNRouter.from_texts
-
-ROUTER, TARGETS = WeightedKNNRouter, "quality"
+GRID = {"k": [10, 30, 100, 300], "sharpness": [0.0, 20.0]}
+KIND = Kind(
+    "knn_weighted", WeightedKNNSettings, WeightedKNNRouter, WeightedKNNRouter.from_texts, "quality", GRID
+)

@@ -16,21 +16,24 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from router.kinds import Kind, NeuralSettings
 from router.kinds._tfidf import fit_vectorizer
 from router.neural import fit_epochs, predict_proba
 from router.trained import TrainedRouter
 
-DEFAULTS = {
-    "hidden": 256,
-    "dropout": 0.1,
-    "epochs": 15,
-    "lr": 2e-3,
-    "batch_size": 64,
-    "max_features": 30000,
-    "seed": 0,
-}
+
+class MLPSettings(NeuralSettings):
+    hidden: int = Field(256, ge=1, description="Hidden units.")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    epochs: int = Field(15, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    max_features: int = Field(30000, ge=1, description="TF-IDF vocabulary size.")
+
+
 GRID = {"epochs": [5, 15, 40]}
 """What nested cross-validation chooses among."""
 
@@ -103,7 +106,7 @@ class MLPRouter(TrainedRouter):
     # worker-thread hop would add ~0.05 ms to each (both measured): decide inline.
     blocking = False
 
-    def __init__(self, experts: list[str], expected_costs: np.ndarray, config: dict[str, Any], model: BowMLP):
+    def __init__(self, experts: list[str], expected_costs: np.ndarray, config: MLPSettings, model: BowMLP):
         super().__init__(experts, expected_costs, config)
         self.model = model.eval()
 
@@ -117,7 +120,7 @@ class MLPRouter(TrainedRouter):
 
     @classmethod
     def load_weights(
-        cls, folder: Path, experts: list[str], expected_costs: np.ndarray, config: dict
+        cls, folder: Path, experts: list[str], expected_costs: np.ndarray, config: MLPSettings
     ) -> MLPRouter:
         vectorizer = pickle.loads((folder / "vectorizer.pkl").read_bytes())
         model = build_model(len(experts), config, vectorizer)
@@ -125,18 +128,18 @@ class MLPRouter(TrainedRouter):
         return cls(experts, expected_costs, config, model)
 
 
-def build_model(n_experts: int, config: dict[str, Any], vectorizer: TfidfVectorizer) -> BowMLP:
-    torch.manual_seed(config.get("seed", 0))
-    return BowMLP(vectorizer, n_experts, config["hidden"], config["dropout"])
+def build_model(n_experts: int, config: MLPSettings, vectorizer: TfidfVectorizer) -> BowMLP:
+    torch.manual_seed(config.seed)
+    return BowMLP(vectorizer, n_experts, config.hidden, config.dropout)
 
 
-def prepare(texts: list[str], config: dict[str, Any]) -> dict[str, Any]:
+def prepare(texts: list[str], config: MLPSettings) -> dict[str, Any]:
     """The vocabulary, fitted once on the driver and shipped to every training worker."""
-    return {"vectorizer": fit_vectorizer(texts, config["max_features"])}
+    return {"vectorizer": fit_vectorizer(texts, config.max_features)}
 
 
 def from_model(
-    experts: list[str], expected_costs: np.ndarray, config: dict[str, Any], model: BowMLP, **_: Any
+    experts: list[str], expected_costs: np.ndarray, config: MLPSettings, model: BowMLP, **_: Any
 ) -> MLPRouter:
     return MLPRouter(experts, expected_costs, config, model)
 
@@ -146,12 +149,11 @@ def fit(
     targets: np.ndarray,
     experts: list[str],
     expected_costs: np.ndarray,
-    config: dict[str, Any],
+    config: MLPSettings,
 ) -> MLPRouter:
     """Train locally (no Ray): vectorizer on ``texts``, then the MLP on the soft ``targets``."""
-    config = {**DEFAULTS, **config}
     model = build_model(len(experts), config, **prepare(texts, config))
     return MLPRouter(experts, expected_costs, config, fit_epochs(model, texts, targets, config))
 
 
-ROUTER, TARGETS, NEURAL = MLPRouter, "soft_labels", True
+KIND = Kind("mlp", MLPSettings, MLPRouter, fit, "soft_labels", GRID, prepare, build_model, from_model)

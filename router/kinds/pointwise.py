@@ -10,17 +10,25 @@ from __future__ import annotations
 import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from router.encoder import embed
-from router.kinds import _embedding
+from router.kinds import Kind, _embedding
 from router.kinds._tfidf import fit_vectorizer
 from router.trained import TrainedRouter, bundled_onnx
 
-FEATURES = ("embedding", "tfidf", "embedding+stats", "tfidf+stats")
-DEFAULTS = {**_embedding.DEFAULTS, "features": "embedding", "C": 1.0, "max_features": 30000}
+
+class PointwiseSettings(_embedding.EncoderSettings):
+    features: Literal["embedding", "tfidf", "embedding+stats", "tfidf+stats"] = Field(
+        "embedding", description="The query's sentence embedding or TF-IDF, optionally with text statistics."
+    )
+    C: float = Field(1.0, gt=0, description="Inverse regularisation strength.")
+    max_features: int = Field(30000, ge=1, description="TF-IDF vocabulary size.")
+
+
 GRID = {"features": ["embedding", "tfidf", "embedding+stats"], "C": [0.1, 1.0, 10.0]}
 """Hyper-parameters nested cross-validation chooses among (C: inverse regularisation strength)."""
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
@@ -49,7 +57,7 @@ class PointwiseRouter(TrainedRouter):
         self,
         experts: list[str],
         expected_costs: np.ndarray,
-        config: dict[str, Any],
+        config: PointwiseSettings,
         weights: np.ndarray,
         bias: np.ndarray,
         binary: bool,
@@ -57,14 +65,12 @@ class PointwiseRouter(TrainedRouter):
         encoder: str | None = None,
         stats_scale: np.ndarray | None = None,
     ):
-        super().__init__(experts, expected_costs, {**DEFAULTS, **config})
-        if self.config["features"] not in FEATURES:
-            raise ValueError(f"features must be one of {FEATURES}, not {self.config['features']!r}")
+        super().__init__(experts, expected_costs, config)
         self.weights = np.asarray(weights, dtype=np.float32)
         self.bias = np.asarray(bias, dtype=np.float32)
         self.binary = bool(binary)
         self.vectorizer = vectorizer
-        self.encoder = encoder or self.config["encoder"]
+        self.encoder = encoder or config.encoder
         self.stats_scale = None if stats_scale is None else np.asarray(stats_scale, dtype=np.float32)
 
     def features(self, texts: list[str]) -> Any:
@@ -72,11 +78,11 @@ class PointwiseRouter(TrainedRouter):
         standardised text statistics if asked for."""
         texts = list(texts)
         cfg = self.config
-        base, _, stats = cfg["features"].partition("+")
+        base, _, stats = cfg.features.partition("+")
         if base == "tfidf":
             x = self.vectorizer.transform(texts)
         else:
-            x = embed(texts, self.encoder, cfg["backend"], cfg["quantize"])
+            x = embed(texts, self.encoder, cfg.backend, cfg.quantize)
         if not stats:
             return x
         z = (text_statistics(texts) - self.stats_scale[0]) / self.stats_scale[1]
@@ -99,20 +105,18 @@ class PointwiseRouter(TrainedRouter):
             (folder / "vectorizer.pkl").write_bytes(pickle.dumps(self.vectorizer))
 
     @classmethod
-    def encoder_source(cls, folder: Path, config: dict[str, Any]) -> str | None:
-        embeds = config.get("features", DEFAULTS["features"]).startswith("embedding")
-        return config.get("encoder", DEFAULTS["encoder"]) if embeds else None
+    def encoder_source(cls, folder: Path, config: PointwiseSettings) -> str | None:
+        return config.encoder if config.features.startswith("embedding") else None
 
     @classmethod
     def load_weights(
-        cls, folder: Path, experts: list[str], expected_costs: np.ndarray, config: dict
+        cls, folder: Path, experts: list[str], expected_costs: np.ndarray, config: PointwiseSettings
     ) -> PointwiseRouter:
         data = np.load(folder / "pointwise.npz")
-        config = {**DEFAULTS, **config}
         vectorizer = None
-        if config["features"].startswith("tfidf"):
+        if config.features.startswith("tfidf"):
             vectorizer = pickle.loads((folder / "vectorizer.pkl").read_bytes())
-        bundle = bundled_onnx(folder) if config["backend"] == "onnx" else None
+        bundle = bundled_onnx(folder) if config.backend == "onnx" else None
         return cls(
             experts,
             expected_costs,
@@ -145,25 +149,24 @@ def fit(
     quality: np.ndarray,
     experts: list[str],
     expected_costs: np.ndarray,
-    config: dict[str, Any],
+    config: PointwiseSettings,
 ) -> PointwiseRouter:
     """One linear model per expert on the training queries' features and that expert's quality."""
-    config = {**DEFAULTS, **config}
     quality = np.nan_to_num(np.asarray(quality, dtype=float))
     binary = bool(np.isin(quality, (0.0, 1.0)).all())
-    tfidf = config["features"].startswith("tfidf")
-    vectorizer = fit_vectorizer(texts, config["max_features"]) if tfidf else None
+    tfidf = config.features.startswith("tfidf")
+    vectorizer = fit_vectorizer(texts, config.max_features) if tfidf else None
     router = PointwiseRouter(
         experts, expected_costs, config, np.zeros((len(experts), 0)), [0.0], binary, vectorizer
     )
-    if config["features"].endswith("+stats"):
+    if config.features.endswith("+stats"):
         raw = text_statistics(texts)
         router.stats_scale = np.stack([raw.mean(axis=0), raw.std(axis=0) + 1e-6])
     x = router.features(texts)
-    fitted = [_linear_fit(x, quality[:, j], binary, config["C"]) for j in range(len(experts))]
+    fitted = [_linear_fit(x, quality[:, j], binary, config.C) for j in range(len(experts))]
     router.weights = np.stack([w for w, _ in fitted]).astype(np.float32)
     router.bias = np.asarray([b for _, b in fitted], dtype=np.float32)
     return router
 
 
-ROUTER, TARGETS = PointwiseRouter, "quality"
+KIND = Kind("pointwise", PointwiseSettings, PointwiseRouter, fit, "quality", GRID)
