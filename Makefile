@@ -36,11 +36,11 @@ $(CLIENTS_STAMP):
 clients: $(CLIENTS_STAMP)
 
 models: install
-	$(PY) -m deployments.model_store gemma-3-270m tiny-llama
+	$(PY) -m deployments.experts.model_store gemma-3-270m tiny-llama
 	$(PY) -m router.onnx_encoder
 
 serve: models
-	$(PY) -m deployments.launch serve_config.yaml
+	$(PY) -m ops.launch serve_config.yaml
 
 test: install clients
 	$(VENV)/bin/ruff check .

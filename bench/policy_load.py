@@ -36,7 +36,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from deployments.launch import APP_NAME, run_local, stop_local, wait_until_ready  # noqa: E402
+from ops.launch import APP_NAME, run_local, stop_local, wait_until_ready  # noqa: E402
 from tests.conftest import SHARED_DATA, free_port, tiny_app_args  # noqa: E402
 
 

@@ -31,9 +31,9 @@ sys.path.insert(0, str(REPO))
 from router import kinds  # noqa: E402
 from router.encoder import set_inference_threads  # noqa: E402
 from router.policy import Message, RandomPolicy  # noqa: E402
-from router.table import to_matrices  # noqa: E402
 from router.trained import load_router  # noqa: E402
 from tests.conftest import domain_table  # noqa: E402
+from training.table import to_matrices  # noqa: E402
 from training.train import fit_local  # noqa: E402
 
 TRAINING = {"bert": {"epochs": 1, "max_length": 128}}

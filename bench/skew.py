@@ -58,7 +58,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from deployments.launch import run_local, stop_local  # noqa: E402
+from ops.launch import run_local, stop_local  # noqa: E402
 from tests.conftest import SHARED_DATA, free_port, tiny_app_args  # noqa: E402
 
 POLICIES = {"quality_only": {"load_weight": 0}, "load_aware": {}}

@@ -25,7 +25,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments import dispatch
 from deployments.dispatch import Dispatcher, RoutingError
-from deployments.gpu_status import gpu_status
 from deployments.openai_api import (
     ChatRequest,
     ErrorBody,
@@ -203,6 +202,28 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
     _count_error(request.app, type_)
     return APIError(exc.status_code, str(exc.detail), type_).response()
+
+
+def gpu_status() -> dict[str, Any]:
+    """``{"available": bool, "gpus": [...]}``; ``reason`` says why none when there are none."""
+    try:
+        import gpustat
+
+        stats = gpustat.new_query()
+    except Exception as exc:  # no NVML library / no driver / no device: a CPU machine
+        return {"available": False, "gpus": [], "reason": f"{type(exc).__name__}: {exc}".strip()}
+    gpus = [
+        {
+            "index": g.index,
+            "name": g.name,
+            "utilization_pct": g.utilization,
+            "memory_used_mb": g.memory_used,
+            "memory_total_mb": g.memory_total,
+            "temperature_c": g.temperature,
+        }
+        for g in stats.gpus
+    ]
+    return {"available": bool(gpus), "gpus": gpus}
 
 
 @serve.deployment(name="router")

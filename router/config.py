@@ -163,7 +163,7 @@ class ExpertConfig(Declaration):
     model: str = Field(
         min_length=1,
         description="Hugging Face hub id, a local folder, or 'builtin:<name>' for a model this "
-        "project builds offline (see deployments/model_store.py).",
+        "project builds offline (see deployments/experts/model_store.py).",
     )
     endpoint: RemoteEndpoint | None = Field(
         None, description="Remote expert: 'model' is then the model name at this endpoint."
@@ -205,7 +205,7 @@ class ExpertConfig(Declaration):
         default_factory=dict,
         description="Custom Ray resources each replica needs (its engine's placement bundle), e.g. "
         "{expert_node: 1}: pins the expert to the nodes that offer them (a KubeRay worker group's "
-        "resources; deployments/k8s_manifests.py adds them to the GPU group).",
+        "resources; ops/kuberay.py adds them to the GPU group).",
     )
     autoscaling: Autoscaling = Autoscaling()
     max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica accepts at once (Serve).")
@@ -384,7 +384,7 @@ class IngressConfig(_Strict):
     resources: NodeResources = Field(
         default_factory=dict,
         description="Custom Ray resources each router replica needs, e.g. {router_node: 1}: pins the "
-        "ingress to the nodes that offer them (deployments/k8s_manifests.py adds them to the CPU group).",
+        "ingress to the nodes that offer them (ops/kuberay.py adds them to the CPU group).",
     )
     max_replicas_per_node: int | None = Field(
         None, ge=1, description="Router replicas per node at most: 1 spreads them, so a node loss takes one."

@@ -1,7 +1,7 @@
 """Where built models live, and building one exactly once across processes.
 
 ``$EXPERT_ROUTER_MODELS`` (default: ``.models/`` at the repository root) holds the builtin expert
-models (``deployments/model_store.py``) and the ONNX exports of encoders (``router/onnx_encoder.py``).
+models (``deployments/experts/model_store.py``) and the ONNX exports of encoders (``router/onnx_encoder.py``).
 A build runs under a file lock and leaves a marker when it finished, so concurrent processes (a
 driver validating the config and the replicas it starts) build once and never see half a folder.
 """

@@ -27,7 +27,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def tiny_server():
     """The tiny-model app (configs/tiny_cpu.yaml: experts alpha and beta) on a fresh local cluster."""
-    from deployments.launch import run_local, stop_local
+    from ops.launch import run_local, stop_local
 
     base_url = run_local(REPO / "configs/tiny_cpu.yaml", port=free_port())
     yield base_url
@@ -73,7 +73,7 @@ def domain_table(n_train: int = 300, n_test: int = 150, seed: int = 0):
     import numpy as np
     import pandas as pd
 
-    from router.table import conform
+    from training.table import conform
 
     path = SHARED_DATA / "router_mix.jsonl.gz"
     if not path.exists():

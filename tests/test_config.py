@@ -293,8 +293,8 @@ def test_every_policy_arg_of_every_json_type_is_valid_or_a_config_error_naming_t
 def test_serving_a_config_of_the_wrong_shape_stops_with_the_place_not_a_traceback(
     tmp_path, capsys, text, where
 ):
-    """``make serve`` (``deployments.launch``) checks the config before it starts ``serve run``."""
-    from deployments.launch import serve_until_stopped
+    """``make serve`` (``ops.launch``) checks the config before it starts ``serve run``."""
+    from ops.launch import serve_until_stopped
 
     path = tmp_path / "serve.yaml"
     path.write_text(text + "\n")

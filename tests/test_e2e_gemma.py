@@ -26,7 +26,7 @@ URL = "http://127.0.0.1:2345"
 def default_server():
     env = {**os.environ, "RAY_ADDRESS": "local", "RAY_AUTH_MODE": "disabled"}  # a cluster of its own
     proc = subprocess.Popen(
-        [sys.executable, "-m", "deployments.launch", "serve_config.yaml"],
+        [sys.executable, "-m", "ops.launch", "serve_config.yaml"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

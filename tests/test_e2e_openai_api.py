@@ -85,7 +85,7 @@ def servers():
 
     from deployments.app import build_app
     from deployments.experts.vllm import expert_llm_config
-    from deployments.launch import start_local_ray
+    from ops.launch import start_local_ray
     from router.config import ExpertConfig
 
     args = yaml.safe_load((REPO / "configs/tiny_cpu.yaml").read_text())["applications"][0]["args"]

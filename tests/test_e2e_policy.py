@@ -32,11 +32,11 @@ ROUTED = [
 
 @pytest.fixture(scope="module")
 def app():
-    from deployments.launch import run_local, stop_local
+    from ops.launch import run_local, stop_local
 
     # Every decision by the model (no overload shedding), so batching is observable.
     args = tiny_app_args(expert_timeout_s=TIMEOUT_S, decisions={"max_queue_ms": 0})
-    # Two LoRA adapters of the tiny model on general's engine (deployments/model_store.py), experts
+    # Two LoRA adapters of the tiny model on general's engine (deployments/experts/model_store.py), experts
     # that declare nothing: the shipped policy never routes to them until they declare.
     sampling = args["experts"][0]["sampling"]
     args["experts"] += [

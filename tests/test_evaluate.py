@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from router.table import COLUMNS, Matrices, conform, to_matrices
 from training.evaluate import (
     apgr_interval,
     knob_curve,
@@ -21,6 +20,7 @@ from training.evaluate import (
     write_report,
     zero_router,
 )
+from training.table import COLUMNS, Matrices, conform, to_matrices
 
 # 4 queries x 2 experts: "big" (dear, better on q1, q2) and "small" (cheap, better on q3, tied on q4).
 ROWS = {

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from router.table import write_table
 from tests.conftest import SHARED_DATA, domain_table
 from training.harness import evaluate_table
+from training.table import write_table
 from training.train import train
 
 pytestmark = pytest.mark.timeout(600)
@@ -54,8 +54,8 @@ def test_nested_cross_validation_tunes_on_inner_folds_of_the_training_part_only(
     from sklearn.model_selection import KFold
 
     from router.kinds import cluster
-    from router.table import read_table, to_matrices
     from training import harness
+    from training.table import read_table, to_matrices
 
     seen: list[set[str]] = []
     real_fit = harness.fit_local
@@ -124,8 +124,8 @@ def test_cli_imports_and_evaluates_a_two_expert_table_with_routellm_metrics(tmp_
 def test_router_against_the_best_single_expert_has_a_bootstrap_interval(table):
     import numpy as np
 
-    from router.table import read_table, to_matrices
     from training.evaluate import expected_costs, versus_best_expert
+    from training.table import read_table, to_matrices
 
     m = to_matrices(read_table(table))
     costs = expected_costs(m)

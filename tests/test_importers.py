@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from router.table import conform
 from training.importers import (
     ROUTELLM_EXPERTS,
     available_alpaca_models,
     import_alpaca_eval,
     import_routellm,
 )
+from training.table import conform
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 GPT4, MIXTRAL = "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"

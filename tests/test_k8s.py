@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-from deployments.k8s_manifests import CONFIG_DIR, GPU_RESOURCE, Options, main, render, replica_gpus
+from ops.kuberay import CONFIG_DIR, GPU_RESOURCE, Options, main, render, replica_gpus
 from router.config import AppConfig, ConfigError, ExpertConfig, load_serve_config
 from tests.conftest import REPO, SHARED_DATA
 
@@ -331,7 +331,7 @@ def test_the_committed_manifests_are_rendered_from_the_config(tmp_path):
     rendered = {p.name: p.read_text() for p in tmp_path.iterdir()}
     committed = {p.name: p.read_text() for p in K8S.glob("*.yaml")}
     stale = sorted(n for n in rendered.keys() | committed.keys() if rendered.get(n) != committed.get(n))
-    assert not stale, f"k8s/ is stale: python -m deployments.k8s_manifests --out k8s/ (differs: {stale})"
+    assert not stale, f"k8s/ is stale: python -m ops.kuberay --out k8s/ (differs: {stale})"
 
 
 def test_flags_change_the_rendering():

@@ -1,6 +1,7 @@
 """The floors of the code: ``router/`` (routing, no Ray) < ``deployments/`` (Ray Serve) <
-``training/`` (data, training, evaluation). Nothing imports a floor above its own, anywhere in a
-module (function-level imports included), and the router's serving modules import no torch."""
+``training/`` (data, training, evaluation) and ``ops/`` (launcher, KubeRay manifests). Nothing
+imports a floor above its own, anywhere in a module (function-level imports included), and the
+router's serving modules import no torch."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 ABOVE = {
-    "router": {"deployments", "training", "ray", "vllm"},
-    "deployments": {"training"},
+    "router": {"deployments", "training", "ops", "ray", "vllm"},
+    "deployments": {"training", "ops"},
+    "training": {"ops"},
+    "ops": {"training"},
 }
 """Packages each floor must not import: the floors above it (and, for router/, Ray and vLLM)."""
 TORCH_ALLOWED = {

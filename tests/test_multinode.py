@@ -8,7 +8,7 @@ experts, while client traffic flows:
   each (``ingress.resources`` + ``max_replicas_per_node: 1``);
 - one node per expert (``<expert>_node``): each expert's replica pinned by ``resources``.
 
-Placement comes from the same config fields that ``deployments/k8s_manifests.py`` turns into worker
+Placement comes from the same config fields that ``ops/kuberay.py`` turns into worker
 group resources. The app is deployed as users deploy it: ``serve deploy CONFIG`` against the
 dashboard (what a RayService does), and updated in place the same way.
 """
@@ -28,7 +28,7 @@ import httpx
 import pytest
 import yaml
 
-from deployments.launch import APP_NAME, QUIET_RAY_ENV, wait_until_ready
+from ops.launch import APP_NAME, QUIET_RAY_ENV, wait_until_ready
 from tests.conftest import REPO, free_port
 from tests.traffic import Outcome, Traffic, openai_chat, routed_chat, summary
 

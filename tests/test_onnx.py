@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from router.encoder import DEFAULT_ENCODER, embed, load_encoder, resolve_encoder
-from router.table import to_matrices
 from router.trained import export_onnx, load_router
 from tests.conftest import REPO, SHARED_DATA, domain_table
+from training.table import to_matrices
 from training.train import fit_local
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # BERT fine-tunes, ONNX exports

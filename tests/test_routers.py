@@ -14,10 +14,10 @@ import pytest
 from router.config import PolicyConfig
 from router.knob import calibrate, choose
 from router.policy import Message, build_policy
-from router.soft_labels import soft_labels
-from router.table import to_matrices, write_table
 from router.trained import load_router
 from tests.conftest import domain_table
+from training.soft_labels import soft_labels
+from training.table import to_matrices, write_table
 from training.train import fit_local, train
 
 pytestmark = pytest.mark.timeout(900)
@@ -163,7 +163,7 @@ def test_ray_train_job_on_two_cpu_workers_survives_a_killed_worker(tmp_path):
     write_table(domain_table(600, 150), tmp_path / "table.parquet")
     if ray.is_initialized():  # whatever an earlier module left behind
         ray.shutdown()
-    from deployments.launch import start_local_ray
+    from ops.launch import start_local_ray
 
     start_local_ray(num_cpus=4)
     killed: list[int] = []

@@ -84,7 +84,7 @@ def server():
 
     from deployments.app import build_app
     from deployments.experts.vllm import expert_llm_config
-    from deployments.launch import start_local_ray
+    from ops.launch import start_local_ray
     from router.config import AppConfig, ExpertConfig
 
     port, metrics_port = free_port(), free_port()

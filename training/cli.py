@@ -75,8 +75,8 @@ def _pipeline(args: argparse.Namespace) -> None:
 
 
 def _import(args: argparse.Namespace) -> None:
-    from router.table import write_table
     from training.importers import import_alpaca_eval, import_routellm
+    from training.table import write_table
 
     if args.source == "routellm":
         table = import_routellm(args.benchmark, args.data, drop_contaminated=not args.keep_contaminated)
@@ -145,8 +145,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _calibrate(args: argparse.Namespace) -> None:
     from router.knob import calibrate, choose
-    from router.table import read_table, to_matrices
     from router.trained import load_router
+    from training.table import read_table, to_matrices
 
     router = load_router(args.router)
     m = to_matrices(read_table(args.table), args.quality_column)

@@ -1,7 +1,7 @@
 """Evaluation harness: routers and baselines scored on the same labelled table.
 
 A router is judged by the per-query expert it chooses (``choice``, shape (n,)) on a
-:class:`router.table.Matrices`. :func:`summarize` gives the seed paper's criteria (quality, BERTSim,
+:class:`training.table.Matrices`. :func:`summarize` gives the seed paper's criteria (quality, BERTSim,
 NLL, cost, $ per 1M tokens, throughput, queries per expert); the baselines (:func:`zero_router`,
 :func:`optimal_router`, :func:`random_router`) are scored the same way; :func:`knob_curve` sweeps the
 cost/quality knob of :mod:`router.knob`; :func:`routellm_metrics` gives RouteLLM's APGR and CPT for
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from router.knob import choose, relative_costs
-from router.table import Matrices
+from training.table import Matrices
 
 CRITERIA = ("quality", "bertsim", "nll", "cost", "cost_per_1m_tokens", "throughput")
 _HIGHER_IS_BETTER = {"quality": True, "bertsim": True, "nll": False, "cost": False}

@@ -43,7 +43,7 @@ import pandas as pd
 
 from router.config import AppConfig, ExpertConfig
 from router.encoder import DEFAULT_ENCODER
-from router.table import conform, write_table
+from training.table import conform, write_table
 
 PHASE1_APP = "expert-router-phase1"
 INSTRUCTION_FIELDS = ("id", "instruction", "reference")
@@ -216,7 +216,7 @@ class ExpertCalls:
         if name not in self.tokenizers:
             from transformers import AutoTokenizer
 
-            from deployments.model_store import resolve_model
+            from deployments.experts.model_store import resolve_model
 
             self.tokenizers[name] = AutoTokenizer.from_pretrained(
                 resolve_model(self.config.serving(name).model)

@@ -19,7 +19,6 @@ from sklearn.model_selection import KFold
 from router import kinds
 from router.encoder import embedding_cache
 from router.knob import choose
-from router.table import Matrices, read_table, to_matrices
 from router.trained import load_router
 from training.evaluate import (
     apgr_interval,
@@ -33,6 +32,7 @@ from training.evaluate import (
     write_report,
     zero_router,
 )
+from training.table import Matrices, read_table, to_matrices
 from training.train import fit_local
 
 logger = logging.getLogger(__name__)

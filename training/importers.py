@@ -1,4 +1,4 @@
-"""Importers: public per-query outcome tables -> the labelled table (:mod:`router.table`).
+"""Importers: public per-query outcome tables -> the labelled table (:mod:`training.table`).
 
 Each importer returns a conformed table (one row per query x expert, all ``split="test"``: these are
 held-out evaluation sets; the evaluator makes its own folds). ``nll``, ``bertsim`` and
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from router.table import conform
+from training.table import conform
 
 log = logging.getLogger(__name__)
 

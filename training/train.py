@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from router import kinds
-from router.soft_labels import soft_labels
-from router.table import Matrices, conform, read_table, to_matrices
 from router.trained import TrainedRouter
+from training.soft_labels import soft_labels
+from training.table import Matrices, conform, read_table, to_matrices
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from deployments.experts import EXPERT_PREFIX
-from deployments.model_store import resolve_model
+from deployments.experts.model_store import resolve_model
 from router.config import AppConfig, ExpertConfig
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)

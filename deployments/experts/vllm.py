@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from ray.serve.llm import LLMConfig, LLMServer
 
 from deployments.experts import EXPERT_PREFIX, lora
-from deployments.model_store import resolve_model
+from deployments.experts.model_store import resolve_model
 from router.config import AppConfig, ExpertConfig
 
 # Engine environment every expert gets unless its config says otherwise. HF_HUB_OFFLINE only where

@@ -15,7 +15,7 @@ Built models live in ``$EXPERT_ROUTER_MODELS`` (default: ``.models/`` at the rep
 see ``router/model_cache.py``).
 Building is idempotent and safe across processes (a file lock); a finished build has a marker.
 
-Run ``python -m deployments.model_store gemma-3-270m tiny-llama`` to build ahead of time.
+Run ``python -m deployments.experts.model_store gemma-3-270m tiny-llama`` to build ahead of time.
 """
 
 from __future__ import annotations

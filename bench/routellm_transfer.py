@@ -4,7 +4,9 @@ embeddings? The same 5 outer folds as ``expert-router evaluate`` (KFold, shuffle
 the out-of-fold scores. "math subjects": MMLU rows whose id names mathematics, statistics or
 algebra (fixed before the run). From the repository root, with ``tables/`` imported as in README:
 
-    .venv/bin/python docs/results/routellm_gsm8k_mmlu_transfer/transfer.py [ENCODER]
+    .venv/bin/python bench/routellm_transfer.py [ENCODER]
+
+Its result: docs/results/routellm_gsm8k_mmlu_transfer/result.json.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from router.encoder import embed  # noqa: E402
-from router.table import read_table, to_matrices  # noqa: E402
 from training.evaluate import expected_costs, routellm_metrics  # noqa: E402
 from training.harness import strong_and_weak  # noqa: E402
+from training.table import read_table, to_matrices  # noqa: E402
 
 MATH_SUBJECTS = ("mathematics", "statistics", "algebra")
 

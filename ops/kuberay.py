@@ -1,6 +1,6 @@
 """Render the KubeRay manifests of a GPU serve config (``k8s/README.md``)::
 
-    python -m deployments.k8s_manifests --config configs/gpu_cluster.yaml --out k8s/
+    python -m ops.kuberay --config configs/gpu_cluster.yaml --out k8s/
 
 Files written into ``--out``:
 
@@ -391,7 +391,7 @@ def render(config_path: Path, opts: Options = Options()) -> dict[str, str]:
     source = config_path.resolve()
     shown = source.relative_to(REPO) if source.is_relative_to(REPO) else Path(config_path.name)
     header = (
-        f"# Generated from {shown} by `python -m deployments.k8s_manifests`: do not edit by hand;\n"
+        f"# Generated from {shown} by `python -m ops.kuberay`: do not edit by hand;\n"
         "# change the config or the flags and render again (k8s/README.md).\n"
     )
     return {name: header + to_yaml(obj) for name, obj in objects.items()}
@@ -427,7 +427,7 @@ def write(config_path: Path, out: Path, opts: Options = Options()) -> list[Path]
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m deployments.k8s_manifests", description="Render the KubeRay manifests of a config."
+        prog="python -m ops.kuberay", description="Render the KubeRay manifests of a config."
     )
     p.add_argument("--config", type=Path, default=REPO / "configs/gpu_cluster.yaml", help="Ray Serve config")
     p.add_argument("--out", type=Path, default=REPO / "k8s", help="folder for the manifests")
