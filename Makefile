@@ -46,7 +46,8 @@ test: install clients
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -v -rA --durations=15 -m "not multinode"
 
-# The multi-node cluster scenarios (tests/test_multinode.py, 9-12 min): not in `make test` (see README).
+# The multi-node cluster scenarios (tests/test_multinode.py, ~3.5 min): not in `make test`; CI runs them
+# after it (.ci/run).
 test-multinode: install clients
 	$(PY) -m pytest -v -rA tests/test_multinode.py
 

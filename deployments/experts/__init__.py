@@ -9,14 +9,15 @@ served is its kind (``ExpertConfig.kind``), one module each, found by :func:`kin
 - ``remote`` (``remote.py``): an OpenAI-compatible endpoint the router calls itself;
 - ``lora`` (``lora.py``): a LoRA adapter served by another expert's engine.
 
-A kind module exports ``deployment(expert, config)``, the name of the Serve deployment that answers
-for the expert (``None``: nobody's, the router calls it directly), and ``client(expert)``, the
-router's direct client of it (``None`` when a deployment answers). Adding a kind is adding its
-module, one line in :func:`kind` and its name in ``router.config.ExpertKind``.
+A kind module, named after the kind, exports ``deployment(expert, config)``, the name of the Serve
+deployment that answers for the expert (``None``: nobody's, the router calls it directly), and
+``client(expert)``, the router's direct client of it (``None`` when a deployment answers). Adding a
+kind is adding its module here and its name (with the field that selects it) in ``router.config``.
 """
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -37,10 +38,8 @@ class Expert(Protocol):
 
 
 def kind(expert: ExpertConfig) -> ModuleType:
-    """The module of ``expert``'s kind."""
-    from deployments.experts import lora, remote, vllm
-
-    return {"vllm": vllm, "remote": remote, "lora": lora}[expert.kind]
+    """The module of ``expert``'s kind (``deployments/experts/<kind>.py``)."""
+    return importlib.import_module(f"{__name__}.{expert.kind}")
 
 
 def deployment(expert: ExpertConfig, config: AppConfig) -> str | None:
