@@ -1,4 +1,4 @@
-"""How often the overload tier (``router/fast_tier.py``) picks the expert the policy would, on
+"""How often the overload tier (``router/decisions.py`` ``DistilledTier``) picks the expert the policy would, on
 queries it never learned from.
 
 The tier learns, in batches of 64 as in a router replica, from the decisions of a policy on
