@@ -1,5 +1,5 @@
-"""How often the overload tier (``router/decisions.py`` ``DistilledTier``) picks the expert the policy would, on
-queries it never learned from.
+"""How often the overload tier (``router/decisions.py``, ``DistilledTier``) picks the expert the
+policy would, on queries it never learned from.
 
 The tier learns, in batches of 64 as in a router replica, from the decisions of a policy on
 router_mix train queries; then both choose for held-out queries: router_mix's test split, and
@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from router.config import load_serve_config  # noqa: E402
+from router.decisions import DistilledTier  # noqa: E402
 from router.encoder import set_inference_threads  # noqa: E402
-from router.fast_tier import DistilledTier  # noqa: E402
 from router.policy import Message, RouteRequest, RoutingDecision, build_policy  # noqa: E402
 from tests.conftest import SHARED_DATA  # noqa: E402
 
