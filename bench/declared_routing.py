@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from skills_generalization import DOMAINS, data, report  # noqa: E402
 
-from router.config import ExpertConfig, PolicyConfig, load_serve_config  # noqa: E402
+from router.config import LocalExpert, PolicyConfig, load_serve_config  # noqa: E402
 from router.policy import Message, RouteRequest, build_policy  # noqa: E402
 from tests.conftest import SHARED_DATA  # noqa: E402
 
@@ -82,7 +82,7 @@ def mmlu() -> dict[str, list[str]]:
 
 
 def five_skills(test: list[dict], held: list[dict]) -> dict:
-    team = [ExpertConfig(name=d, model="builtin:tiny", skills=[d]) for d in DOMAINS]
+    team = [LocalExpert(name=d, model="builtin:tiny", skills=[d]) for d in DOMAINS]
     policy = build_policy(PolicyConfig(name="declared"), team)
     return {
         name: report([r["domain"] for r in rows], first_choices(policy, [r["instruction"] for r in rows]))

@@ -79,7 +79,7 @@ class NoCapableExpert(InvalidRequest):
 class ExpertsOverloaded(RoutingError):
     """Every candidate expert is at its ``max_in_flight``; retry after ``retry_after_s``."""
 
-    def __init__(self, message: str, retry_after_s: float):
+    def __init__(self, message: str, retry_after_s: int):
         super().__init__(message)
         self.retry_after_s = retry_after_s
 
@@ -202,9 +202,10 @@ class Dispatcher:
         self._experts = experts
         self.handles = {name: handle.options(stream=True) for name, handle in experts.items()}
         self._abilities = {name: self.config.abilities(name) for name in self.config.expert_names}
-        capacities = {
-            name: self.config.serving(name).all_engine_kwargs.get("max_num_seqs")
-            for name in self.config.expert_names
+        engines = {name: self.config.serving(name) for name in self.config.expert_names}
+        capacities = {  # remote experts: unknown
+            name: engine.all_engine_kwargs.get("max_num_seqs") if engine else None
+            for name, engine in engines.items()
         }
         self.load = LoadTracker(list(experts), capacities)
         self._caps = {e.name: e.max_in_flight for e in self.config.experts}
@@ -289,16 +290,16 @@ class Dispatcher:
         for name in full:
             self.metrics.spilled(name)
         ranking = [n for n in ranking if n not in full]
-        ranking = [n for n in ranking if n not in self.lost] + [n for n in ranking if n in self.lost]
-        plan.ranking = ranking[: self.config.ingress.max_attempts]
         plan.load = {
             "load_weight": weight,
             "policy_choice": live[0],
-            "changed": ranking[0] != live[0],
+            "changed": ranking[0] != live[0],  # by load (experts without a replica go last below)
             "expected_wait_ms": {n: round(w * 1e3, 3) for n, w in waits.items()},
             "passed_over": slow,
             "spilled": full,
         }
+        ranking = [n for n in ranking if n not in self.lost] + [n for n in ranking if n in self.lost]
+        plan.ranking = ranking[: self.config.ingress.max_attempts]
 
     async def call(self, plan: Plan) -> Routed:
         """Call the ranking best first: the first expert that answers, with its first reply.
@@ -469,14 +470,16 @@ class Dispatcher:
             answering = deployment(expert, self.config)  # a LoRA adapter's: its base's
             if answering not in running:
                 continue
-            count, scaling = running[answering], self.config.serving(expert.name).autoscaling
+            engine = self.config.serving(expert.name)
+            if engine is None:
+                continue
+            count, scaling = running[answering], engine.autoscaling
             self.load.state[expert.name].replicas = max(count, 1)
             self.can_scale[expert.name] = count < scaling.max_replicas
             if count == 0 and scaling.min_replicas > 0:
                 self.lost.add(expert.name)
             else:
                 self.lost.discard(expert.name)
-        self.metrics.load(self.load.snapshot())
 
     def models(self) -> ModelList:
         """``/v1/models``: the router and every expert, with prices."""
@@ -531,7 +534,7 @@ class Dispatcher:
                     "name": e.name,
                     "model": e.model,
                     "kind": e.kind,
-                    "accelerator": self.config.serving(e.name).accelerator,
+                    "accelerator": engine.accelerator if (engine := self.config.serving(e.name)) else None,
                     "price": e.price.model_dump(),
                     "routed_by_policy": e.name not in policy.unscored,
                 }

@@ -72,9 +72,11 @@ ERRORS: dict[type[RoutingError], tuple[int, str, str | None]] = {
 
 def api_error(exc: RoutingError) -> APIError:
     """The HTTP error of one of the dispatcher's refusals."""
-    status, type_, code = next(v for kind, v in ERRORS.items() if isinstance(exc, kind))
+    status, type_, code = next(
+        (v for kind, v in ERRORS.items() if isinstance(exc, kind)), (503, "service_unavailable", None)
+    )
     retry = getattr(exc, "retry_after_s", None)
-    headers = {"retry-after": f"{retry:g}"} if retry is not None else None
+    headers = {"retry-after": str(retry)} if retry is not None else None
     return APIError(status, str(exc), type_, code=code, param=exc.param, headers=headers)
 
 
@@ -245,6 +247,10 @@ class RouterIngress:
         """Serve's in-place ``user_config`` update: a new policy (``Dispatcher.reconfigure``)."""
         await self.dispatcher.reconfigure(user_config)
 
+    async def complete(self, request: RouterFields) -> tuple[dict[str, Any], dict[str, str]]:
+        """A whole answer for a caller holding this deployment's handle (no HTTP; bench/serve_overhead.py)."""
+        return await self.dispatcher.complete(request)
+
     async def _watch_experts(self) -> None:
         """Background loop: the running replicas of this deployment and of the experts', from
         Serve, handed to the dispatcher (``Dispatcher.observe_replicas``); never on the request path."""
@@ -255,13 +261,12 @@ class RouterIngress:
             try:
                 status = await asyncio.to_thread(serve.status)
                 deployments = status.applications[app_name].deployments
-                running = {
-                    name: int((getattr(d, "replica_states", None) or {}).get("RUNNING", 0))
-                    for name, d in deployments.items()
-                }
+                states = {name: getattr(d, "replica_states", None) for name, d in deployments.items()}
+                running = {name: int(s.get("RUNNING", 0)) for name, s in states.items() if s is not None}
                 self.dispatcher.observe_replicas(running.pop(own_name, 1), running)
             except Exception as exc:  # the controller may be restarting: keep the last view
                 logger.warning("reading expert replica counts failed: %s", exc)
+            self.dispatcher.metrics.load(self.dispatcher.load.snapshot())
             await asyncio.sleep(every)
 
     @app.post("/predict")

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from router.config import AppConfig, ConfigError, ExpertConfig, load_serve_config
+from router.config import AppConfig, ConfigError, LocalExpert, load_serve_config
 
 REPO = Path(__file__).resolve().parent.parent
 RAY_VERSION = "2.60.0"
@@ -79,7 +79,7 @@ class GpuGroup:
     accelerator_type: str | None
 
 
-def replica_gpus(expert: ExpertConfig) -> float:
+def replica_gpus(expert: LocalExpert) -> float:
     """GPUs one replica of a GPU expert reserves, as ``deployments/experts/vllm.py`` places it: a bundle of
     ``num_gpus`` (default 1) per tensor x pipeline parallel worker."""
     kwargs = expert.engine_kwargs
@@ -89,7 +89,7 @@ def replica_gpus(expert: ExpertConfig) -> float:
 
 def gpu_group(config: AppConfig, opts: Options) -> GpuGroup:
     """Size the GPU worker group from the experts; ConfigError if they cannot fit it."""
-    experts = [e for e in config.experts if e.accelerator == "gpu"]
+    experts = [e for e in config.experts if e.kind == "vllm" and e.accelerator == "gpu"]
     if not experts:
         raise ConfigError("no GPU expert in the config: these manifests are for GPU clusters")
     types = sorted({e.accelerator_type for e in experts if e.accelerator_type})
@@ -100,7 +100,7 @@ def gpu_group(config: AppConfig, opts: Options) -> GpuGroup:
     if per_worker < largest:
         raise ConfigError(f"a GPU worker with {per_worker} GPUs cannot hold an expert needing {largest}")
 
-    def workers(replicas: Callable[[ExpertConfig], int]) -> int:
+    def workers(replicas: Callable[[LocalExpert], int]) -> int:
         return math.ceil(sum(replicas(e) * replica_gpus(e) for e in experts) / per_worker)
 
     low = opts.gpu_min_workers

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -108,7 +111,6 @@ content parts."""
 Skill = Literal["general", "math", "code", "biomedical", "science"]
 """The builtin skills an expert may declare (router/skills.py; policy ``declared``)."""
 
-ExpertKind = Literal["vllm", "remote", "lora"]
 ENGINE_FIELDS = (
     "endpoint",
     "accelerator",
@@ -151,9 +153,8 @@ class Declaration(_Strict):
     )
 
 
-class ExpertConfig(Declaration):
-    """One expert LLM: its own autoscaled Ray Serve deployment running vLLM, a remote
-    OpenAI-compatible endpoint (``endpoint``), or a LoRA adapter on another expert's engine (``base``)."""
+class ExpertBase(Declaration):
+    """What every expert has, whatever serves it."""
 
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
@@ -165,19 +166,44 @@ class ExpertConfig(Declaration):
         description="Hugging Face hub id, a local folder, or 'builtin:<name>' for a model this "
         "project builds offline (see deployments/experts/model_store.py).",
     )
-    endpoint: RemoteEndpoint | None = Field(
-        None, description="Remote expert: 'model' is then the model name at this endpoint."
-    )
-    base: str | None = Field(
-        None,
-        description="LoRA adapter expert: the name of the local expert whose vLLM engine serves this "
-        "adapter beside its own model ('model' is then the adapter: a PEFT folder, a hub id or "
-        "'builtin:<name>'). Many adapters share one engine; its engine settings are the base's.",
-    )
     system_prompt: str | None = Field(
         None, description="Domain profile: prepended to the conversation as a system message."
     )
     price: Price = Price()
+    capabilities: list[Capability] | None = Field(
+        None,
+        description="What this expert can answer beyond text. Default: json_schema (vLLM's structured "
+        "outputs), plus tools when the engine has a tool-call parser; remote experts: tools, json_schema. "
+        "Routed requests that need a capability go only to experts that have it.",
+    )
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Requests one router replica keeps in flight to this expert (all its replicas); "
+        "routed requests beyond it spill to the next-ranked expert, 429 when every candidate is full.",
+    )
+    sampling: SamplingDefaults = SamplingDefaults()
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name == ROUTER_MODEL_NAME:
+            raise ValueError(f"'{ROUTER_MODEL_NAME}' is reserved for the routed endpoint")
+        return name
+
+    @property
+    def abilities(self) -> frozenset[str]:
+        """The expert's capabilities: configured, or what serves it gives."""
+        return frozenset(self.capabilities or ())
+
+
+class LocalExpert(ExpertBase):
+    """An expert that is its own autoscaled Ray Serve deployment running vLLM (``kind: vllm``, the
+    default)."""
+
+    kind: Literal["vllm"] = Field(
+        "vllm", description="How it is served (the default: neither endpoint nor base)."
+    )
     accelerator: Literal["cpu", "gpu"] = Field("cpu", description="Where the engine runs.")
     accelerator_type: str | None = Field(None, description="Ray accelerator type, e.g. 'A100' (GPU only).")
     num_cpus: float = Field(0.5, gt=0, description="Ray CPUs reserved per replica (logical).")
@@ -194,12 +220,6 @@ class ExpertConfig(Declaration):
         description="Any other ray.serve.llm LLMConfig fields (e.g. lora_config), merged over what the "
         "fields above produce (nested dicts merged key by key); LLMConfig validates the result at start.",
     )
-    capabilities: list[Capability] | None = Field(
-        None,
-        description="What this expert can answer beyond text. Default: json_schema (vLLM's structured "
-        "outputs), plus tools when the engine has a tool-call parser; remote experts: tools, json_schema. "
-        "Routed requests that need a capability go only to experts that have it.",
-    )
     env_vars: dict[str, str] = Field(default_factory=dict, description="Environment of the engine process.")
     resources: NodeResources = Field(
         default_factory=dict,
@@ -209,56 +229,21 @@ class ExpertConfig(Declaration):
     )
     autoscaling: Autoscaling = Autoscaling()
     max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica accepts at once (Serve).")
-    max_in_flight: int | None = Field(
-        None,
-        ge=1,
-        description="Requests one router replica keeps in flight to this expert (all its replicas); "
-        "routed requests beyond it spill to the next-ranked expert, 429 when every candidate is full.",
-    )
-    sampling: SamplingDefaults = SamplingDefaults()
-
-    @field_validator("name")
-    @classmethod
-    def _not_reserved(cls, name: str) -> str:
-        if name == ROUTER_MODEL_NAME:
-            raise ValueError(f"'{ROUTER_MODEL_NAME}' is reserved for the routed endpoint")
-        return name
 
     @model_validator(mode="after")
-    def _adapter_runs_on_its_base(self) -> ExpertConfig:
-        if self.base is None:
-            return self
-        fields = type(self).model_fields
-        own = [
-            f for f in ENGINE_FIELDS if getattr(self, f) != fields[f].get_default(call_default_factory=True)
-        ]
-        if own:
-            raise ValueError(
-                f"a LoRA adapter expert (base: {self.base}) runs on its base's engine: set "
-                f"{', '.join(own)} on expert '{self.base}' instead"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _accelerator_consistent(self) -> ExpertConfig:
+    def _accelerator_consistent(self) -> LocalExpert:
         if self.accelerator == "cpu" and (self.num_gpus or self.accelerator_type):
             raise ValueError("num_gpus/accelerator_type need accelerator: gpu")
         return self
 
     @model_validator(mode="after")
-    def _tools_need_a_parser(self) -> ExpertConfig:
-        if self.kind == "vllm" and "tools" in (self.capabilities or ()) and not self.parses_tool_calls:
+    def _tools_need_a_parser(self) -> LocalExpert:
+        if "tools" in (self.capabilities or ()) and not self.parses_tool_calls:
             raise ValueError(
                 "capabilities: 'tools' needs engine_kwargs enable_auto_tool_choice: true and a "
                 "tool_call_parser (e.g. hermes, llama3_json), without which vLLM refuses tools"
             )
         return self
-
-    @property
-    def kind(self) -> ExpertKind:
-        """How the expert is served: its own vLLM deployment, a remote endpoint, or a LoRA adapter
-        on another expert's engine."""
-        return "remote" if self.endpoint is not None else "lora" if self.base is not None else "vllm"
 
     @property
     def all_engine_kwargs(self) -> dict[str, Any]:
@@ -273,12 +258,88 @@ class ExpertConfig(Declaration):
 
     @property
     def abilities(self) -> frozenset[str]:
-        """The expert's capabilities: configured, or what its engine settings give."""
         if self.capabilities is not None:
             return frozenset(self.capabilities)
-        if self.endpoint is not None:
-            return frozenset({"tools", "json_schema"})
         return frozenset({"json_schema", *(["tools"] if self.parses_tool_calls else [])})
+
+
+class RemoteExpert(ExpertBase):
+    """An OpenAI-compatible endpoint the router calls itself (``kind: remote``, or just ``endpoint``)."""
+
+    kind: Literal["remote"] = Field("remote", description="How it is served (implied by endpoint).")
+    endpoint: RemoteEndpoint = Field(description="Where it answers; 'model' is the model name there.")
+
+    @property
+    def abilities(self) -> frozenset[str]:
+        return (
+            frozenset(self.capabilities)
+            if self.capabilities is not None
+            else frozenset({"tools", "json_schema"})
+        )
+
+
+class AdapterExpert(ExpertBase):
+    """A LoRA adapter served by another local expert's vLLM engine (``kind: lora``, or just ``base``);
+    ``model`` is the adapter: a PEFT folder, a hub id or ``builtin:<name>``."""
+
+    kind: Literal["lora"] = Field("lora", description="How it is served (implied by base).")
+    base: str = Field(
+        description="The name of the local expert whose vLLM engine serves this adapter beside its own "
+        "model. Many adapters share one engine; its engine settings are the base's."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _runs_on_its_base(cls, data: Any) -> Any:
+        own = [f for f in ENGINE_FIELDS if isinstance(data, dict) and f in data]
+        if own:
+            raise ValueError(
+                f"a LoRA adapter expert (base: {data.get('base')}) runs on its base's engine: set "
+                f"{', '.join(own)} on expert '{data.get('base')}' instead"
+            )
+        return data
+
+
+EXPERT_KINDS: dict[str, type[ExpertBase]] = {
+    "vllm": LocalExpert,
+    "remote": RemoteExpert,
+    "lora": AdapterExpert,
+}
+"""Each expert kind's config model (``deployments/experts/<kind>.py`` serves it): the members of
+:data:`ExpertConfig`. A new kind is its model here (``kind: Literal["<name>"]``) and this one line."""
+
+
+def _expert_kind(value: Any) -> str | None:
+    """The config model of an expert: its ``kind``, else ``lora`` with a base, ``remote`` with an
+    endpoint, ``vllm`` otherwise (the union's tag is the model's name, so error places skip it)."""
+    if isinstance(value, dict):
+        implied = (
+            "lora"
+            if value.get("base") is not None
+            else "remote"
+            if value.get("endpoint") is not None
+            else "vllm"
+        )
+        kind = value.get("kind") or implied
+    elif isinstance(value, ExpertBase):
+        kind = value.kind
+    else:  # not an object: the default kind's model says so
+        kind = "vllm"
+    model = EXPERT_KINDS.get(kind) if isinstance(kind, str) else None
+    return model.__name__ if model else None
+
+
+ExpertConfig = Annotated[
+    Union[tuple(Annotated[model, Tag(model.__name__)] for model in EXPERT_KINDS.values())],  # noqa: UP007
+    Discriminator(
+        _expert_kind,
+        custom_error_type="expert_kind",
+        custom_error_message=f"kind must be one of {', '.join(EXPERT_KINDS)}",
+    ),
+]
+"""One expert, of the kind its config selects (a pydantic discriminated union)."""
+EXPERT = TypeAdapter(ExpertConfig)
+"""Validates one expert's config: ``EXPERT.validate_python({...})``."""
 
 
 class PolicyConfig(_Strict):
@@ -450,9 +511,9 @@ class AppConfig(_Strict):
     @field_validator("experts")
     @classmethod
     def _adapters_have_local_bases(cls, experts: list[ExpertConfig]) -> list[ExpertConfig]:
-        engines = {e.name: e for e in experts if e.kind == "vllm"}
+        engines = {e.name: e for e in experts if isinstance(e, LocalExpert)}
         for e in experts:
-            if e.base is None:
+            if not isinstance(e, AdapterExpert):
                 continue
             if e.base not in engines:
                 raise ValueError(
@@ -466,19 +527,23 @@ class AppConfig(_Strict):
                 )
         return experts
 
-    def serving(self, name: str) -> ExpertConfig:
-        """The expert whose deployment answers for expert ``name``: a LoRA adapter's base, else itself."""
+    def serving(self, name: str) -> LocalExpert | None:
+        """The local expert whose engine answers for expert ``name``: itself, a LoRA adapter's base;
+        None for a remote expert."""
         expert = self.expert(name)
-        return self.expert(expert.base) if expert.base is not None else expert
+        if isinstance(expert, AdapterExpert):
+            return self.expert(expert.base)  # type: ignore[return-value]  # checked: a local expert
+        return expert if isinstance(expert, LocalExpert) else None
 
-    def adapters(self, name: str) -> list[ExpertConfig]:
+    def adapters(self, name: str) -> list[AdapterExpert]:
         """The LoRA adapter experts served by local expert ``name``'s engine."""
-        return [e for e in self.experts if e.base == name]
+        return [e for e in self.experts if isinstance(e, AdapterExpert) and e.base == name]
 
     def abilities(self, name: str) -> frozenset[str]:
-        """What expert ``name`` can answer: its own capabilities, else its engine's."""
+        """What expert ``name`` can answer: its own capabilities, else what serves it gives."""
         expert = self.expert(name)
-        return expert.abilities if expert.capabilities is not None else self.serving(name).abilities
+        engine = self.serving(name)
+        return expert.abilities if expert.capabilities is not None or engine is None else engine.abilities
 
     @property
     def expert_names(self) -> list[str]:

@@ -112,10 +112,11 @@ def load_router(folder: str | Path, overrides: dict[str, Any] | None = None) -> 
     wrong = sorted(set(overrides or {}) - set(INFERENCE_OPTIONS))
     if wrong:
         raise ValueError(f"only {', '.join(INFERENCE_OPTIONS)} can be overridden, not {', '.join(wrong)}")
-    if overrides:
-        if not set(overrides) <= set(kind.settings.model_fields):
-            raise ValueError(f"a '{kind.name}' router runs no encoder: {', '.join(overrides)} do not apply")
-        settings = kind.configure({**settings.model_dump(exclude_unset=True), **overrides})
+    applicable = {k: v for k, v in (overrides or {}).items() if k in kind.settings.model_fields}
+    if ignored := sorted(set(overrides or {}) - set(applicable)):
+        logger.warning("a '%s' router runs no encoder: %s ignored", kind.name, ", ".join(ignored))
+    if applicable:
+        settings = kind.configure({**settings.model_dump(exclude_unset=True), **applicable})
     router = kind.router.load_weights(folder, meta["experts"], np.asarray(meta["expected_costs"]), settings)
     router.metrics = meta.get("metrics", {})
     return router

@@ -5,11 +5,14 @@ from pathlib import Path
 import pytest
 
 from router.config import (
+    EXPERT,
+    AdapterExpert,
     AppConfig,
     ConfigError,
-    ExpertConfig,
+    LocalExpert,
     Price,
     RemoteEndpoint,
+    RemoteExpert,
     field_path,
     load_serve_config,
 )
@@ -141,9 +144,9 @@ def test_expert_capabilities_follow_the_engine_settings_unless_configured(expert
 
 def test_llm_config_reaches_ray_serve_llm_merged_and_validated_by_it():
     from deployments.experts.vllm import expert_llm_config
-    from router.config import ExpertConfig
+    from router.config import LocalExpert
 
-    expert = ExpertConfig(
+    expert = LocalExpert(
         name="a",
         model="builtin:tiny-llama",
         engine_kwargs={"max_model_len": 512},
@@ -171,10 +174,10 @@ def test_a_wrong_llm_config_stops_the_start_naming_the_expert():
 
 def test_hub_models_may_download_local_ones_stay_offline():
     from deployments.experts.vllm import expert_llm_config
-    from router.config import ExpertConfig
+    from router.config import LocalExpert
 
     def env(model: str) -> dict:
-        return expert_llm_config(ExpertConfig(name="a", model=model)).runtime_env["env_vars"]
+        return expert_llm_config(LocalExpert(name="a", model=model)).runtime_env["env_vars"]
 
     assert env("builtin:tiny-llama")["HF_HUB_OFFLINE"] == "1"
     assert "HF_HUB_OFFLINE" not in env("meta-llama/Llama-3.1-8B-Instruct")
@@ -189,11 +192,11 @@ def test_the_gpu_config_turns_tools_on_for_the_models_that_call_tools():
 def test_placement_resources_reach_the_expert_bundle_and_the_router_replicas():
     from deployments.app import build_app
     from deployments.experts.vllm import expert_llm_config
-    from router.config import ExpertConfig
+    from router.config import LocalExpert
 
-    cpu = ExpertConfig(name="a", model="builtin:tiny-llama", resources={"expert_node": 1})
+    cpu = LocalExpert(name="a", model="builtin:tiny-llama", resources={"expert_node": 1})
     assert expert_llm_config(cpu).placement_group_config == {"bundles": [{"CPU": 0.5, "expert_node": 1}]}
-    gpu = ExpertConfig(name="g", model="org/model", accelerator="gpu", resources={"expert_node": 1})
+    gpu = LocalExpert(name="g", model="org/model", accelerator="gpu", resources={"expert_node": 1})
     assert expert_llm_config(gpu).placement_group_config["bundle_per_worker"] == {"GPU": 1, "expert_node": 1}
 
     remote = {"name": "r", "model": "m", "endpoint": {"base_url": "http://127.0.0.1:9/v1"}}
@@ -205,7 +208,9 @@ def test_placement_resources_reach_the_expert_bundle_and_the_router_replicas():
 
 CONFIG_STARTS = {
     AppConfig: {"experts": [{"name": "a", "model": "m"}]},
-    ExpertConfig: {"name": "a", "model": "m"},
+    LocalExpert: {"name": "a", "model": "m"},
+    RemoteExpert: {"name": "a", "model": "m", "endpoint": {"base_url": "http://127.0.0.1:9/v1"}},
+    AdapterExpert: {"name": "b", "model": "m", "base": "a"},
     RemoteEndpoint: {"base_url": "http://127.0.0.1:9/v1"},
 }
 """The least each model needs, for entering its fields."""
@@ -335,7 +340,7 @@ def test_every_config_example_in_the_docs_validates(block, tmp_path):
     assert block.lstrip().startswith("# fragment"), "a partial config's first line is '# fragment: ...'"
     experts = doc if isinstance(doc, list) else doc.get("experts", [])
     for expert in experts:
-        ExpertConfig.model_validate(expert)
+        EXPERT.validate_python(expert)
     if any("base" in expert for expert in experts):  # adapters name their base among the others
         AppConfig.model_validate({"experts": experts})
     parts = {"policy": PolicyConfig, "ingress": IngressConfig}
@@ -375,7 +380,7 @@ def test_lora_adapter_experts_run_on_their_base_engine():
         ("tutor", "tiny-llama-lora-a"),
         ("poet", "tiny-llama-lora-b"),
     ]
-    assert config.serving("tutor").name == "base" and config.serving("far").name == "far"
+    assert config.serving("tutor").name == "base" and config.serving("far") is None  # remote: no engine
     assert config.abilities("tutor") == {"tools", "json_schema"}  # its engine's
     assert config.abilities("poet") == frozenset()  # its own, when it says
 
@@ -408,6 +413,36 @@ def test_a_lora_adapter_expert_needs_a_local_base_and_no_engine_of_its_own(adapt
         {"name": "tutor", "model": "builtin:tiny-llama-lora-a", "base": "base"},
         {"name": "new", "model": "builtin:tiny-llama-lora-b", **adapter},
     ]
+    with pytest.raises(ConfigError) as caught:
+        AppConfig.parse(minimal(experts=experts))
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "expert, kind, message",
+    [
+        ({}, "vllm", None),
+        ({"kind": "vllm", "num_cpus": 1}, "vllm", None),
+        ({"endpoint": {"base_url": "https://example.com/v1"}}, "remote", None),
+        ({"kind": "remote", "endpoint": {"base_url": "https://example.com/v1"}}, "remote", None),
+        ({"kind": "lora", "base": "base"}, "lora", None),
+        ({"kind": "remote"}, None, "experts[1].endpoint: Field required"),
+        ({"kind": "lora"}, None, "experts[1].base: Field required"),
+        ({"kind": "cloud"}, None, "experts[1]: kind must be one of vllm, remote, lora"),
+        ({"kind": 5}, None, "experts[1]: kind must be one of vllm, remote, lora"),
+        ({"kind": "vllm", "base": "base"}, None, "experts[1].base: Extra inputs are not permitted"),
+        (
+            {"endpoint": {"base_url": "https://example.com/v1"}, "num_gpus": 1},
+            None,
+            "experts[1].num_gpus: Extra inputs are not permitted",  # a remote expert has no engine
+        ),
+    ],
+)
+def test_an_experts_kind_is_declared_or_implied_and_selects_the_fields_it_may_have(expert, kind, message):
+    experts = [{"name": "base", "model": "builtin:tiny-llama"}, {"name": "x", "model": "m", **expert}]
+    if message is None:
+        assert AppConfig.parse(minimal(experts=experts)).expert("x").kind == kind
+        return
     with pytest.raises(ConfigError) as caught:
         AppConfig.parse(minimal(experts=experts))
     assert message in str(caught.value)

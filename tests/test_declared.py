@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from router.config import AppConfig, ConfigError, ExpertConfig, PolicyConfig
+from router.config import EXPERT, AppConfig, ConfigError, ExpertConfig, PolicyConfig
 from router.policy import Message, RouteRequest, build_policy
 
 MODEL = "builtin:tiny"
 
 
 def experts(*declared: dict) -> list[ExpertConfig]:
-    return [ExpertConfig.model_validate({"model": MODEL, **d}) for d in declared]
+    return [EXPERT.validate_python({"model": MODEL, **d}) for d in declared]
 
 
 def policy(team: list[ExpertConfig], **args):

@@ -86,7 +86,7 @@ def servers():
     from deployments.app import build_app
     from deployments.experts.vllm import expert_llm_config
     from ops.launch import start_local_ray
-    from router.config import ExpertConfig
+    from router.config import EXPERT
 
     args = yaml.safe_load((REPO / "configs/tiny_cpu.yaml").read_text())["applications"][0]["args"]
     alpha = next(e for e in args["experts"] if e["name"] == "alpha")
@@ -102,7 +102,7 @@ def servers():
             "sampling": alpha["sampling"],
         }
     )
-    reference = expert_llm_config(ExpertConfig.model_validate({**alpha, "name": "tiny-ref"}))
+    reference = expert_llm_config(EXPERT.validate_python({**alpha, "name": "tiny-ref"}))
     serve.run(
         build_openai_app({"llm_configs": [reference]}),
         name="reference",

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from ops.kuberay import CONFIG_DIR, GPU_RESOURCE, Options, main, render, replica_gpus
-from router.config import AppConfig, ConfigError, ExpertConfig, load_serve_config
+from router.config import AppConfig, ConfigError, LocalExpert, load_serve_config
 from tests.conftest import REPO, SHARED_DATA
 
 SCHEMAS = SHARED_DATA.parent / "k8s-schemas"
@@ -242,7 +242,7 @@ def test_replica_gpus_is_what_ray_serve_llm_reserves():
         {"num_gpus": 0.5},
         {"num_gpus": 1, "engine_kwargs": {"tensor_parallel_size": 2, "pipeline_parallel_size": 2}},
     ]
-    experts = APP.experts + [ExpertConfig(name="x", model="m", accelerator="gpu", **s) for s in shapes]
+    experts = APP.experts + [LocalExpert(name="x", model="m", accelerator="gpu", **s) for s in shapes]
     for expert in experts:
         bundles = expert_llm_config(expert).get_engine_config().placement_bundles
         assert sum(b.get("GPU", 0) for b in bundles) == replica_gpus(expert), expert.name

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from deployments.dispatch import expert_request, with_profile
 from deployments.openai_api import ChatRequest, TextCompletionRequest
-from router.config import ExpertConfig, SecurityConfig, field_path
+from router.config import LocalExpert, SecurityConfig, field_path
 from tests.wrong_types import CHAT_BASES, COMPLETION_BASES, names_the_field, wrong_typed
 
 TOOLS = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
@@ -21,7 +21,7 @@ AGENT_TURNS = [
     },
     {"role": "tool", "tool_call_id": "c1", "content": '{"result": 5, "huge": "json blob"}'},
 ]
-EXPERT = ExpertConfig(
+EXPERT = LocalExpert(
     name="math",
     model="m",
     system_prompt="PROFILE",

@@ -85,13 +85,13 @@ def server():
     from deployments.app import build_app
     from deployments.experts.vllm import expert_llm_config
     from ops.launch import start_local_ray
-    from router.config import AppConfig, ExpertConfig
+    from router.config import EXPERT, AppConfig
 
     port, metrics_port = free_port(), free_port()
     start_local_ray(num_cpus=8, _metrics_export_port=metrics_port)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = router_args(port)
-    remote = expert_llm_config(ExpertConfig.model_validate({**args["experts"][1], "name": "tiny-remote"}))
+    remote = expert_llm_config(EXPERT.validate_python({**args["experts"][1], "name": "tiny-remote"}))
     serve.run(
         build_openai_app({"llm_configs": [remote]}), name="remote", route_prefix="/remote", blocking=False
     )

@@ -69,34 +69,49 @@ def names_the_field(path: str, key: str) -> bool:
     return path == key or path.startswith((f"{key}.", f"{key}["))
 
 
-def _nested(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
-    """The model a field holds (``X``, ``X | None`` or ``list[X]``), and whether it holds a list."""
-    for arg in (annotation, *get_args(annotation)):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg, False
-        if get_origin(arg) is list:
-            inner, _ = _nested(get_args(arg)[0])
-            if inner is not None:
-                return inner, True
-    return None, False
+def _nested(annotation: Any) -> tuple[list[type[BaseModel]], bool]:
+    """The models a field holds (``X``, ``X | None``, ``list[X]``, or a union of models such as the
+    expert kinds), and whether it holds a list."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation], False
+    if get_origin(annotation) is list:
+        inner, _ = _nested(get_args(annotation)[0])
+        return inner, bool(inner)
+    models, many = [], False
+    for arg in get_args(annotation):
+        inner, listed = _nested(arg)
+        models += [m for m in inner if m not in models]
+        many = many or listed
+    return models, many
+
+
+def _field(models: list[type[BaseModel]], key: str) -> tuple[type[BaseModel], str]:
+    """The first of ``models`` with a field set by ``key``, and the field's name."""
+    for model in models:
+        for name, field in model.model_fields.items():
+            if key in (name, field.alias):
+                return model, name
+    raise KeyError(key)
 
 
 def config_places(
     model: type[BaseModel], document: dict[str, Any], starts: dict[type[BaseModel], dict[str, Any]]
 ) -> Iterator[tuple[str | int, ...]]:
     """Every place of ``model``'s fields at any depth in ``document``: a nested model's fields under
-    its own (the first item of a list), entered with ``starts[Model]`` (its required fields) where
-    the document has none."""
+    its own (the first item of a list; every member of a union of models), entered with
+    ``starts[Model]`` (its required fields) where the document has none."""
+    seen: set[tuple[str | int, ...]] = set()
     for key in body_keys(model):
         yield (key,)
-        name = next(n for n, f in model.model_fields.items() if key in (n, f.alias))
-        inner, many = _nested(model.model_fields[name].annotation)
-        if inner is None:
-            continue
+        inners, many = _nested(model.model_fields[_field([model], key)[1]].annotation)
         held = document.get(key)
-        sub = (held[0] if many and held else held) if held else starts.get(inner, {})
-        for place in config_places(inner, sub, starts):
-            yield ((key, 0, *place) if many else (key, *place))
+        for inner in inners:
+            sub = (held[0] if many and held else held) if held else starts.get(inner, {})
+            for place in config_places(inner, sub, starts):
+                full = (key, 0, *place) if many else (key, *place)
+                if full not in seen:
+                    seen.add(full)
+                    yield full
 
 
 def set_at(
@@ -109,14 +124,14 @@ def set_at(
     """A deep copy of ``document`` with ``value`` at ``place`` (missing parents made from ``starts``)."""
     document = copy.deepcopy(document)
     node: Any = document
-    for i, part in enumerate(place[:-1]):
+    models = [model]
+    for part in place[:-1]:
         if isinstance(part, str):
-            name = next(n for n, f in model.model_fields.items() if part in (n, f.alias))
-            model, many = _nested(model.model_fields[name].annotation)
+            holder, name = _field(models, part)
+            models, many = _nested(holder.model_fields[name].annotation)
             if part not in node or node[part] is None:
-                node[part] = (
-                    [copy.deepcopy(starts.get(model, {}))] if many else copy.deepcopy(starts.get(model, {}))
-                )
+                start = copy.deepcopy(starts.get(models[0], {}))
+                node[part] = [start] if many else start
         node = node[part]
     node[place[-1]] = value
     return document

@@ -77,14 +77,20 @@ def load_instructions(
 
 ANSWER_FIELDS = {"model", "base", "system_prompt", "engine_kwargs", "llm_config", "sampling", "env_vars"}
 """What an expert's answers depend on (its price does not: costs are recomputed from tokens)."""
+UNSET_ANSWER_FIELDS = {"base": None, "engine_kwargs": {}, "llm_config": {}, "env_vars": {}}
+"""What those fields are for a kind of expert that has none of them (fingerprints stay comparable)."""
+
+
+def _answer_fields(expert: ExpertConfig) -> dict[str, Any]:
+    return {**UNSET_ANSWER_FIELDS, **expert.model_dump(mode="json", include=ANSWER_FIELDS)}
 
 
 def expert_fingerprint(expert: ExpertConfig, config: AppConfig) -> str:
     """A short hash of the expert's :data:`ANSWER_FIELDS` (a LoRA adapter's: with its base's, from
     ``config``): rows made under another one are stale."""
-    fields = expert.model_dump(mode="json", include=ANSWER_FIELDS)
-    if expert.base is not None:
-        fields["engine"] = config.serving(expert.name).model_dump(mode="json", include=ANSWER_FIELDS)
+    fields = _answer_fields(expert)
+    if expert.kind == "lora":
+        fields["engine"] = _answer_fields(config.serving(expert.name))
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

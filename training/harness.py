@@ -92,7 +92,7 @@ def search_grid(kind: str, extra: dict[str, list[Any]] | None = None) -> dict[st
     """What nested CV chooses among for ``kind``: its ``grid``, plus those of ``extra``'s settings
     the kind has (e.g. ``{"encoder": [...]}`` for the kinds that embed)."""
     spec = kinds.load(kind)
-    known = spec.settings.model_fields
+    known = set(spec.settings.model_fields) - set(kinds.Settings.model_fields)
     return {**spec.grid, **{k: v for k, v in (extra or {}).items() if k in known}}
 
 
@@ -149,10 +149,15 @@ def evaluate_table(
     """The report (``{"routers": {NAME: {...}}, "meta": {...}}``); written to ``out`` if given.
     ``config``: settings per kind; ``grid``: settings nested CV also chooses among (see
     :func:`search_grid`)."""
-    known = {k for kind in router_kinds for k in kinds.load(kind).settings.model_fields}
+    recorded = set(kinds.Settings.model_fields)  # set by training itself, not tunable
+    known = {k for kind in router_kinds for k in kinds.load(kind).settings.model_fields} - recorded
     unknown = set(grid or {}) - known
     if unknown:
         raise ValueError(f"--grid settings no kind among {list(router_kinds)} has: {sorted(unknown)}")
+    if stray := sorted(set(config or {}) - set(router_kinds)):
+        raise ValueError(f"--config names kinds not evaluated here ({', '.join(router_kinds)}): {stray}")
+    for kind, settings in (config or {}).items():
+        kinds.load(kind).configure(settings)  # a wrong setting fails now, before any kind runs
     m_all = to_matrices(read_table(table_path), quality_column)
     if limit and limit < len(m_all):
         m_all = m_all.subset(np.sort(np.random.default_rng(seed).choice(len(m_all), limit, replace=False)))

@@ -11,17 +11,17 @@ from typing import Any
 
 from deployments.experts import EXPERT_PREFIX
 from deployments.experts.model_store import resolve_model
-from router.config import AppConfig, ExpertConfig
+from router.config import AdapterExpert, AppConfig
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The ``max_lora_rank`` values vLLM accepts."""
 
 
-def deployment(expert: ExpertConfig, config: AppConfig) -> str:
+def deployment(expert: AdapterExpert, config: AppConfig) -> str:
     return EXPERT_PREFIX + config.serving(expert.name).name
 
 
-def client(expert: ExpertConfig) -> None:
+def client(expert: AdapterExpert) -> None:
     return None
 
 
@@ -44,7 +44,7 @@ def _adapter_rank(path: str) -> int:
     return max([int(config.get("r", 16)), *map(int, (config.get("rank_pattern") or {}).values())])
 
 
-def engine_kwargs(adapters: Sequence[ExpertConfig]) -> dict[str, Any]:
+def engine_kwargs(adapters: Sequence[AdapterExpert]) -> dict[str, Any]:
     """Engine arguments that serve ``adapters`` on one vLLM engine beside its base model."""
     if not adapters:
         return {}

@@ -20,14 +20,15 @@ from typing import Any
 
 import httpx
 
-from router.config import AppConfig, ExpertConfig
+from router.config import AppConfig
+from router.config import RemoteExpert as RemoteConfig
 
 
-def deployment(expert: ExpertConfig, config: AppConfig) -> None:
+def deployment(expert: RemoteConfig, config: AppConfig) -> None:
     return None
 
 
-def client(expert: ExpertConfig) -> RemoteExpert:
+def client(expert: RemoteConfig) -> RemoteExpert:
     return RemoteExpert(expert)
 
 
@@ -76,9 +77,7 @@ class _Replies:
 class RemoteExpert:
     """Handle-like client of one remote expert."""
 
-    def __init__(self, expert: ExpertConfig):
-        if expert.endpoint is None:
-            raise ValueError(f"expert {expert.name} has no endpoint")
+    def __init__(self, expert: RemoteConfig):
         endpoint = expert.endpoint
         key = os.environ.get(endpoint.api_key_env, "") if endpoint.api_key_env else ""
         self.model = expert.model

