@@ -207,7 +207,8 @@ class Dispatcher:
             name: engine.all_engine_kwargs.get("max_num_seqs") if engine else None
             for name, engine in engines.items()
         }
-        self.load = LoadTracker(list(experts), capacities)
+        answering = {name: engine.name for name, engine in engines.items() if engine is not None}
+        self.load = LoadTracker(list(experts), capacities, answering)  # an adapter's load: its engine's
         self._caps = {e.name: e.max_in_flight for e in self.config.experts}
         self.can_scale: dict[str, bool] = {}
         """Experts whose autoscaling can still add replicas (see :meth:`observe_replicas`)."""

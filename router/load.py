@@ -96,6 +96,9 @@ class LoadTracker:
     experts: Sequence[str]
     capacities: dict[str, int | None] = field(default_factory=dict)
     """Per expert, requests one replica runs at once (see :attr:`ExpertLoad.capacity`)."""
+    engines: dict[str, str] = field(default_factory=dict)
+    """Per expert, the engine that answers for it (default: its own): experts on one engine (a
+    base and its LoRA adapters) share one :class:`ExpertLoad`, as they share its sequences."""
     alpha: float = 0.2
     """Weight of a new sample in the moving averages."""
     idle_drift: float = 0.02
@@ -103,7 +106,11 @@ class LoadTracker:
     state: dict[str, ExpertLoad] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.state = {name: ExpertLoad(capacity=self.capacities.get(name)) for name in self.experts}
+        shared: dict[str, ExpertLoad] = {}
+        for name in self.experts:
+            engine = self.engines.get(name, name)
+            shared.setdefault(engine, ExpertLoad(capacity=self.capacities.get(name)))
+        self.state = {name: shared[self.engines.get(name, name)] for name in self.experts}
 
     def start(self, expert: str) -> Attempt:
         load = self.state[expert]

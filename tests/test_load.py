@@ -183,3 +183,23 @@ def test_max_in_flight_spills_to_the_next_expert_and_all_full_is_a_429_with_retr
     assert all(s.in_flight == 0 for s in ingress.load.state.values())  # nothing leaks
     bypass = ChatRequest.model_validate({"model": "a", "messages": [{"role": "user", "content": "hi"}]})
     assert asyncio.run(ingress.complete(bypass))[0]["expert"] == "a"
+
+
+def test_a_lora_adapter_and_its_base_share_their_engines_load():
+    args = {
+        **ARGS,
+        "experts": [
+            {"name": "a", "model": "builtin:tiny-llama", "engine_kwargs": {"max_num_seqs": 2}},
+            {"name": "b", "model": "builtin:tiny-llama-lora-a", "base": "a"},
+            {"name": "c", "model": "builtin:tiny-llama", "engine_kwargs": {"max_num_seqs": 2}},
+        ],
+    }
+    ingress, _ = router(args)
+    state = ingress.load.state
+    assert state["a"] is state["b"] and state["c"] is not state["a"] and state["b"].capacity == 2
+    held = [ingress.load.start(name) for name in ("a", "b", "b")]  # three on one engine of two sequences
+    state["a"].service_s = state["c"].service_s = 0.5
+    assert state["b"].in_flight == 3 and state["b"].expected_wait_s() > 0 == state["c"].expected_wait_s()
+    for attempt in held:
+        ingress.load.finish(attempt)
+    assert state["a"].in_flight == 0
