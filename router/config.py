@@ -179,8 +179,9 @@ class ExpertBase(Declaration):
     max_in_flight: int | None = Field(
         None,
         ge=1,
-        description="Requests one router replica keeps in flight to this expert (all its replicas); "
-        "routed requests beyond it spill to the next-ranked expert, 429 when every candidate is full.",
+        description="Requests one router replica keeps in flight to this expert (all its replicas; a "
+        "LoRA adapter and its base count their shared engine's); routed requests beyond it spill to the "
+        "next-ranked expert, 429 when every candidate is full.",
     )
     sampling: SamplingDefaults = SamplingDefaults()
 
