@@ -172,7 +172,9 @@ class Plan:
     request: RouterFields
     options: RoutingOptions
     routed: bool = False
-    """The policy chose (else the client named the expert)."""
+    """The policy chooses (else the client named the expert)."""
+    question: RouteRequest | None = None
+    """What the policy is asked (routed requests)."""
     decision: RoutingDecision = RoutingDecision((), {})
     shed_to: str | None = None
     """The tier overload shed the decision to (None: the policy decided)."""
@@ -225,23 +227,25 @@ class Dispatcher:
             raise InvalidRequest("; ".join(msg for _, msg in problems), param=problems[0][0])
         return Plan(request, request.routing or RoutingOptions())
 
-    def candidates(self, plan: Plan) -> RouteRequest | None:
-        """The routing question of a routed request (its conversation, allowed and capable
-        experts, cost weight); for a request naming an expert, that expert is the decision and
-        there is no question."""
+    def candidates(self, plan: Plan) -> None:
+        """A routed request's question for the policy (its conversation, the allowed experts with
+        every capability it needs, its cost weight); a request naming an expert has that expert as
+        its decision."""
         request = plan.request
         if request.model == ROUTER_MODEL_NAME:
             plan.routed = True
-            return routing_question(request, list(self.handles), self._abilities)
+            plan.question = routing_question(request, list(self.handles), self._abilities)
+            return
         if request.model not in self.handles:
             known = ", ".join([ROUTER_MODEL_NAME, *self.handles])
             raise UnknownModel(f"The model '{request.model}' does not exist; known: {known}", param="model")
         plan.decision = RoutingDecision(tuple(capable(request.needs(), self._abilities, [request.model])), {})
-        return None
 
-    async def decide(self, plan: Plan, question: RouteRequest) -> None:
-        """The policy's ranking of the candidates (see ``router.decisions.Decider``)."""
-        plan.decision, plan.shed_to = await self.decider.decide(question)
+    async def decide(self, plan: Plan) -> None:
+        """The policy's ranking of a routed request's candidates (see ``router.decisions.Decider``)."""
+        if plan.question is None:
+            return
+        plan.decision, plan.shed_to = await self.decider.decide(plan.question)
         if plan.shed_to is not None:
             self.metrics.shed(plan.shed_to)
 
@@ -337,9 +341,8 @@ class Dispatcher:
         """validate → candidates → decide → balance → call with fallback."""
         plan = self.validate(request)
         started = time.perf_counter()
-        question = self.candidates(plan)
-        if question is not None:
-            await self.decide(plan, question)
+        self.candidates(plan)
+        await self.decide(plan)
         plan.routing_ms = (time.perf_counter() - started) * 1e3
         self.balance(plan)
         return await self.call(plan)
