@@ -9,7 +9,7 @@ explicit stages over one :class:`Plan`:
 - **decide**: the policy's ranking (``router/decisions.py``: batched off the loop, shed under
   overload);
 - **balance**: experts cooling down after a failure skipped, the ranking traded against expected
-  waits (``router/load.py``), ``max_ttft_ms`` and ``max_in_flight``, experts with no replica last;
+  waits (``router/balance.py``), ``max_ttft_ms`` and ``max_in_flight``, experts with no replica last;
 - **call with fallback**: best first, the next on failure, abandoned calls cancelled
   (``deployments/experts/``);
 - **respond**: the expert's whole reply, or its stream, naming the expert.
@@ -43,10 +43,10 @@ from deployments.openai_api import (
     RoutingInfo,
     RoutingOptions,
 )
+from router.balance import Attempt, LoadTracker, load_aware_ranking
 from router.config import ROUTER_MODEL_NAME, AppConfig, ExpertConfig, RouterUserConfig
 from router.decisions import Decider, LoadedPolicy
 from router.encoder import set_inference_threads
-from router.load import Attempt, LoadTracker, load_aware_ranking
 from router.policy import RouteRequest, RoutingDecision
 
 logger = logging.getLogger("ray.serve")

@@ -111,7 +111,7 @@ class RouterMetrics:
             self.overloads.inc()
 
     def load(self, snapshot: dict[str, dict[str, Any]]) -> None:
-        """Set the load gauges from :meth:`router.load.LoadTracker.snapshot`."""
+        """Set the load gauges from :meth:`router.balance.LoadTracker.snapshot`."""
         if not self.enabled:
             return
         for expert, values in snapshot.items():

@@ -375,7 +375,7 @@ class SecurityConfig(_Strict):
 
 
 class LoadConfig(_Strict):
-    """Load-aware routing (``router/load.py``): each candidate's policy score minus ``load_weight``
+    """Load-aware routing (``router/balance.py``): each candidate's policy score minus ``load_weight``
     x its expected wait in seconds, from what this router replica measures on the answers."""
 
     load_weight: float = Field(

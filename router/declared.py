@@ -133,7 +133,7 @@ class DeclaredPolicy(RoutingPolicy):
         self.default = self._default_expert(declared)
         self.outcomes = None
         if outcomes is not None:
-            from router.trained_policy import TrainedPolicy
+            from router.trained import TrainedPolicy
 
             self.outcomes = TrainedPolicy(self.experts, outcomes)
 

@@ -149,7 +149,7 @@ def _trained(kind: str | None) -> PolicyFactory:
     load only when configured."""
 
     def make(experts: Sequence[str], **args: Any) -> RoutingPolicy:
-        from router.trained_policy import factory
+        from router.trained import factory
 
         return factory(kind)(experts, **args)
 

@@ -247,7 +247,7 @@ def test_every_policy_arg_of_every_json_type_is_valid_or_a_config_error_naming_t
 
     from deployments.app import check_config
     from router.policy import _REGISTRY
-    from router.trained_policy import TrainedPolicy
+    from router.trained import TrainedPolicy
 
     shipped_config = load_serve_config(REPO / "serve_config.yaml")
     shipped, experts = shipped_config.policy, [{"name": n, "model": "m"} for n in shipped_config.expert_names]

@@ -23,7 +23,7 @@ import yaml
 
 from router import kinds
 from router.config import load_serve_config
-from router.trained_policy import REPO_ROOT
+from router.trained import REPO_ROOT
 from training.generate import generate, summary
 from training.harness import evaluate_table
 from training.train import train

@@ -13,7 +13,7 @@ import pytest
 from deployments.dispatch import Dispatcher, RoutingError
 from deployments.ingress import api_error
 from deployments.openai_api import ChatRequest
-from router.load import ExpertLoad, LoadTracker, load_aware_ranking
+from router.balance import ExpertLoad, LoadTracker, load_aware_ranking
 from tests.test_router_fallback import ARGS, ExpertHandle, ok, reply
 
 
