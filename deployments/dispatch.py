@@ -211,6 +211,11 @@ class Dispatcher:
         }
         answering = {name: engine.name for name, engine in engines.items() if engine is not None}
         self.load = LoadTracker(list(experts), capacities, answering)  # an adapter's load: its engine's
+        self._deployments = {  # the Serve deployment and engine answering for each local/adapter expert
+            e.name: (name, engines[e.name])
+            for e in self.config.experts
+            if (name := deployment(e, self.config)) is not None
+        }
         self._caps = {e.name: e.max_in_flight for e in self.config.experts}
         self.can_scale: dict[str, bool] = {}
         """Experts whose autoscaling can still add replicas (see :meth:`observe_replicas`)."""
@@ -469,21 +474,18 @@ class Dispatcher:
         deployment (read in the background by the ingress, never on the request path). Sets each
         expert's replica count (for expected waits), whether it can still scale up (for
         ``ingress.load.prefer_scaling``) and whether it is lost (none running though it keeps one)."""
-        for expert in self.config.experts:
-            self.load.state[expert.name].routers = max(routers, 1)
-            answering = deployment(expert, self.config)  # a LoRA adapter's: its base's
+        for name in self.config.expert_names:
+            self.load.state[name].routers = max(routers, 1)
+        for name, (answering, engine) in self._deployments.items():
             if answering not in running:
                 continue
-            engine = self.config.serving(expert.name)
-            if engine is None:
-                continue
             count, scaling = running[answering], engine.autoscaling
-            self.load.state[expert.name].replicas = max(count, 1)
-            self.can_scale[expert.name] = count < scaling.max_replicas
+            self.load.state[name].replicas = max(count, 1)
+            self.can_scale[name] = count < scaling.max_replicas
             if count == 0 and scaling.min_replicas > 0:
-                self.lost.add(expert.name)
+                self.lost.add(name)
             else:
-                self.lost.discard(expert.name)
+                self.lost.discard(name)
 
     def models(self) -> ModelList:
         """``/v1/models``: the router and every expert, with prices."""

@@ -111,21 +111,6 @@ content parts."""
 Skill = Literal["general", "math", "code", "biomedical", "science"]
 """The builtin skills an expert may declare (router/skills.py; policy ``declared``)."""
 
-ENGINE_FIELDS = (
-    "endpoint",
-    "accelerator",
-    "accelerator_type",
-    "num_cpus",
-    "num_gpus",
-    "engine_kwargs",
-    "llm_config",
-    "env_vars",
-    "resources",
-    "autoscaling",
-    "max_ongoing_requests",
-)
-"""Fields that set up an expert's own engine: a LoRA adapter expert has none (its base's serve it)."""
-
 
 class Declaration(_Strict):
     """What an expert says it is for (policy ``declared`` routes on it; router/declared.py)."""
@@ -292,8 +277,11 @@ class AdapterExpert(ExpertBase):
     @model_validator(mode="before")
     @classmethod
     def _runs_on_its_base(cls, data: Any) -> Any:
-        own = [f for f in ENGINE_FIELDS if isinstance(data, dict) and f in data]
-        if own:
+        others = (
+            LocalExpert.model_fields.keys() | RemoteExpert.model_fields.keys()
+        ) - cls.model_fields.keys()
+        own = [key for key in data if key in others] if isinstance(data, dict) else []
+        if own:  # a friendlier error than "extra inputs": where these belong
             raise ValueError(
                 f"a LoRA adapter expert (base: {data.get('base')}) runs on its base's engine: set "
                 f"{', '.join(own)} on expert '{data.get('base')}' instead"

@@ -146,3 +146,17 @@ def test_the_pipeline_serves_the_best_router_among_small_artifacts():
     assert best_router(results, sizes, max_mb=100) == "bert"
     large = {"bert": 87.0, "knn": 20.0, "cluster": 30.0}
     assert best_router(results, large, max_mb=10) == "bert"  # none is small: any size
+
+
+def test_evaluate_refuses_a_wrong_setting_of_any_kind_before_any_kind_runs(table, monkeypatch):
+    from training import harness
+
+    fitted = []
+    monkeypatch.setattr(harness, "fit_local", lambda kind, *a, **k: fitted.append(kind))
+    with pytest.raises(ValueError, match="mlp settings: epochs: Input should be a valid integer"):
+        evaluate_table(table, folds=3, router_kinds=["knn", "mlp"], config={"mlp": {"epochs": "many"}})
+    with pytest.raises(ValueError, match=r"--config names kinds not evaluated here \(knn\): \['mpl'\]"):
+        evaluate_table(table, folds=3, router_kinds=["knn"], config={"mpl": {"epochs": 5}})
+    with pytest.raises(ValueError, match="--grid settings no kind among"):
+        evaluate_table(table, folds=3, router_kinds=["mlp"], grid={"temperature": [0.1, 1.0]})
+    assert fitted == []  # knn, first in line, never trained

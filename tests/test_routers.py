@@ -390,4 +390,5 @@ def test_an_artifact_keeps_its_settings_and_one_from_an_older_version_still_load
     meta = json.loads((folder / META_FILE).read_text())
     meta["config"]["retired_setting"] = 1
     (folder / META_FILE).write_text(json.dumps(meta))
-    assert load_router(folder, {"quantize": "int8"}).config.quantize == "int8"
+    loaded = load_router(folder, {"quantize": "int8"})  # the retired setting is ignored, with a warning
+    assert loaded.config.quantize == "int8" and loaded.config.k == 7

@@ -73,14 +73,11 @@ class Kind:
         """Trains by gradient (as a Ray Train job)."""
         return self.build_model is not None
 
-    def configure(self, config: Mapping[str, Any] | Settings | None = None) -> Settings:
+    def configure(self, config: Mapping[str, Any] | None = None) -> Settings:
         """Its settings from ``config`` (defaults for what it leaves out); ValueError naming every
         unknown or wrong setting."""
-        if isinstance(config, self.settings):
-            return config
-        values = config.model_dump(exclude_unset=True) if isinstance(config, Settings) else dict(config or {})
         try:
-            return self.settings.model_validate(values)
+            return self.settings.model_validate(dict(config or {}))
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise ValueError(f"{self.name} settings: {problems}") from None
