@@ -104,34 +104,31 @@ INFERENCE_OPTIONS = ("backend", "quantize")
 """Config keys a loader may override: how the router runs, not what it learned."""
 
 
-def read_meta(folder: Path) -> tuple[dict[str, Any], kinds.Kind, Settings]:
-    """An artifact's ``router.json``, its kind and its settings. Settings the kind no longer has
-    (an artifact from an older version) are dropped with a warning."""
+def read_meta(
+    folder: Path, overrides: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], kinds.Kind, Settings]:
+    """An artifact's ``router.json``, its kind and its settings with ``overrides`` (of
+    :data:`INFERENCE_OPTIONS`) applied. Settings the kind does not have (an artifact from an older
+    version; an encoder option for a kind without an encoder) are dropped with a warning."""
     meta_path = folder / META_FILE
     if not meta_path.exists():
         raise FileNotFoundError(f"{folder} is not a router artifact (no {META_FILE})")
+    wrong = sorted(set(overrides or {}) - set(INFERENCE_OPTIONS))
+    if wrong:
+        raise ValueError(f"only {', '.join(INFERENCE_OPTIONS)} can be overridden, not {', '.join(wrong)}")
     meta = json.loads(meta_path.read_text())
     kind = kinds.load(meta["kind"])
-    known = {k: v for k, v in meta["config"].items() if k in kind.settings.model_fields}
-    if dropped := sorted(set(meta["config"]) - set(known)):
-        logger.warning(
-            "router artifact %s: settings %s are not %s's any more, ignored", folder, dropped, kind.name
-        )
+    wanted = {**meta["config"], **(overrides or {})}
+    known = {k: v for k, v in wanted.items() if k in kind.settings.model_fields}
+    if dropped := sorted(set(wanted) - set(known)):
+        logger.warning("router artifact %s: %s has no settings %s, ignored", folder, kind.name, dropped)
     return meta, kind, kind.configure(known)
 
 
 def load_router(folder: str | Path, overrides: dict[str, Any] | None = None) -> TrainedRouter:
     """Any trained router from its artifact folder; ``overrides`` of :data:`INFERENCE_OPTIONS`."""
     folder = Path(folder)
-    meta, kind, settings = read_meta(folder)
-    wrong = sorted(set(overrides or {}) - set(INFERENCE_OPTIONS))
-    if wrong:
-        raise ValueError(f"only {', '.join(INFERENCE_OPTIONS)} can be overridden, not {', '.join(wrong)}")
-    applicable = {k: v for k, v in (overrides or {}).items() if k in kind.settings.model_fields}
-    if ignored := sorted(set(overrides or {}) - set(applicable)):
-        logger.warning("a '%s' router runs no encoder: %s ignored", kind.name, ", ".join(ignored))
-    if applicable:
-        settings = kind.configure({**settings.model_dump(exclude_unset=True), **applicable})
+    meta, kind, settings = read_meta(folder, overrides)
     router = kind.router.load_weights(folder, meta["experts"], np.asarray(meta["expected_costs"]), settings)
     router.metrics = meta.get("metrics", {})
     return router

@@ -446,3 +446,34 @@ def test_an_experts_kind_is_declared_or_implied_and_selects_the_fields_it_may_ha
     with pytest.raises(ConfigError) as caught:
         AppConfig.parse(minimal(experts=experts))
     assert message in str(caught.value)
+
+
+def test_phase1_fingerprints_are_the_same_as_before_the_expert_kinds_had_models_of_their_own():
+    """Rows of a phase-1 table are reused while their expert's fingerprint holds; these values were
+    printed by the code before expert kinds became a union (a7b2a4a), so existing tables stay valid."""
+    from training.generate import expert_fingerprint
+
+    config = AppConfig.parse(
+        {
+            "experts": [
+                {
+                    "name": "a",
+                    "model": "builtin:tiny-llama",
+                    "engine_kwargs": {"max_model_len": 512},
+                    "system_prompt": "Be brief.",
+                },
+                {"name": "b", "model": "builtin:tiny-llama-lora-a", "base": "a"},
+                {
+                    "name": "c",
+                    "model": "gpt",
+                    "endpoint": {"base_url": "https://x.org/v1"},
+                    "sampling": {"temperature": 0.2},
+                },
+            ]
+        }
+    )
+    assert {e.name: expert_fingerprint(e, config) for e in config.experts} == {
+        "a": "a5018661a04397a9",
+        "b": "0d253e4fb918c58b",
+        "c": "5967a7dc52f7302b",
+    }
