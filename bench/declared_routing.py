@@ -12,7 +12,7 @@ training data, as users run it: through ``DeclaredPolicy.route_batch``.
    intervals. Goals: >= 97 % and >= 95 %.
 3. **Outcomes added to declared expertise**: on the phase-1 table of docs/results/pipeline_gemma
    (two Gemma experts, general and math), the test split's mean quality (BERTSim) of the declared
-   policy, the outcome router routers/default (trained on that table's train split), both combined
+   policy, the outcome router artifacts/default (trained on that table's train split), both combined
    (``outcomes``, each ``outcome_weight`` tried), random and the oracle, with 95 % intervals.
 
 Prints one JSON line and writes it with a plot to ``--out``.
@@ -134,10 +134,10 @@ def outcomes_added() -> dict:
     team = [config.expert(e) for e in experts]
     policies = {
         "declared": PolicyConfig(name="declared"),
-        "outcomes (routers/default)": PolicyConfig(name="cluster", args={"artifact": "routers/default"}),
+        "outcomes (artifacts/default)": PolicyConfig(name="cluster", args={"artifact": "artifacts/default"}),
         **{
             f"declared + outcomes (outcome_weight {w:g})": PolicyConfig(
-                name="declared", args={"outcomes": "routers/default", "outcome_weight": w}
+                name="declared", args={"outcomes": "artifacts/default", "outcome_weight": w}
             )
             for w in OUTCOME_WEIGHTS
         },
@@ -198,7 +198,7 @@ def main() -> None:
     _, test, held = data()
     result = {
         "benchmark": "declared_routing",
-        "skills_model": json.loads((REPO / "routers/skills/skills.json").read_text())["classifier"],
+        "skills_model": json.loads((REPO / "artifacts/skills/skills.json").read_text())["classifier"],
         "five_skills": five_skills(test, held),
         "default_app": default_app(held),
         "outcomes_added": outcomes_added(),

@@ -5,7 +5,7 @@ expert names and its shipped routing policy, real vLLM engines, ``max_tokens=1``
 and measures, on that same running app, interleaved in rounds:
 
 - ``direct``: DeploymentHandle -> expert deployment (LLMServer.chat),
-- ``via_router``: DeploymentHandle -> router deployment -> expert, the expert named (no decision),
+- ``via_router``: DeploymentHandle -> ingress deployment -> expert, the expert named (no decision),
 - ``via_router_routed``: the same, but the shipped policy decides (``routing.experts`` limited to
   that expert, so every path reaches the same engine),
 - ``http``: HTTP -> Serve proxy -> router ingress (policy decides) -> expert (what clients see),
@@ -77,7 +77,7 @@ async def measure(base_url: str, config: AppConfig, n: int, rounds: int) -> dict
     expert_handle = serve.get_deployment_handle(f"expert:{expert.name}", app_name=APP_NAME).options(
         stream=True
     )
-    router_handle = serve.get_deployment_handle("router", app_name=APP_NAME)
+    router_handle = serve.get_deployment_handle("ingress", app_name=APP_NAME)
 
     async def direct():
         async for _ in expert_handle.chat.remote(llm_request):

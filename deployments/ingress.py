@@ -33,7 +33,7 @@ from deployments.openai_api import (
     RouterFields,
     TextCompletionRequest,
 )
-from router.config import field_path
+from router.config import INGRESS_DEPLOYMENT, field_path
 
 logger = logging.getLogger("ray.serve")
 
@@ -228,7 +228,7 @@ def gpu_status() -> dict[str, Any]:
     return {"available": bool(gpus), "gpus": gpus}
 
 
-@serve.deployment(name="router")
+@serve.deployment(name=INGRESS_DEPLOYMENT)
 @serve.ingress(app)
 class RouterIngress:
     """HTTP routes over one :class:`Dispatcher`; one replica holds every expert's handle."""

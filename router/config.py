@@ -27,6 +27,9 @@ from pydantic import (
 
 ROUTER_MODEL_NAME = "router"
 """The model name that asks the ingress to route (also what ``model`` defaults to)."""
+INGRESS_DEPLOYMENT = "ingress"
+"""The Serve deployment that routes (the FastAPI ingress): the name a serve config's
+``deployments:`` entry gives to change its ``user_config`` or replicas."""
 
 
 class ConfigError(ValueError):
@@ -123,7 +126,7 @@ class Declaration(_Strict):
     skills: list[Skill] = Field(
         default_factory=list,
         description="Builtin skills this expert declares (general, math, code, biomedical, science): policy "
-        "'declared' routes queries of these kinds to it (routers/skills, no phase-1 data needed).",
+        "'declared' routes queries of these kinds to it (artifacts/skills, no phase-1 data needed).",
     )
     examples: list[str] | str = Field(
         default_factory=list,
@@ -428,7 +431,7 @@ class DecisionConfig(_Strict):
 
 
 class IngressConfig(_Strict):
-    """The router deployment that is also the HTTP ingress."""
+    """The ingress deployment (Serve deployment `ingress`): it routes, and is the HTTP ingress."""
 
     num_cpus: float = Field(0.1, gt=0, description="Ray CPUs reserved per router replica (logical).")
     resources: NodeResources = Field(
@@ -469,7 +472,7 @@ class IngressConfig(_Strict):
 
 
 class RouterUserConfig(_Strict):
-    """The router deployment's Ray Serve ``user_config`` (``deployments: [{name: router,
+    """The ingress deployment's Ray Serve ``user_config`` (``deployments: [{name: ingress,
     user_config: ...}]`` in the serve config): what changes on the running router replicas in place,
     without restarting them or the experts. (A change of the app's ``args`` makes Serve redeploy
     every deployment of the app, experts included.)"""
@@ -608,15 +611,15 @@ def serve_config_args(path: str | Path, app_name: str | None = None) -> Any:
 
 
 def served_policy(app: dict[str, Any], config: AppConfig) -> PolicyConfig:
-    """The policy the router replicas of ``app`` route by: the router deployment's ``user_config``
+    """The policy the router replicas of ``app`` route by: the ingress deployment's ``user_config``
     policy (a live rollout) where one is set, else the args' policy."""
     for deployment in app.get("deployments") or []:
-        if isinstance(deployment, dict) and deployment.get("name") == "router":
+        if isinstance(deployment, dict) and deployment.get("name") == INGRESS_DEPLOYMENT:
             try:
                 rollout = RouterUserConfig.model_validate(deployment.get("user_config") or {})
             except ValidationError as exc:
                 raise ConfigError(
-                    describe_errors(exc).replace("\n  ", "\n  router user_config.", 1)
+                    describe_errors(exc).replace("\n  ", f"\n  {INGRESS_DEPLOYMENT} user_config.", 1)
                 ) from None
             return rollout.policy or config.policy
     return config.policy

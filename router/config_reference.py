@@ -22,7 +22,7 @@ HEADER = """# Configuration reference
 Generated from the pydantic models of `router/config.py` by
 `.venv/bin/python -m router.config_reference > docs/configuration.md` (a test fails when this file
 is stale). An app's configuration is the `args` of the `expert-router` application in a Serve
-config file (`serve_config.yaml`, `configs/*.yaml`); the router deployment's `user_config` takes
+config file (`serve_config.yaml`, `configs/*.yaml`); the ingress deployment's `user_config` takes
 `RouterUserConfig` (a live policy rollout, docs/operations.md). Unknown keys are errors everywhere.
 """
 

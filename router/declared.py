@@ -1,7 +1,7 @@
 """Policy ``declared``: route on what each expert says it is for, with no phase-1 outcomes.
 
 An expert declares, in its config, any of: builtin ``skills`` (scored by the shipped skills model,
-``routers/skills``), its own ``examples`` (queries like them match it), or, when it declares
+``artifacts/skills``), its own ``examples`` (queries like them match it), or, when it declares
 neither, its ``description`` (zero-shot). Its score for a query is the highest calibrated
 probability that the query is what it declared (router/skills.py), minus ``cost_weight`` x its
 relative price. A query that matches no candidate (every score under ``threshold``) goes to the

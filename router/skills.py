@@ -1,6 +1,6 @@
 """The builtin skills model: what a query is about, and how close it is to texts an expert declared.
 
-One artifact folder (``routers/skills``, rebuilt by ``expert-router skills``) holds
+One artifact folder (``artifacts/skills``, rebuilt by ``expert-router skills``) holds
 - a static sentence encoder distilled from all-MiniLM-L6-v2 (``tokenizer.json`` + one int8 vector
   per token, ``vectors.npy`` x ``scales.npy``, weighted by ``idf.npy``; numbers optionally read as
   one): a query's embedding is the normalised
@@ -26,7 +26,7 @@ import numpy as np
 SKILLS = ("general", "math", "code", "biomedical", "science")
 META_FILE = "skills.json"
 CENTRE_FILE = "centre.npy"
-DEFAULT_ARTIFACT = Path(__file__).resolve().parent.parent / "routers" / "skills"
+DEFAULT_ARTIFACT = Path(__file__).resolve().parent.parent / "artifacts" / "skills"
 MAX_TOKENS = 256
 
 

@@ -6,7 +6,7 @@ that expert). The artifact folder holds ``router.json`` (kind, expert names, exp
 expert, training settings, metrics) plus the kind's weights; :func:`load_router` reads any kind back.
 
 :class:`TrainedPolicy` serves an artifact. Config:
-``policy: {name: trained, args: {artifact: routers/mlp, cost_weight: 0.0, window: 1}}`` (the kind
+``policy: {name: trained, args: {artifact: artifacts/mlp, cost_weight: 0.0, window: 1}}`` (the kind
 is read from the artifact; naming a kind instead, ``name: mlp``, also insists on it), plus
 ``backend`` (``onnx``/``torch``) and ``quantize`` (``int8``) to override how an encoder router's
 artifact runs. A relative artifact path is taken from the repository root.

@@ -1,5 +1,5 @@
 """Policy ``declared``: experts routed by the skills, examples or description they declare, with
-the shipped skills model (routers/skills), no phase-1 data."""
+the shipped skills model (artifacts/skills), no phase-1 data."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def test_a_long_text_full_of_numbers_does_not_match_short_arithmetic_examples():
     assert first(p, "What is 36 times 7?") == "math"
 
 
-def test_training_adds_each_question_in_the_other_format():
+def test_training_adds_each_question_in_the_other_format_and_code_answers_as_code_queries():
     from training.skills import augment, is_multiple_choice
 
     rows = [
@@ -157,6 +157,17 @@ def test_training_adds_each_question_in_the_other_format():
     assert extra[0]["instruction"] == "Which vitamin prevents scurvy?"
     assert all(is_multiple_choice(r["instruction"]) and r["domain"] == "math" for r in extra[1:])
     assert augment(rows, "none") == rows
+    program = "def add(a, b):\n    return a + b"
+    coding = [
+        {"instruction": "Write a function adding two numbers.", "domain": "code", "reference": program},
+        {"instruction": "What is a closure?", "domain": "code", "reference": "A function with its scope."},
+    ]
+    snippets = augment(rows + coding, "code snippets")[len(rows) + 2 :]
+    assert [(r["instruction"], r["domain"]) for r in snippets] == [(program, "code")]
+    both = augment(rows + coding, "code snippets, options added and removed")
+    assert len(both) == 2 * len(rows + coding) + 1
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        augment(rows, "paraphrase")
 
 
 def test_a_query_that_matches_nothing_declared_goes_to_the_default_expert_and_says_so():
@@ -204,14 +215,14 @@ def test_declare_changes_what_experts_declare_without_touching_their_config():
 
 
 def test_an_outcome_router_adds_to_declared_expertise_and_a_new_expert_is_still_routed_to():
-    """routers/default learned general vs math outcomes; a code expert it never saw still gets code
+    """artifacts/default learned general vs math outcomes; a code expert it never saw still gets code
     queries by what it declares, and the outcome router moves only the experts it scores."""
     team = experts(
         {"name": "general", "skills": ["general"]},
         {"name": "math", "skills": ["math"]},
         {"name": "code", "skills": ["code"]},
     )
-    combined = policy(team, outcomes="routers/default")
+    combined = policy(team, outcomes="artifacts/default")
     declared = policy(team)
     assert combined.outcomes.unscored == ("code",)
     for query in [
@@ -226,7 +237,7 @@ def test_an_outcome_router_adds_to_declared_expertise_and_a_new_expert_is_still_
         assert shift == pytest.approx(-(both.scores["math"] - alone.scores["math"]), abs=1e-5)
     assert combined.expected_costs().keys() == {"general", "math"}
     with pytest.raises(FileNotFoundError):
-        policy(team, outcomes="routers/none")
+        policy(team, outcomes="artifacts/none")
 
 
 def test_declarations_are_validated_with_the_config():

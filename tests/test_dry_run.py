@@ -41,10 +41,10 @@ def config(tmp_path):
 
 
 def test_a_live_rollout_s_policy_is_the_one_the_dry_run_uses(tmp_path, capsys):
-    """The router deployment's user_config policy is what the replicas route by (README: rollouts)."""
+    """The ingress deployment's user_config policy is what the replicas route by (README: rollouts)."""
     rollout = {
         "deployments": [
-            {"name": "router", "user_config": {"policy": {"name": "fixed", "args": {"expert": "general"}}}}
+            {"name": "ingress", "user_config": {"policy": {"name": "fixed", "args": {"expert": "general"}}}}
         ]
     }
     path = write_config(tmp_path / "serve.yaml", **rollout)

@@ -96,7 +96,7 @@ TRANSLATION = ["Translate 'good night' into Spanish.", "How do you say 'good luc
 
 def test_an_expert_that_declares_examples_in_place_is_routed_to_at_once_beside_an_outcome_router(app):
     """A ``user_config`` policy update (Serve's in-place ``reconfigure`` of the router replica):
-    the expert that declared nothing now declares examples, and routers/default (outcomes of
+    the expert that declared nothing now declares examples, and artifacts/default (outcomes of
     general and math only) joins; translation queries go to the new expert at once, the others
     still by skills and outcomes, with no replica restarted."""
     from ray import serve
@@ -106,9 +106,9 @@ def test_an_expert_that_declares_examples_in_place_is_routed_to_at_once_beside_a
     examples = ["Translate 'thank you' into Italian.", "How do you say 'good morning' in French?"]
     policy = {
         "name": "declared",
-        "args": {"declare": {"translator": {"examples": examples}}, "outcomes": "routers/default"},
+        "args": {"declare": {"translator": {"examples": examples}}, "outcomes": "artifacts/default"},
     }
-    router = serve.get_deployment_handle("router", app_name="expert-router")
+    router = serve.get_deployment_handle("ingress", app_name="expert-router")
     router.reconfigure.remote({"policy": policy}).result(timeout_s=120)
     try:
         status = httpx.get(f"{base}/status", timeout=30).json()

@@ -44,13 +44,13 @@ def expert_node(name: str) -> dict[str, float]:
 def serve_config(http_port: int, policy: dict[str, Any] | None = None) -> dict[str, Any]:
     """configs/tiny_cpu.yaml placed like the KubeRay cluster: two router replicas on two router
     nodes, each expert on its own node; routing by the fixed policy preferring alpha, or by
-    ``policy`` given as the router deployment's ``user_config`` (an in-place update)."""
+    ``policy`` given as the ingress deployment's ``user_config`` (an in-place update)."""
     doc = yaml.safe_load((REPO / "configs/tiny_cpu.yaml").read_text())
     app = doc["applications"][0]
     args = app["args"]
     args["policy"] = {"name": "fixed", "args": {"expert": "alpha"}}
     if policy is not None:
-        app["deployments"] = [{"name": "router", "user_config": {"policy": policy}}]
+        app["deployments"] = [{"name": "ingress", "user_config": {"policy": policy}}]
     args["ingress"] |= {
         "resources": {"router_node": 1},
         "max_replicas_per_node": 1,
@@ -179,7 +179,7 @@ def failed(outcomes: list[Outcome]) -> list[Outcome]:
 def test_placement_follows_the_config(multinode):
     placed = replica_nodes()
     node_of = {name: node.node_id for name, node in multinode.nodes.items()}
-    assert placed["router"] == sorted([node_of["router-1"], node_of["router-2"]])
+    assert placed["ingress"] == sorted([node_of["router-1"], node_of["router-2"]])
     assert placed["expert:alpha"] == [node_of["alpha"]]
     assert placed["expert:beta"] == [node_of["beta"]]
 
@@ -246,7 +246,7 @@ def test_router_node_lost_under_load(multinode):
         raw.wait_for(40)
         sdk.wait_for(40)
         multinode.add("router-3", ROUTER_NODE)
-        wait(lambda: multinode.running_replicas("router") == 2, 300, "two router replicas again")
+        wait(lambda: multinode.running_replicas("ingress") == 2, 300, "two router replicas again")
         raw.wait_for(20)
     finally:
         raw_outcomes, sdk_outcomes = raw.stop(), sdk.stop()
@@ -260,7 +260,7 @@ def test_router_node_lost_under_load(multinode):
     assert not failed(sdk_outcomes), report
     assert all(o.started < cut + 30 for o in lost), report  # none once the proxy noticed
     assert len(lost) <= 4 + 8, report  # at most what was in flight, plus what was routed before
-    assert replica_nodes()["router"] == sorted(
+    assert replica_nodes()["ingress"] == sorted(
         [multinode.nodes["router-2"].node_id, multinode.nodes["router-3"].node_id]
     )
 
@@ -292,5 +292,5 @@ def test_live_rollout_of_a_new_policy_loses_nothing(multinode):
     assert not failed(outcomes), summary(failed(outcomes))
     after = [o for o in outcomes if o.started > done]
     assert after and Counter(o.expert for o in after) == {"beta": len(after)}
-    assert multinode.running_replicas("router") == 2
+    assert multinode.running_replicas("ingress") == 2
     assert replicas() == before  # an in-place update: no replica was replaced

@@ -127,13 +127,13 @@ CLEARLY_GENERAL = [
 
 
 def test_the_shipped_router_int8_routes_like_fp32_and_sends_domains_where_they_belong():
-    """routers/default (the cluster router, 16 clusters of 203 Gemma-labelled queries) as
+    """artifacts/default (the cluster router, 16 clusters of 203 Gemma-labelled queries) as
     serve_config.yaml runs it. Its labels are noisy BERTSims of two small experts, so the signal is
     modest but real: 6 of 8 clear arithmetic questions go to math and 8 of 8 clear general requests
     to general (int8, without AVX-512 VNNI; borderline queries flip with the CPU's kernels, hence
     the margin); on the held-out split 66% of math queries go to math and 58% of general ones to
     general."""
-    artifact = REPO / "routers/default"
+    artifact = REPO / "artifacts/default"
     records = [json.loads(line) for line in gzip.open(SHARED_DATA / "router_mix.jsonl.gz", "rt")]
     test = [r for r in records if r["split"] == "test"]
     queries = [r["instruction"] for r in test]

@@ -284,10 +284,10 @@ def parser() -> argparse.ArgumentParser:
     route.set_defaults(func=_route)
 
     skills = sub.add_parser(
-        "skills", help="build the builtin skills model (routers/skills) from router_mix's train split"
+        "skills", help="build the builtin skills model (artifacts/skills) from router_mix's train split"
     )
     skills.add_argument("--data", type=Path, default=DEFAULT_INSTRUCTIONS, help="router_mix.jsonl.gz")
-    skills.add_argument("--out", type=Path, default=Path("routers/skills"))
+    skills.add_argument("--out", type=Path, default=Path("artifacts/skills"))
     skills.add_argument("--dims", type=int, help="reduce the static embeddings to this size by PCA")
     from training.skills import ALLOWED_AUGMENTATIONS, ALLOWED_FEATURES, AUGMENTATIONS, FEATURE_SETS
 

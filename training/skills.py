@@ -1,17 +1,18 @@
-"""Build the builtin skills model (``routers/skills``; read by ``router/skills.py``) from router_mix's
-train split only: ``expert-router skills --out routers/skills``.
+"""Build the builtin skills model (``artifacts/skills``; read by ``router/skills.py``) from router_mix's
+train split only: ``expert-router skills --out artifacts/skills``.
 
 1. A static encoder distilled from all-MiniLM-L6-v2 (as model2vec does): every vocabulary token
    through the encoder once (``[CLS] token [SEP]``, mean-pooled; optionally PCA to ``dims``),
    stored as int8 with a scale per token; token weights are the IDF of the training queries' tokens.
    Numbers may be read as one number (chosen with the features, below).
 2. The five-skill logistic regression. Its features (the static embedding alone, or with hashed
-   word 1–2-grams and character 2–4-grams), its training augmentation (none, or every question in
+   word 1–2-grams and character 2–4-grams), its training augmentation (none; every question in
    the other format: open questions with four answer options added, multiple-choice questions with
-   theirs removed, so that the format does not decide the domain) and C are chosen by
-   *unseen-source* folds of the train split: each fold holds out whole sources of the domains that
-   have several (general has one, Dolly, and stays in training), so the choice rewards what
-   transfers to new sources and formats.
+   theirs removed, so that the format does not decide the domain; code questions' reference
+   programs as code queries, since users paste code and the training queries ask for it in words;
+   or both) and C are chosen by *unseen-source* folds of the train split: each fold holds out
+   whole sources of the domains that have several (general has one, Dolly, and stays in
+   training), so the choice rewards what transfers to new sources and formats.
 3. The calibration of similarity: a one-feature logistic regression from the mean cosine of a query
    to its nearest few of an expert's example queries (or to a one-line description) to whether the
    query is of that kind, fitted on train-split queries against examples of each domain.
@@ -57,12 +58,14 @@ ALLOWED_FEATURES = ("static", "static, numbers as one")
 """Feature sets the shipped model may use (all are scored): hashed n-grams cost ~3 ms for a single
 query in scikit-learn (its per-call validation), over a decision's 1 ms budget; the static embedding
 ~0.03 ms."""
-AUGMENTATIONS = ("none", "options added and removed")
-"""Candidate training augmentations (see ``augment``)."""
-ALLOWED_AUGMENTATIONS = ("none",)
-"""Augmentations the shipped model may use (all are scored): the format augmentation gains 1.3
-points on the unseen-source folds but loses 1.4 on router_mix test and sends clear short math
-questions ("What is the derivative of x^3 + 2x?") to biomedical (docs/results/declared_routing)."""
+OPTIONS = "options added and removed"
+SNIPPETS = "code snippets"
+AUGMENTATIONS = ("none", OPTIONS, SNIPPETS, f"{SNIPPETS}, {OPTIONS}")
+"""Candidate training augmentations (see ``augment``); a comma joins two."""
+ALLOWED_AUGMENTATIONS = ("none", SNIPPETS)
+"""Augmentations the shipped model may use (all are scored): the options augmentation gains on the
+unseen-source folds but loses on router_mix test and sends clear short math questions ("What is
+the derivative of x^3 + 2x?") to biomedical (docs/results/declared_routing)."""
 CS = (1.0, 3.0, 10.0)
 NEAREST = 1
 EXAMPLES_PER_EXPERT = 8
@@ -150,12 +153,40 @@ def short_answers(rows: list[dict]) -> dict[str, list[str]]:
     return pools
 
 
+SYNTAX = re.compile(r"[(){}\[\];=<>#$]")
+
+
+def looks_like_code(text: str) -> bool:
+    """A program, not prose: most of its non-empty lines carry program syntax (brackets, braces,
+    ``=``, ``;``, tags, comments)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return bool(lines) and sum(bool(SYNTAX.search(line)) for line in lines) * 2 >= len(lines)
+
+
 def augment(rows: list[dict], augmentation: str, seed: int = 0) -> list[dict]:
-    """``rows`` and, for ``options added and removed``, each question once more in the other format:
-    an open question with four options from short answers of its own skill (and ``Answer:`` half
-    the time, as exam prompts end), a multiple-choice question without its options."""
-    if augmentation == "none":
-        return rows
+    """``rows`` and, per augmentation named (``, `` joins two):
+
+    - ``options added and removed``: each question once more in the other format: an open question
+      with four options from short answers of its own skill (and ``Answer:`` half the time, as exam
+      prompts end), a multiple-choice question without its options;
+    - ``code snippets``: the reference answer of each code question that is a program, as one more
+      code query: the training queries ask for code in words, users also paste code."""
+    out = rows
+    for name in augmentation.split(", "):
+        if name == OPTIONS:
+            out = out + _other_format(rows, seed)
+        elif name == SNIPPETS:
+            out = out + [
+                r | {"instruction": r["reference"].strip()}
+                for r in rows
+                if r["domain"] == "code" and looks_like_code(r.get("reference") or "")
+            ]
+        elif name != "none":
+            raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(AUGMENTATIONS)}")
+    return out
+
+
+def _other_format(rows: list[dict], seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     pools = short_answers(rows)
     everything = [a for pool in pools.values() for a in pool]
@@ -170,7 +201,7 @@ def augment(rows: list[dict], augmentation: str, seed: int = 0) -> list[dict]:
         lines = [f"{letter}. {option}" for letter, option in zip("ABCD", options)]
         ending = ["Answer:"] if rng.random() < 0.5 else []
         extra.append(r | {"instruction": "\n".join([text, *lines, *ending])})
-    return rows + extra
+    return extra
 
 
 def unseen_source_folds(rows: list[dict], folds: int = 3) -> list[np.ndarray]:
