@@ -117,7 +117,12 @@ def default_app(held: list[dict]) -> dict:
 
     math_result = shares(math_sets, "math")
     other_result = shares(other_sets, "general")
+    by_subject = {
+        s: round(float(np.mean([c == "math" for c in first_choices(policy, qs)])), 3)
+        for s, qs in subjects.items()
+    }
     return {
+        "mmlu_to_math_by_subject": dict(sorted(by_subject.items(), key=lambda kv: -kv[1])),
         "math_questions": math_result | {"goal": 0.97, "goal_met": math_result["to_math"] >= 0.97},
         "other_questions": other_result | {"goal": 0.95, "goal_met": other_result["to_general"] >= 0.95},
     }

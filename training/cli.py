@@ -295,7 +295,7 @@ def parser() -> argparse.ArgumentParser:
         ("--features", FEATURE_SETS, ALLOWED_FEATURES, "feature sets (default: those within 1 ms a query)"),
         ("--augmentation", AUGMENTATIONS, ALLOWED_AUGMENTATIONS, "training augmentations"),
     ):
-        help_ = f"{what} the model may choose among (all are scored; docs/results/declared_routing)"
+        help_ = f"{what} the build scores and chooses among (docs/results/declared_routing)"
         skills.add_argument(flag, nargs="+", choices=list(choices), default=list(allowed), help=help_)
     skills.set_defaults(func=_skills)
 

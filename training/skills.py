@@ -55,18 +55,22 @@ FEATURE_SETS: dict[str, tuple[bool, list[dict]]] = {
 """Candidate features: the static embedding (numbers as written, or every number read as one) alone
 or with hashed n-grams."""
 ALLOWED_FEATURES = ("static", "static, numbers as one")
-"""Feature sets the shipped model may use (all are scored): hashed n-grams cost ~3 ms for a single
-query in scikit-learn (its per-call validation), over a decision's 1 ms budget; the static embedding
-~0.03 ms."""
+"""Feature sets the build scores and may choose by default (``--features`` names others): hashed
+n-grams cost ~3 ms for a single query in scikit-learn (its per-call validation), over a decision's
+1 ms budget; the static embedding ~0.03 ms."""
 OPTIONS = "options added and removed"
 SNIPPETS = "code snippets"
 AUGMENTATIONS = ("none", OPTIONS, SNIPPETS, f"{SNIPPETS}, {OPTIONS}")
 """Candidate training augmentations (see ``augment``); a comma joins two."""
 ALLOWED_AUGMENTATIONS = ("none", SNIPPETS)
-"""Augmentations the shipped model may use (all are scored): the options augmentation gains on the
-unseen-source folds but loses on router_mix test and sends clear short math questions ("What is
-the derivative of x^3 + 2x?") to biomedical (docs/results/declared_routing)."""
+"""Augmentations the build scores and may choose by default (``--augmentation`` names others): the
+options augmentation gains on the unseen-source folds but loses on router_mix test and sends clear
+short math questions ("What is the derivative of x^3 + 2x?") to biomedical
+(docs/results/declared_routing)."""
 CS = (1.0, 3.0, 10.0)
+CLASS_WEIGHTS = ("none", "balanced")
+"""Class weighting candidates: ``balanced`` weighs each skill's training queries by the inverse of
+their count (the unseen-source folds leave the skills unevenly represented, as new traffic does)."""
 NEAREST = 1
 EXAMPLES_PER_EXPERT = 8
 
@@ -232,15 +236,17 @@ def choose_classifier(
     encoders: dict[bool, StaticEncoder],
     allowed: tuple[str, ...] = ALLOWED_FEATURES,
     augmentations: tuple[str, ...] = ALLOWED_AUGMENTATIONS,
-) -> tuple[str, str, float, dict]:
-    """The ``allowed`` feature set and augmentation, and C, with the best mean macro recall on
-    unseen-source folds; the score of every combination."""
+) -> tuple[dict, dict]:
+    """The combination of an ``allowed`` feature set, one of ``augmentations``, C and class
+    weighting with the best mean macro recall on unseen-source folds; the score of each one."""
     from sklearn.linear_model import LogisticRegression
 
     labels = np.array([r["domain"] for r in rows])
     scores: dict[str, list[float]] = defaultdict(list)
-    for name, (numbers, ngrams) in FEATURE_SETS.items():
-        for augmentation in AUGMENTATIONS:
+    chosen: dict[str, dict] = {}
+    for name in allowed:
+        numbers, ngrams = FEATURE_SETS[name]
+        for augmentation in augmentations:
             for k, held in enumerate(unseen_source_folds(rows)):
                 train = augment([rows[i] for i in np.setdiff1d(np.arange(len(rows)), held)], augmentation)
                 texts = [r["instruction"] for r in train]
@@ -248,14 +254,21 @@ def choose_classifier(
                 held_texts = [rows[i]["instruction"] for i in held]
                 x_held = _design(encoders[numbers].embed(held_texts), held_texts, ngrams)
                 for c in CS:
-                    model = LogisticRegression(C=c, max_iter=3000).fit(x, [r["domain"] for r in train])
-                    key = f"{name} | {augmentation} | C={c:g}"
-                    scores[key].append(_macro_recall(labels[held], model.predict(x_held)))
-                    logger.info("fold %d %s: %.4f", k, key, scores[key][-1])
-    permitted = [k for k in scores if k.split(" | ")[0] in allowed and k.split(" | ")[1] in augmentations]
-    best = max(permitted, key=lambda key: np.mean(scores[key]))
-    name, augmentation, c = best.split(" | ")
-    return name, augmentation, float(c[2:]), {key: round(float(np.mean(v)), 4) for key, v in scores.items()}
+                    for weight in CLASS_WEIGHTS:
+                        model = LogisticRegression(
+                            C=c, max_iter=3000, class_weight=None if weight == "none" else weight
+                        ).fit(x, [r["domain"] for r in train])
+                        key = f"{name} | {augmentation} | C={c:g} | {weight}"
+                        chosen[key] = {
+                            "features": name,
+                            "augmentation": augmentation,
+                            "C": c,
+                            "class_weight": weight,
+                        }
+                        scores[key].append(_macro_recall(labels[held], model.predict(x_held)))
+                        logger.info("fold %d %s: %.4f", k, key, scores[key][-1])
+    best = max(scores, key=lambda key: np.mean(scores[key]))
+    return chosen[best], {key: round(float(np.mean(v)), 4) for key, v in scores.items()}
 
 
 def _fit_sigmoid(similarity: np.ndarray, match: np.ndarray) -> list[float]:
@@ -319,13 +332,14 @@ def build(
     np.save(out / "vectors.npy", vectors)
     np.save(out / "scales.npy", scales)
     encoders = {numbers: encoder(out, texts, numbers) for numbers in (False, True)}
-    features, augmentation, c, tried = choose_classifier(rows, encoders, allowed, augmentations)
-    numbers, ngrams = FEATURE_SETS[features]
+    choice, tried = choose_classifier(rows, encoders, allowed, augmentations)
+    numbers, ngrams = FEATURE_SETS[choice["features"]]
     np.save(out / "idf.npy", encoders[numbers].idf)
     embedded = encoders[numbers].embed(texts)
-    augmented = augment(rows, augmentation)
+    augmented = augment(rows, choice["augmentation"])
     augmented_texts = [r["instruction"] for r in augmented]
-    classifier = LogisticRegression(C=c, max_iter=3000).fit(
+    weight = None if choice["class_weight"] == "none" else choice["class_weight"]
+    classifier = LogisticRegression(C=choice["C"], max_iter=3000, class_weight=weight).fit(
         _design(encoders[numbers].embed(augmented_texts), augmented_texts, ngrams),
         [r["domain"] for r in augmented],
     )
@@ -341,12 +355,7 @@ def build(
         "dims": int(vectors.shape[1]),
         "normalise_numbers": numbers,
         "ngrams": ngrams,
-        "classifier": {
-            "features": features,
-            "augmentation": augmentation,
-            "C": c,
-            "unseen_source_macro_recall": tried,
-        },
+        "classifier": choice | {"unseen_source_macro_recall": tried},
         "trained_on": {"file": data.name, "split": "train", "queries": len(rows)},
         "examples": {"nearest": NEAREST, "calibration": [1.0, 0.0]},
         "description": {"calibration": [1.0, 0.0]},
