@@ -19,7 +19,6 @@ ABOVE = {
 }
 """Packages each floor must not import: the floors above it (and, for router/, Ray and vLLM)."""
 TORCH_ALLOWED = {
-    "router/neural.py",  # training loops of the neural kinds
     "router/bert_model.py",  # BERT-Router's torch module (training, export)
     "router/pooling.py",
     "router/onnx_encoder.py",  # the ONNX export

@@ -87,6 +87,7 @@ def test_mlp_training_analyses_each_query_once_and_serving_keeps_no_memo(monkeyp
     from collections import Counter
 
     from router.kinds import mlp
+    from training.train import fit
 
     analysed = Counter()
     analyse = mlp.TfidfBags.analyse
@@ -95,7 +96,7 @@ def test_mlp_training_analyses_each_query_once_and_serving_keeps_no_memo(monkeyp
     texts = [f"question {i} about {topic}" for i in range(40) for topic in ("maths", "code")]
     targets = np.tile([[0.8, 0.2], [0.2, 0.8]], (40, 1)).astype(np.float32)
     settings = mlp.KIND.configure({"epochs": 3, "batch_size": 16})
-    router = mlp.fit(texts, targets, ["a", "b"], np.array([1.0, 2.0]), settings)
+    router = fit(mlp.KIND, texts, targets, ["a", "b"], np.array([1.0, 2.0]), settings)
     assert set(analysed.values()) == {1} and len(analysed) == len(texts)  # 3 epochs, one analysis each
     assert router.model.memo is None
     router.scores(["question 1 about maths"] * 3)
@@ -249,7 +250,7 @@ def test_every_kind_is_one_registered_module_and_every_list_comes_from_the_regis
     for name in kinds.names():
         spec = kinds.load(name)
         assert spec.name == spec.router.kind == name and spec.targets in ("soft_labels", "quality")
-        assert callable(spec.fit) and issubclass(spec.settings, kinds.Settings)
+        assert (spec.fit is None) == spec.neural and issubclass(spec.settings, kinds.Settings)
         if kinds.is_neural(name):
             assert all(callable(f) for f in (spec.prepare, spec.build_model, spec.from_model))
             assert "epochs" in spec.grid  # the neural kinds' epochs are chosen by nested CV too
@@ -272,7 +273,7 @@ def test_bert_router_loads_half_precision_weights_as_fp32_and_trains_them(tmp_pa
 
     from router.bert_model import EncoderClassifier
     from router.encoder import resolve_encoder
-    from router.neural import adamw, batches, train_epoch
+    from training.neural import adamw, batches, train_epoch
 
     source = Path(resolve_encoder())
     half = tmp_path / "half"

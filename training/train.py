@@ -39,7 +39,26 @@ def fit_local(
     spec = kinds.load(kind)
     targets = m.quality if spec.targets == "quality" else soft_labels(m.quality, temperature)
     settings = spec.configure({**(config or {}), "temperature": temperature})
-    return spec.fit(m.queries, targets, m.experts, m.cost, settings)
+    return fit(spec, m.queries, targets, m.experts, m.cost, settings)
+
+
+def fit(
+    spec: kinds.Kind,
+    texts: list[str],
+    targets: np.ndarray,
+    experts: list[str],
+    costs: np.ndarray,
+    settings: kinds.Settings,
+) -> TrainedRouter:
+    """Fit a kind in this process: its own ``fit``, or, for a kind trained by gradient, its model
+    by :func:`training.neural.fit_epochs`."""
+    if spec.fit is not None:
+        return spec.fit(texts, targets, experts, costs, settings)
+    from training.neural import fit_epochs
+
+    prepared = spec.prepare(texts, settings) if spec.prepare else {}
+    model = spec.build_model(len(experts), settings, **prepared)
+    return spec.from_model(experts, costs, settings, fit_epochs(model, texts, targets, settings), **prepared)
 
 
 def _loop_per_worker(cfg: dict[str, Any]) -> None:
@@ -49,7 +68,7 @@ def _loop_per_worker(cfg: dict[str, Any]) -> None:
     from ray.train import Checkpoint
     from ray.train.torch import prepare_model
 
-    from router.neural import adamw, train_epoch
+    from training.neural import adamw, train_epoch
 
     params = cfg["params"]
     model = kinds.load(cfg["kind"]).build_model(cfg["n_experts"], params, **cfg["prepared"])

@@ -3,12 +3,14 @@ imported only when used (serving an ONNX kNN artifact imports no torch).
 
 A kind module exports one :class:`Kind`, ``KIND``: its name, its settings (a pydantic model,
 unknown keys refused), its :class:`router.trained.TrainedRouter` subclass (scores, save and load),
+what it fits (``"soft_labels"``, the softmax of quality / T, or ``"quality"``, the raw per-expert
+quality), the grid nested cross-validation chooses among, and how it is fitted: either
 ``fit(texts, targets, experts, costs, settings)`` (``costs``: the training queries' (n, m) costs; a
-router keeps their per-expert mean, or more), what it fits (``"soft_labels"``, the softmax of
-quality / T, or ``"quality"``, the raw per-expert quality), the grid nested cross-validation chooses
-among, and for a kind that trains by gradient as a Ray Train job ``prepare(texts, settings)``
-(driver-side state, e.g. a vocabulary), ``build_model(n_experts, settings, **prepared)`` and
-``from_model(experts, expected_costs, settings, model, **prepared)``.
+router keeps their per-expert mean, or more), or, for a kind trained by gradient,
+``prepare(texts, settings)`` (driver-side state, e.g. a vocabulary),
+``build_model(n_experts, settings, **prepared)`` (a torch module: texts -> logits) and
+``from_model(experts, expected_costs, settings, model, **prepared)``; training (training/neural.py,
+locally or as a Ray Train job) owns the gradient loop, so serving never imports it.
 
 Adding a kind is adding a module here: the CLI's choices, the pipeline's candidates, the serving
 policy names and the cross-validation harness all list kinds with :func:`names`.
@@ -55,7 +57,8 @@ class Kind:
     settings: type[Settings]
     router: type
     """Its ``TrainedRouter`` subclass: scores, saves and loads the artifact."""
-    fit: Callable[..., Any]
+    fit: Callable[..., Any] | None
+    """``None`` for a kind trained by gradient (``build_model``)."""
     targets: Literal["soft_labels", "quality"]
     grid: dict[str, list[Any]] = field(default_factory=dict)
     """What nested cross-validation chooses among (settings of this kind)."""
@@ -64,6 +67,8 @@ class Kind:
     from_model: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
+        if (self.fit is None) == (self.build_model is None):
+            raise ValueError(f"kind {self.name}: give fit, or build_model to train by gradient (not both)")
         unknown = set(self.grid) - set(self.settings.model_fields)
         if unknown:
             raise ValueError(f"kind {self.name}: grid settings it does not have: {sorted(unknown)}")

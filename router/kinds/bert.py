@@ -135,20 +135,6 @@ def build_model(n_experts: int, config: BertSettings) -> Any:
     return EncoderClassifier(config.encoder, n_experts, config.max_length)
 
 
-def fit(
-    texts: list[str],
-    targets: np.ndarray,
-    experts: list[str],
-    expected_costs: np.ndarray,
-    config: BertSettings,
-) -> BertRouter:
-    """Fine-tune locally (no Ray)."""
-    from router.neural import fit_epochs
-
-    model = fit_epochs(build_model(len(experts), config), texts, targets, config)
-    return BertRouter.from_model(experts, expected_costs, config, model)
-
-
 KIND = Kind(
-    "bert", BertSettings, BertRouter, fit, "soft_labels", GRID, prepare, build_model, BertRouter.from_model
+    "bert", BertSettings, BertRouter, None, "soft_labels", GRID, prepare, build_model, BertRouter.from_model
 )

@@ -21,7 +21,6 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from router.kinds import Kind, NeuralSettings
 from router.kinds._tfidf import fit_vectorizer
-from router.neural import fit_epochs, predict_proba
 from router.trained import TrainedRouter
 
 
@@ -110,8 +109,12 @@ class MLPRouter(TrainedRouter):
         super().__init__(experts, expected_costs, config)
         self.model = model.eval()
 
+    @torch.inference_mode()
     def scores(self, texts: list[str]) -> np.ndarray:
-        return predict_proba(self.model, list(texts))
+        self.model.eval()
+        texts = list(texts)
+        out = [torch.softmax(self.model(texts[s : s + 256]), dim=-1) for s in range(0, len(texts), 256)]
+        return torch.cat(out).cpu().numpy() if out else np.zeros((0, len(self.experts)))
 
     def save_weights(self, folder: Path) -> None:
         (folder / "vectorizer.pkl").write_bytes(pickle.dumps(self.model.vectorizer))
@@ -144,16 +147,4 @@ def from_model(
     return MLPRouter(experts, expected_costs, config, model)
 
 
-def fit(
-    texts: list[str],
-    targets: np.ndarray,
-    experts: list[str],
-    expected_costs: np.ndarray,
-    config: MLPSettings,
-) -> MLPRouter:
-    """Train locally (no Ray): vectorizer on ``texts``, then the MLP on the soft ``targets``."""
-    model = build_model(len(experts), config, **prepare(texts, config))
-    return MLPRouter(experts, expected_costs, config, fit_epochs(model, texts, targets, config))
-
-
-KIND = Kind("mlp", MLPSettings, MLPRouter, fit, "soft_labels", GRID, prepare, build_model, from_model)
+KIND = Kind("mlp", MLPSettings, MLPRouter, None, "soft_labels", GRID, prepare, build_model, from_model)

@@ -1,7 +1,8 @@
-"""Shared training of the neural routers (MLP, BERT): cross-entropy against soft labels.
+"""Training of the neural router kinds (MLP, BERT): cross-entropy against soft labels.
 
-A neural router is a torch module mapping a list of texts to (batch, m) logits. The same epoch
-function runs locally and inside a Ray Train worker (training/train.py).
+A neural kind's ``build_model`` gives a torch module mapping a list of texts to (batch, m) logits.
+The same epoch function runs locally (:func:`fit_epochs`) and inside a Ray Train worker
+(training/train.py).
 """
 
 from __future__ import annotations
@@ -50,14 +51,6 @@ def batches(
         ([texts[i] for i in order[s : s + batch_size]], targets[order[s : s + batch_size]])
         for s in range(0, len(texts), batch_size)
     ]
-
-
-@torch.inference_mode()
-def predict_proba(model: torch.nn.Module, texts: list[str], batch_size: int = 256) -> np.ndarray:
-    """Softmax of the logits, (n, m)."""
-    model.eval()
-    out = [torch.softmax(model(texts[s : s + batch_size]), dim=-1) for s in range(0, len(texts), batch_size)]
-    return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0))
 
 
 def training_device(name: str = "cpu") -> torch.device:
