@@ -23,7 +23,7 @@ TORCH_ALLOWED = {
     "router/pooling.py",
     "router/onnx_encoder.py",  # the ONNX export
     "router/encoder.py",  # the torch fallback when no ONNX export is there
-    "router/kinds/mlp.py",  # MLP-Router scores with torch
+    "router/kinds/_bow_mlp.py",  # MLP-Router's torch module (training; serving scores in numpy)
     "router/kinds/bert.py",
 }
 """router/ modules that may import torch; every other one is torch-free (the shipped policy's path)."""

@@ -67,27 +67,21 @@ def test_mlp_features_equal_the_vectorizers_own_tfidf():
     texts = ["Solve 2x + 3 = 7 for x.", "Write a Python function to sort a list", "what is an enzyme"]
     vectorizer = fit_vectorizer(texts)
     queries = ["solve the python enzyme enzyme", "nothing known here", "", "Sort 2x sort"]
-    indices, offsets, weights = TfidfBags(vectorizer)(queries)
     dense = vectorizer.transform(queries).toarray()
-    bounds = [*offsets.tolist(), len(indices)]
-    for row, (a, b) in enumerate(zip(bounds, bounds[1:])):
+    for row, query in enumerate(queries):
+        indices, weights = TfidfBags(vectorizer).analyse(query)
         mine = np.zeros(dense.shape[1])
-        mine[indices[a:b].numpy()] = weights[a:b].numpy()
+        mine[indices] = weights
         assert np.allclose(mine, dense[row], atol=1e-6)
-    import torch
-
-    memo: dict = {}
-    for _ in range(2):  # memoised bags are the same numbers, each distinct text kept once
-        again = TfidfBags(vectorizer)(queries, memo)
-        assert all(torch.equal(a, b) for a, b in zip(again, (indices, offsets, weights)))
-    assert sorted(memo) == sorted(queries)
 
 
-def test_mlp_training_analyses_each_query_once_and_serving_keeps_no_memo(monkeypatch):
+def test_mlp_training_analyses_each_query_once_and_serving_scores_as_the_trained_module(monkeypatch):
     from collections import Counter
 
+    import torch
+
     from router.kinds import mlp
-    from training.train import fit
+    from training.neural import fit_epochs
 
     analysed = Counter()
     analyse = mlp.TfidfBags.analyse
@@ -96,11 +90,37 @@ def test_mlp_training_analyses_each_query_once_and_serving_keeps_no_memo(monkeyp
     texts = [f"question {i} about {topic}" for i in range(40) for topic in ("maths", "code")]
     targets = np.tile([[0.8, 0.2], [0.2, 0.8]], (40, 1)).astype(np.float32)
     settings = mlp.KIND.configure({"epochs": 3, "batch_size": 16})
-    router = fit(mlp.KIND, texts, targets, ["a", "b"], np.array([1.0, 2.0]), settings)
+    prepared = mlp.prepare(texts, settings)
+    model = fit_epochs(mlp.build_model(2, settings, **prepared), texts, targets, settings)
     assert set(analysed.values()) == {1} and len(analysed) == len(texts)  # 3 epochs, one analysis each
-    assert router.model.memo is None
+    router = mlp.from_model(["a", "b"], np.array([1.0, 2.0]), settings, model, **prepared)
+    queries = ["question 1 about maths", "question 7 about code", "unknown words only", ""]
+    with torch.inference_mode():
+        expected = torch.softmax(model.eval()(queries), dim=-1).numpy()
+    assert np.allclose(router.scores(queries), expected, atol=1e-5)  # numpy serving = the torch module
     router.scores(["question 1 about maths"] * 3)
-    assert router.model.memo is None and analysed["question 1 about maths"] == 4  # scored, not kept
+    assert analysed["question 1 about maths"] == 1 + 2 + 3  # trained once, scored twice above: no memo
+
+
+def test_an_mlp_artifact_saved_with_torch_weights_still_loads(tmp_path):
+    """Artifacts before 2026-12-05 stored the torch state dict (``mlp.pt``); they load and score alike."""
+    import torch
+
+    from router.kinds import mlp
+    from router.trained import load_router
+    from training.neural import fit_epochs
+
+    texts = [f"question {i} about {topic}" for i in range(20) for topic in ("maths", "code")]
+    targets = np.tile([[0.8, 0.2], [0.2, 0.8]], (20, 1)).astype(np.float32)
+    settings = mlp.KIND.configure({"epochs": 2, "batch_size": 16})
+    prepared = mlp.prepare(texts, settings)
+    model = fit_epochs(mlp.build_model(2, settings, **prepared), texts, targets, settings)
+    router = mlp.from_model(["a", "b"], np.array([1.0, 2.0]), settings, model, **prepared)
+    folder = router.save(tmp_path / "new")
+    (folder / "mlp.npz").unlink()
+    state = {k: v for k, v in model.state_dict().items()}
+    torch.save(state, folder / "mlp.pt")
+    assert np.allclose(load_router(folder).scores(texts[:5]), router.scores(texts[:5]), atol=1e-6)
 
 
 @pytest.fixture(scope="module")
