@@ -4,7 +4,7 @@ thread, and batched on 2 threads.
 
 Trains every registered router kind (router/kinds/: MLP, BERT with MiniLM fine-tuned, 1NN, weighted
 kNN, cluster, ...) on real router_mix queries (the domain-labelled table the tests use), saves them,
-and loads the encoder routers once per backend: ``torch`` fp32,
+and loads the encoder routers once per backend (the others, MLP, score in numpy): ``torch`` fp32,
 ``onnx`` fp32 and ``onnx`` int8. Times ``scores()`` per query (p50/p99 ms, 1 thread) and in
 batches of 64 (queries/s, 2 threads); the baseline in the same run is the Random policy's decision.
 Also how often int8 picks the same expert as fp32. Prints one JSON line. Goals: encoder routers
@@ -125,7 +125,7 @@ def main() -> None:
         for kind in [] if args.default_only else kinds.names():
             fit_local(kind, train_m, config=TRAINING.get(kind)).save(Path(tmp) / kind)
             encoder = "encoder" in kinds.load(kind).settings.model_fields
-            backends = BACKENDS if encoder else {"torch": {}}
+            backends = BACKENDS if encoder else {"numpy": {}}
             choices = {}
             for backend, overrides in backends.items():
                 result, choices[backend] = measure(Path(tmp) / kind, overrides, texts, batch)
