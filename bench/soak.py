@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ops.launch import APP_NAME, run_local, stop_local  # noqa: E402
+from router.config import INGRESS_DEPLOYMENT  # noqa: E402
 from tests.conftest import free_port, tiny_app_args  # noqa: E402
 from tests.traffic import Outcome, Traffic, chat_body  # noqa: E402
 
@@ -113,7 +114,7 @@ def process_rss_mb(marker: str) -> float:
 class RssSampler:
     """RSS of the router replica and the proxy every ``every_s`` seconds, in a thread."""
 
-    MARKERS = {"router": f"ServeReplica:{APP_NAME}:router", "proxy": "ProxyActor"}
+    MARKERS = {"router": f"ServeReplica:{APP_NAME}:{INGRESS_DEPLOYMENT}", "proxy": "ProxyActor"}
 
     def __init__(self, every_s: float):
         self.every_s, self.samples = every_s, []

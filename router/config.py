@@ -614,6 +614,11 @@ def served_policy(app: dict[str, Any], config: AppConfig) -> PolicyConfig:
     """The policy the router replicas of ``app`` route by: the ingress deployment's ``user_config``
     policy (a live rollout) where one is set, else the args' policy."""
     for deployment in app.get("deployments") or []:
+        if isinstance(deployment, dict) and deployment.get("name") == "router":
+            raise ConfigError(
+                f"deployments: no deployment is named 'router'; the one that routes is "
+                f"'{INGRESS_DEPLOYMENT}' (renamed 2026-12-05): rename this entry"
+            )
         if isinstance(deployment, dict) and deployment.get("name") == INGRESS_DEPLOYMENT:
             try:
                 rollout = RouterUserConfig.model_validate(deployment.get("user_config") or {})

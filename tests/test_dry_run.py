@@ -54,6 +54,18 @@ def test_a_live_rollout_s_policy_is_the_one_the_dry_run_uses(tmp_path, capsys):
     assert records[0]["expert"] == "general"
 
 
+def test_a_rollout_naming_the_old_deployment_is_an_error_naming_the_new_one(tmp_path, capsys):
+    """Serve refuses a deployments entry the app lacks; the dry run says so first, and how to fix it."""
+    rollout = {"deployments": [{"name": "router", "user_config": {"policy": {"name": "random"}}}]}
+    path = write_config(tmp_path / "serve.yaml", **rollout)
+    queries = tmp_path / "q.txt"
+    queries.write_text("2+2?\n")
+    with pytest.raises(SystemExit) as stop:
+        main(["route", "--config", str(path), "--queries", str(queries)])
+    out, err = capsys.readouterr()
+    assert stop.value.code == 2 and "'ingress'" in err and out == "", err
+
+
 def route(capsys, config, path, *extra) -> tuple[list[dict], str]:
     main(["route", "--config", str(config), "--queries", str(path), *extra])
     out, err = capsys.readouterr()

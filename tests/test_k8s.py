@@ -370,3 +370,19 @@ def test_a_larger_expert_gets_larger_gpu_workers(tmp_path):
     files = render(_config_with(tmp_path, engine_kwargs={"tensor_parallel_size": 2}))
     gpu = group(yaml.safe_load(files["rayservice.yaml"])["spec"]["rayClusterConfig"], "gpu")
     assert gpu["resources"]["GPU"] == "2"
+
+
+def test_the_image_build_context_holds_everything_the_dockerfile_copies():
+    """The Dockerfile's dockerignore excludes everything, then re-includes paths: each COPY source is one."""
+    dockerfile = (REPO / "k8s" / "Dockerfile").read_text()
+    ignore = (REPO / "k8s" / "Dockerfile.dockerignore").read_text().splitlines()
+    included = [line[1:].rstrip("/") for line in ignore if line.startswith("!")]
+    sources = [
+        source
+        for line in dockerfile.splitlines()
+        if line.startswith("COPY ") and "--from" not in line
+        for source in [w for w in line.split()[1:] if not w.startswith("--")][:-1]
+    ]
+    assert sources, "no COPY lines found"
+    missing = [s for s in sources if not any(s == p or s.startswith(p + "/") for p in included)]
+    assert not missing, f"COPY sources the build context leaves out: {missing}"

@@ -75,5 +75,5 @@ STATE_KEYS = {"bag": "bag.weight", "bias": "bias", "out_weight": "out.2.weight",
 
 def saved_arrays(path: Path) -> dict[str, np.ndarray]:
     """The arrays of a ``BowMLP`` state dict saved by torch (MLP artifacts before 2026-12-05)."""
-    state = torch.load(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     return {name: state[key].float().numpy() for name, key in STATE_KEYS.items()}
