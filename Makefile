@@ -51,7 +51,7 @@ test: install clients
 test-multinode: install clients
 	$(PY) -m pytest -v -rA tests/test_multinode.py
 
-# In-process tests only: no engines, no Serve app, no Ray Train job, no BERT fine-tune (~2 min).
+# In-process tests only: no engines, no Serve app, no Ray Train job, no BERT fine-tune (~1.5 min).
 test-fast: install
 	$(PY) -m pytest -q -m "not e2e and not slow"
 

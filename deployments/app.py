@@ -34,9 +34,11 @@ def check_config(args: Any) -> tuple[AppConfig, dict[str, LLMConfig]]:
     return config, engines
 
 
-def build_app(args: dict[str, Any]) -> Application:
+def build_app(args: dict[str, Any], user_config: dict[str, Any] | None = None) -> Application:
     """Check the config, then bind one LLMServer deployment per local expert into the router
-    ingress, under the name of every expert it answers for (a LoRA adapter expert: its base's)."""
+    ingress, under the name of every expert it answers for (a LoRA adapter expert: its base's).
+    ``user_config``: the ingress deployment's, as a serve config's ``deployments:`` entry gives it
+    (for ``serve.run`` from Python; Serve applies a config file's entries itself)."""
     config, engines = check_config(args)
     deployments = {
         EXPERT_PREFIX + name: build_llm_deployment(
@@ -59,4 +61,5 @@ def build_app(args: dict[str, Any]) -> Application:
         max_ongoing_requests=ingress.max_ongoing_requests,
         logging_config={"enable_access_log": ingress.access_log},
         autoscaling_config=ingress.autoscaling.model_dump(exclude_none=True),
+        **({"user_config": user_config} if user_config is not None else {}),
     ).bind(config.model_dump(mode="json"), experts)

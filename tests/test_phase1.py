@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from router.config import load_serve_config
+from router.config import PolicyConfig, load_serve_config
 from tests.conftest import REPO, SHARED_DATA
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
@@ -204,14 +204,18 @@ def test_pipeline_trains_a_router_that_the_app_then_serves(tiny_server, tmp_path
     assert {"mlp", "bert", "knn", "random", "zero", "optimal"} <= set(result["test"])
     assert (run / "report" / "report.md").exists() and (run / "report" / "counts.png").exists()
 
-    serving = yaml.safe_load((run / "serve_config.yaml").read_text())
-    args = serving["applications"][0]["args"]
-    assert args["policy"]["name"] == "trained"  # the kind is the artifact's own
-    assert Path(args["policy"]["args"]["artifact"]).resolve() == (run / "router").resolve()
+    serving = yaml.safe_load((run / "serve_config.yaml").read_text())["applications"][0]
+    source = yaml.safe_load(CONFIG_PATH.read_text())["applications"][0]
+    assert serving["args"] == source["args"]  # the experts' deployments stay as they are
+    [ingress] = [d for d in serving["deployments"] if d["name"] == "ingress"]
+    rollout = ingress["user_config"]["policy"]
+    assert rollout["name"] == "trained"  # the kind is the artifact's own
+    assert Path(rollout["args"]["artifact"]).resolve() == (run / "router").resolve()
     assert json.loads((run / "router" / "router.json").read_text())["kind"] == result["router"]
 
-    serve.run(build_app(args), name=APP, route_prefix="/", blocking=False)  # in-place update
-    policy = build_policy(load_serve_config(run / "serve_config.yaml").policy, CONFIG.expert_names)
+    # The rollout as Serve applies the file: same args, the ingress's user_config changed in place.
+    serve.run(build_app(serving["args"], ingress["user_config"]), name=APP, route_prefix="/", blocking=False)
+    policy = build_policy(PolicyConfig.model_validate(rollout), CONFIG.expert_names)
     queries = ["Solve 12 * 7 and explain.", "Write a Python function that reverses a list.", "What is DNA?"]
     for text in queries:
         expected = policy.route([Message("user", text)]).expert

@@ -71,7 +71,10 @@ def _pipeline(args: argparse.Namespace) -> None:
         **_phase1_options(args),
     )
     print(json.dumps(result))
-    print(f"serve it: serve run {result['serve_config']}", file=sys.stderr)
+    print(
+        f"serve it: serve run {result['serve_config']} (onto a running app: serve deploy, in place)",
+        file=sys.stderr,
+    )
 
 
 def _import(args: argparse.Namespace) -> None:
@@ -266,7 +269,7 @@ def parser() -> argparse.ArgumentParser:
         "export-onnx",
         help="store the ONNX export of a router's encoder in its artifact (serves with onnxruntime alone)",
     )
-    onnx.add_argument("--router", type=Path, required=True, help="router artifact folder (bert or knn)")
+    onnx.add_argument("--router", type=Path, required=True, help="artifact folder of a kind with an encoder")
     onnx.set_defaults(func=_export_onnx)
 
     route = sub.add_parser(
