@@ -34,7 +34,13 @@ def check_config(args: Any) -> tuple[AppConfig, dict[str, LLMConfig]]:
     return config, engines
 
 
-def build_app(args: dict[str, Any], user_config: dict[str, Any] | None = None) -> Application:
+def build_app(args: dict[str, Any]) -> Application:
+    """The app of a serve config's ``args`` (its ``import_path``; Serve requires exactly one
+    parameter): see :func:`bind_app`."""
+    return bind_app(args)
+
+
+def bind_app(args: dict[str, Any], user_config: dict[str, Any] | None = None) -> Application:
     """Check the config, then bind one LLMServer deployment per local expert into the router
     ingress, under the name of every expert it answers for (a LoRA adapter expert: its base's).
     ``user_config``: the ingress deployment's, as a serve config's ``deployments:`` entry gives it

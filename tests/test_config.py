@@ -477,3 +477,13 @@ def test_phase1_fingerprints_are_the_same_as_before_the_expert_kinds_had_models_
         "b": "0d253e4fb918c58b",
         "c": "5967a7dc52f7302b",
     }
+
+
+def test_the_apps_import_path_is_a_builder_serve_accepts():
+    """Serve calls ``import_path`` with the config's args and refuses a builder taking more than one
+    parameter (``ray.serve._private.api.call_user_app_builder_with_args_if_necessary``)."""
+    import inspect
+
+    from deployments.app import build_app
+
+    assert len(inspect.signature(build_app).parameters) == 1

@@ -188,7 +188,7 @@ def test_pipeline_trains_a_router_that_the_app_then_serves(tiny_server, tmp_path
     import yaml
     from ray import serve
 
-    from deployments.app import build_app
+    from deployments.app import bind_app
     from router.policy import Message, build_policy
     from training.pipeline import run_pipeline
 
@@ -214,7 +214,7 @@ def test_pipeline_trains_a_router_that_the_app_then_serves(tiny_server, tmp_path
     assert json.loads((run / "router" / "router.json").read_text())["kind"] == result["router"]
 
     # The rollout as Serve applies the file: same args, the ingress's user_config changed in place.
-    serve.run(build_app(serving["args"], ingress["user_config"]), name=APP, route_prefix="/", blocking=False)
+    serve.run(bind_app(serving["args"], ingress["user_config"]), name=APP, route_prefix="/", blocking=False)
     policy = build_policy(PolicyConfig.model_validate(rollout), CONFIG.expert_names)
     queries = ["Solve 12 * 7 and explain.", "Write a Python function that reverses a list.", "What is DNA?"]
     for text in queries:
