@@ -191,7 +191,7 @@ class Dispatcher:
     def __init__(self, config: dict[str, Any], experts: dict[str, Any]):
         self.config = AppConfig.parse(config)
         self.metrics = RouterMetrics()
-        self._down_until: dict[str, float] = {}  # expert -> monotonic time it is skipped until
+        self._down_until: dict[str, float] = {}  # engine -> monotonic time its experts are skipped until
         set_inference_threads(self.config.ingress.decision_threads)
         self._args_policy = self.config.policy
         self.decider = Decider(
@@ -262,9 +262,9 @@ class Dispatcher:
         are); experts with no running replica last; at most ``max_attempts``. Records what load
         did in ``plan.load``, for ``routing.explain`` and the headers."""
         now, ranked = time.monotonic(), list(plan.decision.ranking)
-        live = [name for name in ranked if self._down_until.get(name, 0.0) <= now]
+        live = [name for name in ranked if not self._cooling(name, now)]
         if not live:
-            wait = max(self._down_until[name] for name in ranked) - now
+            wait = max(self._down_until[self.load.engine(name)] for name in ranked) - now
             raise ExpertsUnavailable(
                 f"experts unavailable after recent failures ({', '.join(ranked)}); retry in {wait:.1f}s"
             )
@@ -311,21 +311,31 @@ class Dispatcher:
         ranking = [n for n in ranking if n not in self.lost] + [n for n in ranking if n in self.lost]
         plan.ranking = ranking[: self.config.ingress.max_attempts]
 
+    def _cooling(self, name: str, now: float) -> bool:
+        """Whether ``name``'s engine failed less than ``expert_cooldown_s`` ago (a LoRA adapter's
+        engine is its base's: they cool down together)."""
+        return self._down_until.get(self.load.engine(name), 0.0) > now
+
     async def call(self, plan: Plan) -> Routed:
         """Call the ranking best first: the first expert that answers, with its first reply.
-        A failed expert is skipped for ``expert_cooldown_s``; ExpertsUnavailable if none answers."""
+        A failed expert's engine (with every expert it serves) is skipped for ``expert_cooldown_s``;
+        ExpertsUnavailable if none answers."""
         if self.config.ingress.security.log_prompts:
             logger.info("routing to %s: %r", plan.ranking, plan.request.routing_messages()[-1].content[:2000])
         for name in plan.ranking:
+            if plan.failures and self._cooling(name, time.monotonic()):
+                continue  # a LoRA adapter (or base) on an engine that just failed: not called
             try:
                 first, rest, attempt = await self._open(name, plan.request)
             except ExpertFailed as exc:
                 logger.warning("expert failed, trying the next one: %s", exc)
-                self._down_until[name] = time.monotonic() + self.config.ingress.expert_cooldown_s
+                self._down_until[self.load.engine(name)] = (
+                    time.monotonic() + self.config.ingress.expert_cooldown_s
+                )
                 self.metrics.fallback(name)
                 plan.failures.append(str(exc))
                 continue
-            self._down_until.pop(name, None)
+            self._down_until.pop(self.load.engine(name), None)
             self.metrics.answered(name, plan.routed, plan.routing_ms)
             scores = plan.decision.scores
             info = RoutingInfo(

@@ -112,6 +112,10 @@ class LoadTracker:
             shared.setdefault(engine, ExpertLoad(capacity=self.capacities.get(name)))
         self.state = {name: shared[self.engines.get(name, name)] for name in self.experts}
 
+    def engine(self, expert: str) -> str:
+        """The engine answering for ``expert``: its base's for a LoRA adapter, else its own name."""
+        return self.engines.get(expert, expert)
+
     def start(self, expert: str) -> Attempt:
         load = self.state[expert]
         attempt = Attempt(expert, time.perf_counter(), load.in_flight)

@@ -270,6 +270,28 @@ def test_a_failed_expert_is_skipped_for_the_cooldown_and_all_down_is_a_fast_503(
     )
 
 
+def test_a_failed_engine_cools_down_with_every_expert_it_serves():
+    """b is a LoRA adapter on a's engine: when a fails, the fallback skips b (same engine) for c, and
+    both cool down together."""
+    args = {
+        **ARGS,
+        "ingress": {**ARGS["ingress"], "max_attempts": 3},
+        "experts": [
+            {"name": "a", "model": "builtin:tiny-llama"},
+            {"name": "b", "base": "a", "model": "builtin:tiny-llama-lora-a"},
+            {"name": "c", "model": "builtin:tiny-llama"},
+        ],
+    }
+    handles = {"a": ExpertHandle(crash), "b": ExpertHandle(ok("b")), "c": ExpertHandle(ok("c"))}
+    ingress = Dispatcher(args, handles)
+    response, headers = complete(ingress)
+    assert response["expert"] == "c" and headers["x-fallbacks"] == "1" and handles["b"].calls == 0
+    to_b = ChatRequest.model_validate({"model": "b", "messages": [{"role": "user", "content": "hi"}]})
+    with pytest.raises(RoutingError) as info:
+        complete(ingress, to_b)  # b's engine is a's: cooling down, a fast 503
+    assert api_error(info.value).status == 503 and handles["b"].calls == 0
+
+
 def test_after_the_cooldown_the_expert_is_tried_again():
     args = {**ARGS, "ingress": {**ARGS["ingress"], "expert_cooldown_s": 0.2}}
     behaviour = {"now": crash}
