@@ -18,20 +18,96 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The multi-node scenarios run last: they stop the session's cluster to start their own."""
+    items.sort(key=lambda item: item.get_closest_marker("multinode") is not None)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_server():
-    """The tiny-model app (configs/tiny_cpu.yaml: experts alpha and beta) on a fresh local cluster."""
-    from ops.launch import run_local, stop_local
+class ServeCluster:
+    """The session's one local Ray cluster with Serve, started by the first e2e module that asks.
+    Each module deploys its own apps on it (:meth:`run`) and deletes them when it ends
+    (:meth:`delete`); the cluster's start and stop are paid once."""
 
-    base_url = run_local(REPO / "configs/tiny_cpu.yaml", port=free_port())
-    yield base_url
-    stop_local()
+    def __init__(self) -> None:
+        self.port = self.metrics_port = 0
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics(self) -> str:
+        """The Prometheus endpoint of the cluster's (one) node."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def start(self) -> ServeCluster:
+        """Start the cluster and Serve unless this process already has them (8 logical CPUs: room to
+        schedule every deployment of a module's apps on 2 cores, see PLATFORM notes)."""
+        import ray
+        from ray import serve
+
+        from ops.launch import start_local_ray
+
+        if not ray.is_initialized():
+            self.port, self.metrics_port = free_port(), free_port()
+            start_local_ray(num_cpus=8, _metrics_export_port=self.metrics_port)
+            serve.start(http_options={"host": "127.0.0.1", "port": self.port})
+        return self
+
+    def run(self, app, name: str, route_prefix: str, ready: bool = False) -> str:
+        """``serve.run`` of ``app`` (not waiting); its base URL, once ``/ready`` answers if ``ready``."""
+        from ray import serve
+
+        from ops.launch import wait_until_ready
+
+        serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
+        url = self.base + route_prefix.rstrip("/")
+        if ready:
+            wait_until_ready(url)
+        return url
+
+    def delete(self, *names: str) -> None:
+        """Delete these apps (those that exist) and wait until their replicas are gone."""
+        from ray import serve
+
+        for name in set(names) & set(serve.status().applications):
+            serve.delete(name)
+
+
+@pytest.fixture(scope="session")
+def serve_cluster():
+    cluster = ServeCluster().start()
+    yield cluster
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        serve.shutdown()
+    ray.shutdown()
+
+
+TINY_APP = "tiny"
+"""The app of configs/tiny_cpu.yaml that ``tiny_server`` serves (its route prefix is ``/tiny``)."""
+
+
+@pytest.fixture(scope="session")
+def tiny_server(serve_cluster):
+    """The tiny-model app (configs/tiny_cpu.yaml: experts alpha and beta), deployed once for the
+    modules that use it; its base URL."""
+    import yaml
+
+    from deployments.app import build_app
+
+    args = yaml.safe_load((REPO / "configs/tiny_cpu.yaml").read_text())["applications"][0]["args"]
+    url = serve_cluster.start().run(build_app(args), TINY_APP, f"/{TINY_APP}", ready=True)
+    yield url
+    serve_cluster.delete(TINY_APP)
 
 
 def tiny_app_args(policy: dict | None = None, **ingress) -> dict:

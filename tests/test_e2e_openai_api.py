@@ -18,8 +18,6 @@ import jsonschema
 import openai
 import pytest
 
-from tests.conftest import free_port
-
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,23 +75,17 @@ PNG = (
 
 
 @pytest.fixture(scope="module")
-def servers():
-    import ray
+def servers(serve_cluster):
     import yaml
-    from ray import serve
     from ray.serve.llm import build_openai_app
 
     from deployments.app import build_app
     from deployments.experts.vllm import expert_llm_config
-    from ops.launch import start_local_ray
     from router.config import EXPERT
 
     args = yaml.safe_load((REPO / "configs/tiny_cpu.yaml").read_text())["applications"][0]["args"]
     alpha = next(e for e in args["experts"] if e["name"] == "alpha")
-    port = free_port()
-    start_local_ray(num_cpus=8)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    base = f"http://127.0.0.1:{port}"
+    base = serve_cluster.start().base
     args["experts"].append(
         {
             "name": "cloud",
@@ -103,13 +95,8 @@ def servers():
         }
     )
     reference = expert_llm_config(EXPERT.validate_python({**alpha, "name": "tiny-ref"}))
-    serve.run(
-        build_openai_app({"llm_configs": [reference]}),
-        name="reference",
-        route_prefix="/reference",
-        blocking=False,
-    )
-    serve.run(build_app(args), name="expert-router", route_prefix="/", blocking=False)
+    serve_cluster.run(build_openai_app({"llm_configs": [reference]}), "reference", "/reference")
+    serve_cluster.run(build_app(args), "expert-router", "/")
     router = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=120, max_retries=0)
     direct = openai.OpenAI(base_url=f"{base}/reference/v1", api_key="unused", timeout=120, max_retries=0)
     deadline = time.monotonic() + 600
@@ -123,7 +110,7 @@ def servers():
                 raise
             time.sleep(1)
     yield {"base": base, "router": router, "direct": direct}
-    ray.shutdown()
+    serve_cluster.delete("expert-router", "reference")
 
 
 def fields_of(reply) -> dict:

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import free_port, tiny_app_args
+from tests.conftest import tiny_app_args
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -31,8 +31,8 @@ ROUTED = [
 
 
 @pytest.fixture(scope="module")
-def app():
-    from ops.launch import run_local, stop_local
+def app(serve_cluster):
+    from deployments.app import build_app
 
     # Every decision by the model (no overload shedding), so batching is observable.
     args = tiny_app_args(expert_timeout_s=TIMEOUT_S, decisions={"max_queue_ms": 0})
@@ -43,9 +43,9 @@ def app():
         {"name": "translator", "model": "builtin:tiny-llama-lora-a", "base": "general", "sampling": sampling},
         {"name": "poet", "model": "builtin:tiny-llama-lora-b", "base": "general", "sampling": sampling},
     ]
-    base = run_local(args, port=free_port(), num_cpus=8)
+    base = serve_cluster.start().run(build_app(args), "expert-router", "/", ready=True)
     yield base, args
-    stop_local()
+    serve_cluster.delete("expert-router")
 
 
 def shipped_policy(args: dict):

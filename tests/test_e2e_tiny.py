@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from router.config import load_serve_config
+from tests.conftest import TINY_APP
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -27,7 +28,7 @@ def direct_expert_answer(name: str, content: str) -> dict:
 
     expert = CONFIG.expert(name)
     request = ChatRequest.model_validate({"messages": [{"role": "user", "content": content}]})
-    handle = serve.get_deployment_handle(f"expert:{name}", app_name="expert-router").options(stream=True)
+    handle = serve.get_deployment_handle(f"expert:{name}", app_name=TINY_APP).options(stream=True)
     llm_request = expert_request(expert, request)
 
     async def call():

@@ -126,6 +126,7 @@ class MultiNode:
 def multinode(tmp_path_factory):
     import ray
 
+    ray.shutdown()  # the session's one-node cluster (tests/conftest.py), if earlier modules started it
     nodes = MultiNode(tmp_path_factory.mktemp("multinode"))
     try:
         ray.init(address=nodes.cluster.address, log_to_driver=False)

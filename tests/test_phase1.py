@@ -1,8 +1,8 @@
 """Phase 1 and the whole pipeline against real experts: Ray Serve + two vLLM tiny-model engines (CPU).
 
-The module's cluster serves configs/tiny_cpu.yaml (experts alpha, beta); generation uses those
-running deployments by handle, the pipeline trains real routers and the app is then updated in place
-to route with the trained one, checked over HTTP.
+The session's tiny app (``tiny_server``: configs/tiny_cpu.yaml, experts alpha and beta) answers;
+generation uses its running deployments by handle, the pipeline trains real routers and the app is
+then updated in place to route with the trained one, checked over HTTP (the module's last test).
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import pandas as pd
 import pytest
 
 from router.config import PolicyConfig, load_serve_config
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA, TINY_APP
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 CONFIG_PATH = REPO / "configs/tiny_cpu.yaml"
 CONFIG = load_serve_config(CONFIG_PATH)
-APP = "expert-router"
+APP = TINY_APP
 
 
 def instructions(path: Path, per_domain: int = 2) -> tuple[Path, int]:
@@ -214,7 +214,8 @@ def test_pipeline_trains_a_router_that_the_app_then_serves(tiny_server, tmp_path
     assert json.loads((run / "router" / "router.json").read_text())["kind"] == result["router"]
 
     # The rollout as Serve applies the file: same args, the ingress's user_config changed in place.
-    serve.run(bind_app(serving["args"], ingress["user_config"]), name=APP, route_prefix="/", blocking=False)
+    rollout_app = bind_app(serving["args"], ingress["user_config"])
+    serve.run(rollout_app, name=APP, route_prefix=f"/{APP}", blocking=False)
     policy = build_policy(PolicyConfig.model_validate(rollout), CONFIG.expert_names)
     queries = ["Solve 12 * 7 and explain.", "Write a Python function that reverses a list.", "What is DNA?"]
     for text in queries:

@@ -176,17 +176,12 @@ def kill_at_first_checkpoint(runs: Path, process_marker: str, killed: list[int])
 
 
 @pytest.mark.slow
-def test_ray_train_job_on_two_cpu_workers_survives_a_killed_worker(tmp_path):
-    """Ray Train on two CPU workers; one worker process is killed after the first epoch's
-    checkpoint: the run restarts its workers from the last checkpoint and finishes every epoch."""
-    import ray
-
+def test_ray_train_job_on_two_cpu_workers_survives_a_killed_worker(tmp_path, serve_cluster):
+    """Ray Train on two CPU workers (on the session's cluster); one worker process is killed after
+    the first epoch's checkpoint: the run restarts its workers from the last checkpoint and finishes
+    every epoch."""
     write_table(domain_table(600, 150), tmp_path / "table.parquet")
-    if ray.is_initialized():  # whatever an earlier module left behind
-        ray.shutdown()
-    from ops.launch import start_local_ray
-
-    start_local_ray(num_cpus=4)
+    serve_cluster.start()
     killed: list[int] = []
     killer = threading.Thread(
         target=kill_at_first_checkpoint, args=(tmp_path / "runs", "RayTrainWorker", killed)
@@ -203,7 +198,6 @@ def test_ray_train_job_on_two_cpu_workers_survives_a_killed_worker(tmp_path):
         )
     finally:
         killer.join()
-        ray.shutdown()
     assert killed, "no Ray Train worker was found to kill"
     epochs = router.metrics["epochs"]
     assert router.metrics["resumed"]  # the last reports came from restarted workers

@@ -23,7 +23,6 @@ from pydantic import ValidationError
 from schemathesis.generation.modes import GenerationMode
 
 from deployments.openai_api import ChatRequest, TextCompletionRequest
-from tests.conftest import free_port
 from tests.wrong_types import CHAT_BASES, COMPLETION_BASES, OVER_HTTP, body_keys, names_the_field
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -76,27 +75,23 @@ def router_args(port: int) -> dict:
     }
 
 
+APP = "production"
+"""This module's router app (its metrics are told apart by their ``application`` tag)."""
+
+
 @pytest.fixture(scope="module")
-def server():
-    import ray
-    from ray import serve
+def server(serve_cluster):
     from ray.serve.llm import build_openai_app
 
     from deployments.app import build_app
     from deployments.experts.vllm import expert_llm_config
-    from ops.launch import start_local_ray
     from router.config import EXPERT, AppConfig
 
-    port, metrics_port = free_port(), free_port()
-    start_local_ray(num_cpus=8, _metrics_export_port=metrics_port)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = router_args(port)
+    base = serve_cluster.start().base
+    args = router_args(serve_cluster.port)
     remote = expert_llm_config(EXPERT.validate_python({**args["experts"][1], "name": "tiny-remote"}))
-    serve.run(
-        build_openai_app({"llm_configs": [remote]}), name="remote", route_prefix="/remote", blocking=False
-    )
-    serve.run(build_app(args), name="expert-router", route_prefix="/", blocking=False)
-    base = f"http://127.0.0.1:{port}"
+    serve_cluster.run(build_openai_app({"llm_configs": [remote]}), "remote", "/remote")
+    serve_cluster.run(build_app(args), APP, "/")
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         try:
@@ -108,13 +103,8 @@ def server():
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    yield {
-        "base": base,
-        "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
-        "config": AppConfig.parse(args),
-        "remote": remote,
-    }
-    ray.shutdown()
+    yield {"base": base, "metrics": serve_cluster.metrics, "config": AppConfig.parse(args), "remote": remote}
+    serve_cluster.delete(APP, "remote", "all-remote")
 
 
 def ask(content: str, **extra) -> dict:
@@ -245,7 +235,8 @@ def test_prometheus_metrics_count_requests_tokens_fallbacks_and_errors(server):
 
     def missing(text: str) -> list[str]:
         lines = text.splitlines()
-        return [m for m, tag in wanted.items() if not any(x.startswith(m) and tag in x for x in lines)]
+        ours = [line for line in lines if f'application="{APP}"' in line]  # not other modules' apps
+        return [m for m, tag in wanted.items() if not any(x.startswith(m) and tag in x for x in ours)]
 
     deadline, text = time.monotonic() + 90, ""
     while time.monotonic() < deadline:
@@ -416,10 +407,11 @@ def test_an_expert_at_its_max_in_flight_answers_429_with_retry_after_and_status_
     deadline, text = time.monotonic() + 90, ""
     while time.monotonic() < deadline:
         text = httpx.get(server["metrics"], timeout=10).text
-        if all(any(line.startswith(w) for line in text.splitlines()) for w in wanted):
+        ours = [line for line in text.splitlines() if f'application="{APP}"' in line]
+        if all(any(line.startswith(w) for line in ours) for w in wanted):
             break
         time.sleep(3)
-    assert all(any(line.startswith(w) for line in text.splitlines()) for w in wanted), wanted
+    assert all(any(line.startswith(w) for line in ours) for w in wanted), wanted
 
 
 def test_all_experts_stopped_give_fast_503s_then_recover_when_they_return(server):
