@@ -9,8 +9,6 @@ route it. No Ray, Serve or engine is started; nothing is sent to an expert.
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -24,8 +22,8 @@ from deployments.dispatch import RoutingError, routing_question
 from deployments.openai_api import ChatRequest
 from router.config import AppConfig, ConfigError, field_path
 from router.policy import RouteRequest, RoutingPolicy, build_policy
+from router.query_files import read_records, record_messages
 
-FORMATS = ("auto", "jsonl", "text")
 MAX_REPORTED = 20
 """Bad lines listed at most (their count is always given)."""
 
@@ -42,64 +40,29 @@ class Query:
     """What the policy is asked: the conversation, the candidates (allowed and capable), the cost weight."""
 
 
-def _open(path: Path) -> Iterator[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as lines:
-        yield from lines
-
-
-def _format(path: Path, first: str | None) -> str:
-    name = path.name.removesuffix(".gz")
-    if name.endswith((".jsonl", ".ndjson", ".json")):
-        return "jsonl"
-    if name.endswith(".txt"):
-        return "text"
-    return "jsonl" if first is not None and first.lstrip().startswith("{") else "text"
-
-
-def _body(line: str, fmt: str) -> dict[str, Any]:
-    """The chat request body of one line: OpenAI ``messages`` (with any other request fields), an
-    ``instruction`` (the phase-1 data format), or the line's text."""
-    if fmt == "text":
-        return {"messages": [{"role": "user", "content": line.rstrip("\n")}]}
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(record, dict):
-        raise ValueError(
-            f"a JSON object with 'messages' or 'instruction', not a JSON {type(record).__name__}"
-        )
-    if "messages" in record:
-        return record
-    if isinstance(record.get("instruction"), str):  # with whatever request fields it has (routing...)
-        fields = {key: value for key, value in record.items() if key in ChatRequest.model_fields}
-        return {**fields, "messages": [{"role": "user", "content": record["instruction"]}]}
-    raise ValueError("neither 'messages' (OpenAI chat form) nor an 'instruction' string")
+def _body(record: Any) -> dict[str, Any]:
+    """The chat request body of one record: an object's request fields (``routing``, ``tools``…)
+    with its conversation as ``messages`` (see :mod:`router.query_files`)."""
+    messages = record_messages(record)
+    fields = record.items() if isinstance(record, dict) else ()
+    return {**{key: value for key, value in fields if key in ChatRequest.model_fields}, "messages": messages}
 
 
 def read_queries(path: str | Path, config: AppConfig, fmt: str = "auto") -> tuple[list[Query], int]:
-    """Every query of the file, with its candidate experts, and how many blank lines it has (not
-    queries). A bad line is an error naming it: the whole file is checked first, and nothing is
-    routed unless every line is good."""
+    """Every query of the file (any format of :mod:`router.query_files`), with its candidate
+    experts, and how many blank lines it has (not queries). A bad line is an error naming it: the
+    whole file is checked first, and nothing is routed unless every line is good."""
     path = Path(path)
-    if fmt not in FORMATS:
-        raise ValueError(f"format {fmt!r}: one of {FORMATS}")
     try:
-        lines = list(_open(path))
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        records, blank = read_records(path, fmt)
+    except (OSError, EOFError, UnicodeDecodeError, ValueError) as exc:
         raise QueryFileError(f"{path}: cannot read it: {exc}") from None
-    if fmt == "auto":
-        fmt = _format(path, next((line for line in lines if line.strip()), None))
     abilities = {name: config.abilities(name) for name in config.expert_names}
-    queries, problems, blank = [], [], 0
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            blank += 1
-            continue
+    queries, problems = [], []
+    for number, record in records:
         body: Any = None
         try:
-            body = _body(line, fmt)
+            body = _body(record)
             request = ChatRequest.model_validate({**body, "model": "router"})
             if over := request.over_limits(config.ingress.security):  # the router's 400s
                 raise ValueError("; ".join(f"{where}: {problem}" for where, problem in over))

@@ -130,9 +130,9 @@ class Declaration(_Strict):
     )
     examples: list[str] | str = Field(
         default_factory=list,
-        description="Example queries this expert is for, or the path of a file of them (JSONL: strings or "
-        "objects with instruction/query/prompt/text/messages; Parquet: such a column; else a query a "
-        "line): policy 'declared' routes queries like them to it.",
+        description="Example queries this expert is for, or the path of a file of them (JSONL, JSON, "
+        "Parquet or a query a line; records with OpenAI messages, ShareGPT conversations or an "
+        "instruction/query/prompt/question/text): policy 'declared' routes queries like them to it.",
     )
     default: bool = Field(
         False,

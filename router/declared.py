@@ -18,8 +18,6 @@ config change takes effect without training.
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,30 +26,17 @@ import numpy as np
 
 from router.config import Declaration, ExpertConfig
 from router.policy import Message, RouteRequest, RoutingDecision, RoutingPolicy, query_text
+from router.query_files import read_records, record_text
 from router.skills import SKILLS, load_skill_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TEXT_KEYS = ("instruction", "query", "prompt", "text")
 TYPICAL_TOKENS = 256
 """Prices become a relative cost per query at this many input and output tokens."""
 
 
-def _record_text(record: Any, where: str) -> str:
-    if isinstance(record, str):
-        return record
-    if isinstance(record, dict):
-        for key in TEXT_KEYS:
-            if isinstance(record.get(key), str):
-                return record[key]
-        users = [m.get("content") for m in record.get("messages") or [] if isinstance(m, dict)]
-        if users and isinstance(users[-1], str):
-            return users[-1]
-    raise ValueError(f"{where}: not a query (a string, or an object with {'/'.join(TEXT_KEYS)}/messages)")
-
-
 def read_examples(examples: Sequence[str] | str) -> list[str]:
-    """Example queries: the list itself, or those in a file (relative paths: from the working
-    directory, else the project root)."""
+    """Example queries: the list itself, or those in a file of queries (any format of
+    :mod:`router.query_files`; relative paths: from the working directory, else the project root)."""
     if not isinstance(examples, str):
         return [e for e in examples if e.strip()]
     path = Path(examples)
@@ -59,28 +44,17 @@ def read_examples(examples: Sequence[str] | str) -> list[str]:
         path = REPO_ROOT / path
     if not path.is_file():
         raise ValueError(f"examples file {examples} does not exist")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-        column = next((k for k in TEXT_KEYS if k in table.column_names), None)
-        if column is None:
-            raise ValueError(f"{examples}: no column named {'/'.join(TEXT_KEYS)}")
-        return [t for t in table.column(column).to_pylist() if isinstance(t, str) and t.strip()]
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
-        lines = [line.rstrip("\n") for line in f]
-    if ".jsonl" not in path.name:
-        return [line for line in lines if line.strip()]
+    try:
+        records, _ = read_records(path)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"examples file {examples}: cannot read it: {exc}") from None
     texts = []
-    for number, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{examples} line {number}: not JSON ({exc.msg})") from None
-            texts.append(_record_text(record, f"{examples} line {number}"))
-    return texts
+    for number, record in records:
+        try:
+            texts.append(record_text(record))
+        except ValueError as exc:
+            raise ValueError(f"{examples} line {number}: {exc}") from None
+    return [text for text in texts if text.strip()]
 
 
 class DeclaredPolicy(RoutingPolicy):

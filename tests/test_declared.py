@@ -95,9 +95,10 @@ def test_examples_route_like_queries_to_an_expert_from_a_list_or_any_file(tmp_pa
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('{"instruction": "a"}\nnot json\n', "line 2: not JSON"),
-        ('{"answer": "no query here"}\n', "line 1: not a query"),
-        ("[1, 2]\n", "line 1: not a query"),
+        ('{"instruction": "a"}\nnot json\n', "line 2: not valid JSON"),
+        ('{"answer": "no query here"}\n', "line 1: no query: an object needs 'messages'"),
+        ("[1, 2]\n", "line 1: a query is a string or a JSON object, not a JSON list"),
+        ('{"messages": [{"role": "system", "content": "x"}]}\n', "line 1: no user message with text"),
     ],
 )
 def test_a_bad_examples_file_is_a_clear_error_naming_its_line(tmp_path, content, message):

@@ -108,12 +108,37 @@ def test_every_format_routes_each_line_through_the_policy_with_its_own_routing_o
     assert "2 blank lines are not queries" in err
 
 
+def test_json_parquet_sharegpt_and_other_query_fields_route_as_their_text_does(tmp_path, capsys, config):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = ["What is 17 times 23?", "Who wrote Hamlet?", "Solve for x: 3x + 5 = 20.", "Name a river."]
+    (tmp_path / "q.txt").write_text("\n".join(texts) + "\n")
+    expected = [r["expert"] for r in route(capsys, config, tmp_path / "q.txt")[0]]
+    records = [
+        {"prompt": texts[0]},
+        {"question": texts[1], "answer": "Shakespeare"},
+        {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": texts[2]}]},
+        {"query": texts[3]},
+    ]
+    (tmp_path / "q.json").write_text(json.dumps(records, indent=2))
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    pq.write_table(pa.table({"query": texts}), tmp_path / "q.parquet")
+    (tmp_path / "q.log").write_text(json.dumps(records))  # no known suffix: a JSON array by its content
+    for name in ("q.json", "q.jsonl", "q.parquet", "q.log"):
+        routed = route(capsys, config, tmp_path / name)[0]
+        assert [(r["line"], r["expert"]) for r in routed] == list(enumerate(expected, start=1)), name
+
+
 @pytest.mark.parametrize(
     "content, error",
     [
         ('{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": [\n', ":2: not valid JSON"),
-        ("[1, 2]\n", ":1: a JSON object with 'messages' or 'instruction', not a JSON list"),
-        ('{"prompt": "hi"}\n', ":1: neither 'messages' (OpenAI chat form) nor an 'instruction' string"),
+        ("[1, 2]\n", ":1: a query is a string or a JSON object, not a JSON list"),
+        ('{"answer": "hi"}\n', ":1: no query: an object needs 'messages' (OpenAI chat form)"),
+        ('{"conversations": [{"from": "robot", "value": "x"}]}\n', ":1: unknown speaker 'robot'"),
+        ('{"conversations": "hi"}\n', ":1: 'conversations' must be a list of {from, value} objects"),
+        ('{"prompt": ["a", "b"]}\n', ":1: no query"),
         ('{"messages": 5}\n', ":1: messages: Input should be a valid list"),
         (
             '{"messages": [{"role": "wizard", "content": "x"}]}\n',

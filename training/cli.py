@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from router import kinds
+from router.query_files import FORMATS
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DEFAULT_INSTRUCTIONS = DEFAULT_DATA / "router_mix.jsonl.gz"
@@ -280,9 +281,11 @@ def parser() -> argparse.ArgumentParser:
         "--queries",
         type=Path,
         required=True,
-        help="JSONL[.gz] (each line OpenAI 'messages' or an 'instruction') or plain text (a query a line)",
+        help="JSONL, JSON, Parquet or plain text (a query a line), gzipped or not: each record OpenAI "
+        "'messages' (with any request fields), ShareGPT 'conversations', or an instruction/query/prompt/"
+        "question/text",
     )
-    route.add_argument("--format", choices=["auto", "jsonl", "text"], default="auto")
+    route.add_argument("--format", choices=FORMATS, default="auto", help="default: by the file's name")
     route.add_argument("--summary", action="store_true", help="end with the share per expert and the cost")
     route.set_defaults(func=_route)
 
