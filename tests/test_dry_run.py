@@ -136,7 +136,7 @@ def test_json_parquet_sharegpt_and_other_query_fields_route_as_their_text_does(t
         ('{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": [\n', ":2: not valid JSON"),
         ("[1, 2]\n", ":1: a query is a string or a JSON object, not a JSON list"),
         ('{"answer": "hi"}\n', ":1: no query: an object needs 'messages' (OpenAI chat form)"),
-        ('{"conversations": [{"from": "robot", "value": "x"}]}\n', ":1: unknown speaker 'robot'"),
+        ('{"conversations": [{"from": "robot", "value": "x"}]}\n', "conversations: unknown speaker 'robot'"),
         ('{"conversations": "hi"}\n', ":1: 'conversations' must be a list of {from, value} objects"),
         ('{"prompt": ["a", "b"]}\n', ":1: no query"),
         ('{"messages": 5}\n', ":1: messages: Input should be a valid list"),
