@@ -29,6 +29,7 @@ from deployments.openai_api import (
     ChatRequest,
     ErrorBody,
     ErrorInfo,
+    ModelCard,
     ModelList,
     RouterFields,
     TextCompletionRequest,
@@ -312,6 +313,11 @@ class RouterIngress:
     @app.get("/v1/models")
     async def list_models(self) -> ModelList:
         return self.dispatcher.models()
+
+    @app.get("/v1/models/{name:path}")
+    async def retrieve_model(self, name: str) -> ModelCard:
+        """One model's card (the OpenAI SDK's ``models.retrieve``); 404 ``model_not_found`` else."""
+        return self.dispatcher.model(name)
 
     @app.get("/health")
     async def health(self) -> dict[str, str]:

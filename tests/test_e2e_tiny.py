@@ -127,6 +127,15 @@ def test_models_lists_router_and_experts(tiny_server):
     assert [m["id"] for m in body["data"]] == ["router", *CONFIG.expert_names]
     beta = next(m for m in body["data"] if m["id"] == "beta")
     assert beta["price"] == {"input_per_1m": 1.0, "output_per_1m": 2.0}
+    # One model's card, as the OpenAI SDK retrieves it; an unknown name is an OpenAI 404.
+    from openai import NotFoundError, OpenAI
+
+    client = OpenAI(base_url=f"{tiny_server}/v1", api_key="unused", max_retries=0)
+    assert client.models.retrieve("beta").model_dump(exclude_none=True) == beta
+    assert client.models.retrieve("router").id == "router"
+    with pytest.raises(NotFoundError) as missing:
+        client.models.retrieve("gamma")
+    assert missing.value.body["code"] == "model_not_found" and "router, alpha, beta" in missing.value.message
 
 
 def test_health_and_status(tiny_server):

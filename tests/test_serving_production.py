@@ -176,6 +176,7 @@ def test_api_keys_are_required_except_on_probes(server):
         reply = httpx.post(f"{base}/predict", json=ask("hi"), headers=headers, timeout=30)
         assert reply.status_code == 401 and reply.json()["error"]["type"] == "authentication_error"
     assert httpx.get(f"{base}/v1/models", timeout=30).status_code == 401
+    assert httpx.get(f"{base}/v1/models/router", timeout=30).status_code == 401
     assert httpx.get(f"{base}/health", timeout=30).status_code == 200
     for key in KEYS:
         headers = {"Authorization": f"Bearer {key}"}
