@@ -128,8 +128,8 @@ class DeclaredPolicy(RoutingPolicy):
         are scaled by one minus the best such match among the others. (A translator's examples
         then win translation queries over an expert declaring ``general``, whose skill would
         otherwise claim every general query.)"""
-        embedded, ngrams = self.model.features(texts)
-        probabilities = self.model.skill_probabilities(embedded, ngrams)
+        embedded, blocks = self.model.features(texts)
+        probabilities = self.model.skill_probabilities(embedded, blocks)
         centred = self.model.centred(embedded)
         specific = np.zeros((len(texts), len(self.experts)), np.float32)
         skill = np.zeros_like(specific)

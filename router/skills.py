@@ -65,12 +65,25 @@ class StaticEncoder:
         return [[t for t in e.ids if t not in self.special] for e in self.tokenizer.encode_batch(list(texts))]
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.vectors.shape[1]), np.float32)
+        return self.pooled(texts)[0]
+
+    def pooled(self, texts: list[str], with_max: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Unit vectors: the IDF-weighted mean of each text's token vectors, and, ``with_max``,
+        their element-wise maximum (one pass over the tokens)."""
+        dims = self.vectors.shape[1]
+        mean = np.zeros((len(texts), dims), np.float32)
+        top = np.zeros((len(texts), dims), np.float32) if with_max else None
         for i, ids in enumerate(self.token_ids(texts)):
             if ids:
-                out[i] = self.idf[ids] @ self.vectors[ids]
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.maximum(norms, 1e-9)
+                rows = self.vectors[ids]
+                mean[i] = self.idf[ids] @ rows
+                if top is not None:
+                    top[i] = rows.max(axis=0)
+        return _unit(mean), None if top is None else _unit(top)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
 
 
 def hashers(specs: list[dict]) -> list:
@@ -106,6 +119,7 @@ class SkillModel:
         self.intercept = weights["intercept"].astype(np.float32)
         self.skills: tuple[str, ...] = tuple(self.meta["skills"])
         self.ngrams: list[dict] = self.meta.get("ngrams", [])
+        self.max_pooling = bool(self.meta.get("max_pooling"))
         centre = self.folder / CENTRE_FILE
         self.centre = np.load(centre).astype(np.float32) if centre.exists() else None
 
@@ -123,15 +137,18 @@ class SkillModel:
         return hashers(self.ngrams)
 
     def features(self, texts: list[str]) -> tuple[np.ndarray, list]:
-        """The static embeddings and the hashed n-gram matrices (empty when the model has none)."""
-        return self.encoder.embed(texts), [h.transform(texts) for h in self._hashers]
+        """The static embeddings (mean-pooled: what similarities compare) and the classifier's
+        further feature blocks: max-pooled embeddings and hashed n-gram matrices, where the model
+        has them."""
+        embedded, top = self.encoder.pooled(texts, self.max_pooling)
+        return embedded, [*([top] if top is not None else []), *(h.transform(texts) for h in self._hashers)]
 
-    def skill_probabilities(self, embedded: np.ndarray, ngrams: list) -> np.ndarray:
-        """(n, skills) probabilities (rows sum to 1)."""
+    def skill_probabilities(self, embedded: np.ndarray, blocks: list) -> np.ndarray:
+        """(n, skills) probabilities (rows sum to 1) from the embeddings and the further blocks."""
         d = embedded.shape[1]
         logits = embedded @ self.coef[:, :d].T + self.intercept
         start = d
-        for matrix in ngrams:
+        for matrix in blocks:
             logits += np.asarray(matrix @ self.coef[:, start : start + matrix.shape[1]].T)
             start += matrix.shape[1]
         logits -= logits.max(axis=1, keepdims=True)

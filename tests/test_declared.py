@@ -251,3 +251,31 @@ def test_declarations_are_validated_with_the_config():
         )
     with pytest.raises(ValueError, match="needs the experts' configs"):
         build_policy(PolicyConfig(name="declared"), ["a"])
+
+
+def test_a_skills_model_with_max_pooling_reads_its_further_block_after_the_mean(tmp_path):
+    """A model built with ``max_pooling`` (a feature set the build may be asked for) scores the
+    max-pooled embedding with the classifier's columns after the mean's: with those columns zero,
+    its probabilities are the mean-only model's."""
+    import shutil
+
+    import numpy as np
+
+    from router.skills import DEFAULT_ARTIFACT, META_FILE, SkillModel
+
+    folder = shutil.copytree(DEFAULT_ARTIFACT, tmp_path / "skills")
+    meta = json.loads((folder / META_FILE).read_text())
+    (folder / META_FILE).write_text(json.dumps(meta | {"max_pooling": True}))
+    weights = np.load(folder / "classifier.npz")
+    coef = np.hstack([weights["coef"], np.zeros_like(weights["coef"])])
+    np.savez(folder / "classifier.npz", coef=coef, intercept=weights["intercept"])
+    texts = [q for qs in CLEAR.values() for q in qs]
+    shipped, pooled = SkillModel(), SkillModel(folder)
+    embedded, blocks = pooled.features(texts)
+    assert [b.shape for b in blocks] == [embedded.shape]
+    assert np.allclose(np.linalg.norm(blocks[0], axis=1), 1.0, atol=1e-5)
+    assert np.allclose(
+        pooled.skill_probabilities(embedded, blocks),
+        shipped.skill_probabilities(*shipped.features(texts)),
+        atol=1e-6,
+    )
