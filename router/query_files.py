@@ -1,11 +1,12 @@
 """Files of queries: one reader for what users hand the router as queries, an expert's example
 queries (``examples: <file>``) and the traffic of a dry run (``expert-router route --queries``).
 
-Formats (``auto`` picks by the name, then by the first character): JSONL (``.jsonl``, ``.ndjson``:
-a record a line), JSON (``.json``: an array of records, or JSONL), Parquet (``.parquet``: a record a
-row) and plain text (a query a line); all but Parquet may be gzipped (``.gz``). A record is a query
-as a string, or an object with a conversation (OpenAI ``messages``, or ShareGPT ``conversations``
-of ``from``/``value`` turns) or a query under one of :data:`TEXT_KEYS`.
+Formats (``auto`` picks by the name, then by the first character): JSONL (``.jsonl``,
+``.ndjson``: a record a line), JSON (``.json``: an array of records, one record, or JSONL), Parquet
+(``.parquet``: a record a row) and plain text (a query a line); all but Parquet may be gzipped
+(``.gz``). A record is a query as a string, or an object with a conversation (OpenAI ``messages``,
+or ShareGPT ``conversations`` of ``from``/``value`` turns) or a query under one of
+:data:`TEXT_KEYS`.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def file_format(path: Path, fmt: str = "auto") -> str:
 
 def _lines(path: Path) -> list[str]:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as lines:
+    with opener(path, "rt", encoding="utf-8-sig") as lines:  # a byte-order mark is not text
         return [line.rstrip("\r\n") for line in lines]
 
 
@@ -75,11 +76,12 @@ def read_records(path: str | Path, fmt: str = "auto") -> tuple[list[tuple[int, A
 
         return list(enumerate(pq.read_table(path).to_pylist(), start=1)), 0
     lines = _lines(path)
-    if fmt == "json" and next((line.lstrip() for line in lines if line.strip()), "").startswith("["):
-        items = _parsed("\n".join(lines))
-        if isinstance(items, Unreadable):
-            raise ValueError(f"{path}: {items.reason}")
-        return list(enumerate(items, start=1)), 0
+    if fmt == "json":  # an array of records, one record, or else JSON Lines
+        whole = _parsed("\n".join(lines))
+        if not isinstance(whole, Unreadable):
+            return list(enumerate(whole if isinstance(whole, list) else [whole], start=1)), 0
+        if next((line.lstrip() for line in lines if line.strip()), "").startswith("["):
+            raise ValueError(f"{path}: {whole.reason}")
     numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
     blank = len(lines) - len(numbered)
     if fmt == "text":

@@ -125,9 +125,14 @@ def test_json_parquet_sharegpt_and_other_query_fields_route_as_their_text_does(t
     (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     pq.write_table(pa.table({"query": texts}), tmp_path / "q.parquet")
     (tmp_path / "q.log").write_text(json.dumps(records))  # no known suffix: a JSON array by its content
-    for name in ("q.json", "q.jsonl", "q.parquet", "q.log"):
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "q.jsonl").read_bytes())
+    for name in ("q.json", "q.jsonl", "q.parquet", "q.log", "bom.jsonl"):
         routed = route(capsys, config, tmp_path / name)[0]
         assert [(r["line"], r["expert"]) for r in routed] == list(enumerate(expected, start=1)), name
+    (tmp_path / "one.json").write_text(
+        json.dumps({"messages": [{"role": "user", "content": texts[0]}]}, indent=2)
+    )
+    assert [r["expert"] for r in route(capsys, config, tmp_path / "one.json")[0]] == expected[:1]
 
 
 @pytest.mark.parametrize(
