@@ -229,7 +229,13 @@ def parser() -> argparse.ArgumentParser:
     )
     for q in (gen, pipe):
         q.add_argument("--config", type=Path, default=Path("serve_config.yaml"), help="Serve config file")
-        q.add_argument("--data", type=Path, default=DEFAULT_INSTRUCTIONS, help="JSONL[.gz]/Parquet")
+        q.add_argument(
+            "--data",
+            type=Path,
+            default=DEFAULT_INSTRUCTIONS,
+            help="instructions with references: JSONL, JSON or Parquet; ours, Alpaca, Dolly, OpenAI chat "
+            "or ShareGPT records (docs/training.md)",
+        )
         q.add_argument("--limit-per-domain", type=int, help="seeded sample of N queries per domain")
         q.add_argument("--limit", type=int, help="at most N queries in all")
         q.add_argument("--max-tokens", type=int, help="answer length cap (default: each expert's)")

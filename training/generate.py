@@ -43,36 +43,27 @@ import pandas as pd
 
 from router.config import AppConfig, ExpertConfig
 from router.encoder import DEFAULT_ENCODER
+from training.instructions import read_instructions
 from training.table import conform, write_table
 
 PHASE1_APP = "expert-router-phase1"
-INSTRUCTION_FIELDS = ("id", "instruction", "reference")
 
 
 def load_instructions(
     path: str | Path, limit_per_domain: int | None = None, limit: int | None = None, seed: int = 0
 ) -> pd.DataFrame:
-    """Instructions with references (JSONL[.gz] or Parquet: id, instruction, reference, and optionally
-    domain, source, split) as columns query_id, query, reference, domain, source, split.
+    """Instructions with references (any format of :mod:`training.instructions`) as columns
+    query_id, query, reference, domain, source, split.
 
     Sampling is a seeded shuffle then the first ``limit_per_domain`` per domain (and ``limit`` in
     all), so a smaller limit picks a subset of a larger one.
     """
-    path = Path(path)
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_json(path, lines=True)
-    missing = [c for c in INSTRUCTION_FIELDS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: instruction data lacks fields {missing} (needs {INSTRUCTION_FIELDS})")
-    df = df.rename(columns={"id": "query_id", "instruction": "query"})
-    for col, default in (("domain", ""), ("source", path.stem), ("split", "train")):
-        df[col] = df[col].fillna(default) if col in df.columns else default
-    df = df.sample(frac=1.0, random_state=seed)
+    df = read_instructions(path).sample(frac=1.0, random_state=seed)
     if limit_per_domain is not None:
         df = df.groupby("domain", sort=False).head(limit_per_domain)
     if limit is not None:
         df = df.head(limit)
-    cols = ["query_id", "query", "reference", "domain", "source", "split"]
-    return df[cols].astype({c: "string" for c in cols}).fillna("").reset_index(drop=True)
+    return df.reset_index(drop=True)
 
 
 ANSWER_FIELDS = {"model", "base", "system_prompt", "engine_kwargs", "llm_config", "sampling", "env_vars"}

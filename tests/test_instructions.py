@@ -1,0 +1,123 @@
+"""Instruction data for phase 1 (``--data``) in the common formats: ours, Alpaca, Dolly, OpenAI chat
+fine-tuning files, ShareGPT; JSONL, JSON arrays, Parquet; each bad record named."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from training.generate import load_instructions
+from training.instructions import read_instructions
+
+ROWS = [
+    ("What is 2 + 2?", "4"),
+    ("Summarise the text.\n\nCats sleep a lot.", "Cats sleep."),
+    ("Name a prime.", "7"),
+]
+"""The same three queries with references, as each format below says them."""
+FORMATS = {
+    "ours.jsonl": [{"id": f"q{i}", "instruction": q, "reference": r} for i, (q, r) in enumerate(ROWS)],
+    "alpaca.json": [
+        {"instruction": "What is 2 + 2?", "input": "", "output": "4"},
+        {"instruction": "Summarise the text.", "input": "Cats sleep a lot.", "output": "Cats sleep."},
+        {"instruction": "Name a prime.", "input": "", "output": "7"},
+    ],
+    "dolly.jsonl": [
+        {"instruction": "What is 2 + 2?", "context": "", "response": "4", "category": "open_qa"},
+        {"instruction": "Summarise the text.", "context": "Cats sleep a lot.", "response": "Cats sleep."},
+        {"instruction": "Name a prime.", "context": "", "response": "7", "category": "open_qa"},
+    ],
+    "openai_chat.jsonl": [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": r},
+            ]
+        }
+        for q, r in ROWS
+    ],
+    "sharegpt.json": [
+        {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": r}]} for q, r in ROWS
+    ],
+}
+
+
+def write(path, records) -> None:
+    if path.suffix == ".json":
+        path.write_text(json.dumps(records, indent=1))
+    elif path.suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(records), path)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_every_common_format_gives_the_same_queries_and_references(tmp_path, name):
+    path = tmp_path / name
+    write(path, FORMATS[name])
+    table = read_instructions(path)
+    assert list(zip(table["query"], table["reference"])) == ROWS
+    assert table.query_id.is_unique and set(table.split) == {"train"}
+    assert set(table.source) == {name.split(".")[0]}
+    if name == "dolly.jsonl":
+        assert list(table.domain) == ["open_qa", "", "open_qa"]
+    # Derived ids are stable: the same records in another order keep theirs.
+    write(path, FORMATS[name][::-1])
+    again = read_instructions(path).set_index("query")
+    assert dict(again.query_id) == dict(zip(table["query"], table.query_id))
+
+
+def test_parquet_and_sampling_keep_their_contract(tmp_path):
+    records = [
+        {"id": f"q{i}", "instruction": f"Question {i}", "reference": "A", "domain": d, "split": "test"}
+        for i, d in enumerate(["math", "code"] * 10)
+    ]
+    write(tmp_path / "data.parquet", records)
+    picked = load_instructions(tmp_path / "data.parquet", limit_per_domain=3, seed=1)
+    assert sorted(picked.domain.value_counts().to_dict().items()) == [("code", 3), ("math", 3)]
+    assert set(load_instructions(tmp_path / "data.parquet", limit_per_domain=2, seed=1).query_id) < set(
+        picked.query_id
+    )
+    assert set(picked.split) == {"test"}
+
+
+@pytest.mark.parametrize(
+    "line, error",
+    [
+        (
+            {"instruction": "hi"},
+            "lacks a reference answer (reference/output/response/answer/completion); its fields: instruction",
+        ),
+        ({"output": "hi"}, "lacks a query (instruction/prompt/question/query, or messages/conversations)"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, "its answer as the last turn"),
+        (
+            {"messages": [{"role": "system", "content": "x"}, {"role": "assistant", "content": "y"}]},
+            "a user turn",
+        ),
+        ({"instruction": ["a"], "output": "b"}, "must be strings"),
+        ([1, 2], "not a JSON list"),
+    ],
+)
+def test_a_bad_record_is_named_with_what_it_lacks(tmp_path, line, error):
+    path = tmp_path / "data.jsonl"
+    write(path, [{"instruction": "ok", "output": "fine"}, line])
+    with pytest.raises(ValueError, match="data.jsonl:2: .*" + error.replace("(", r"\(").replace(")", r"\)")):
+        read_instructions(path)
+
+
+def test_text_files_repeats_and_clashing_ids(tmp_path):
+    (tmp_path / "q.txt").write_text("What is 2 + 2?\n")
+    with pytest.raises(ValueError, match="q.txt:1: a line of text"):
+        read_instructions(tmp_path / "q.txt")
+    path = tmp_path / "data.jsonl"
+    write(path, [{"instruction": "a", "output": "b"}] * 2 + [{"instruction": "c", "output": "d"}])
+    assert list(read_instructions(path)["query"]) == ["a", "c"]  # the repeat is one query
+    write(
+        path, [{"id": "x", "instruction": "a", "output": "b"}, {"id": "x", "instruction": "c", "output": "d"}]
+    )
+    with pytest.raises(ValueError, match="ids used by different records: x"):
+        read_instructions(path)
