@@ -55,8 +55,8 @@ def read_queries(path: str | Path, config: AppConfig, fmt: str = "auto") -> tupl
     path = Path(path)
     try:
         records, blank = read_records(path, fmt)
-    except (OSError, EOFError, UnicodeDecodeError, ValueError) as exc:
-        raise QueryFileError(f"{path}: cannot read it: {exc}") from None
+    except ValueError as exc:
+        raise QueryFileError(f"{path}: {exc}") from None
     abilities = {name: config.abilities(name) for name in config.expert_names}
     queries, problems = [], []
     for number, record in records:

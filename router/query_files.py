@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,8 @@ class Unreadable:
 
 
 def file_format(path: Path, fmt: str = "auto") -> str:
-    """The format of ``path``: ``fmt`` unless ``auto``, else by the name, else by the content."""
+    """The format of ``path``: ``fmt`` unless ``auto``, else by the name, else by the content (a
+    first character ``[`` that starts a JSON document: JSON; ``{``: JSONL; else text)."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: one of {', '.join(FORMATS)}")
     if fmt != "auto":
@@ -47,46 +49,74 @@ def file_format(path: Path, fmt: str = "auto") -> str:
     name = path.name.removesuffix(".gz")
     if (suffix := Path(name).suffix) in BY_SUFFIX:
         return BY_SUFFIX[suffix]
-    first = next((line.lstrip() for line in _lines(path) if line.strip()), "")
-    return "json" if first.startswith("[") else "jsonl" if first.startswith("{") else "text"
+    text = _text(path)
+    first = text.lstrip()[:1]
+    if first == "[":
+        return "text" if isinstance(_parsed(text), Unreadable) else "json"  # e.g. "[INST] ..." lines
+    return "jsonl" if first == "{" else "text"
 
 
-def _lines(path: Path) -> list[str]:
+def _text(path: Path) -> str:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8-sig") as lines:  # a byte-order mark is not text
-        return [line.rstrip("\r\n") for line in lines]
+    with opener(path, "rt", encoding="utf-8-sig") as f:  # a byte-order mark is not text
+        return f.read()
 
 
 def _parsed(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        return Unreadable(f"not valid JSON ({exc.msg} at column {exc.colno})")
+        where = f"line {exc.lineno} column {exc.colno}" if "\n" in text.strip() else f"column {exc.colno}"
+        return Unreadable(f"not valid JSON ({exc.msg} at {where})")
+
+
+def _without_nulls(value: Any) -> Any:
+    """A Parquet row as the JSON it came from: Arrow gives every struct every field of its column,
+    null where a record lacked it."""
+    if isinstance(value, dict):
+        return {key: _without_nulls(v) for key, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def _parquet_rows(path: Path) -> list[dict[str, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError("reading Parquet needs pyarrow (pip install 'expert-router[serve]')") from None
+    return [_without_nulls(row) for row in pq.read_table(path).to_pylist()]
 
 
 def read_records(path: str | Path, fmt: str = "auto") -> tuple[list[tuple[int, Any]], int]:
-    """``([(number, record), ...], blank)``: each record with its line (row, item) number from 1, a
-    record being a string (text), a JSON value (JSON, JSONL, Parquet rows as objects) or
-    :class:`Unreadable`; and how many blank lines were skipped. OSError, UnicodeDecodeError and
-    ValueError when the file as a whole cannot be read."""
+    """``([(number, record), ...], blank)``: each record with its number from 1 (its line in JSONL and
+    text, its item in a JSON array, its row in Parquet), a record being a string (text), a JSON
+    value (JSON, JSONL, Parquet rows as objects) or :class:`Unreadable`; and how many blank lines
+    were skipped. ValueError saying why when the file as a whole cannot be read."""
     path = Path(path)
-    fmt = file_format(path, fmt)
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        return list(enumerate(pq.read_table(path).to_pylist(), start=1)), 0
-    lines = _lines(path)
-    if fmt == "json":  # an array of records, one record, or else JSON Lines
-        whole = _parsed("\n".join(lines))
+    try:
+        fmt = file_format(path, fmt)
+        if fmt == "parquet":
+            return list(enumerate(_parquet_rows(path), start=1)), 0
+        text = _text(path)
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
+        raise ValueError(f"cannot read it: {exc}") from None
+    except Exception as exc:  # pyarrow's errors on a file that is not Parquet
+        if isinstance(exc, ValueError):
+            raise
+        raise ValueError(f"cannot read it: {type(exc).__name__}: {exc}") from None
+    lines = text.splitlines()
+    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    if fmt == "text":
+        return numbered, len(lines) - len(numbered)
+    records = [(n, _parsed(line)) for n, line in numbered]
+    if fmt == "json" or (len(records) > 1 and all(isinstance(r, Unreadable) for _, r in records)):
+        whole = _parsed(text)  # an array of records or one record (pretty-printed), else JSON Lines
         if not isinstance(whole, Unreadable):
             return list(enumerate(whole if isinstance(whole, list) else [whole], start=1)), 0
-        if next((line.lstrip() for line in lines if line.strip()), "").startswith("["):
-            raise ValueError(f"{path}: {whole.reason}")
-    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
-    blank = len(lines) - len(numbered)
-    if fmt == "text":
-        return numbered, blank
-    return [(n, _parsed(line)) for n, line in numbered], blank
+        if text.lstrip().startswith("[") or (records and all(isinstance(r, Unreadable) for _, r in records)):
+            raise ValueError(whole.reason)  # what is wrong with the document, not with each line
+    return records, len(lines) - len(numbered)
 
 
 def _sharegpt(turns: Any) -> list[dict[str, Any]]:
@@ -107,9 +137,9 @@ def record_messages(record: Any) -> list[Any]:
         return [{"role": "user", "content": record}]
     if not isinstance(record, dict):
         raise ValueError(f"a query is a string or a JSON object, not a JSON {type(record).__name__}")
-    if "messages" in record:
+    if record.get("messages") is not None:  # as given: the request model says what is wrong
         return record["messages"]
-    if "conversations" in record:
+    if record.get("conversations") is not None:
         return _sharegpt(record["conversations"])
     for key in TEXT_KEYS:
         if isinstance(record.get(key), str):
@@ -121,9 +151,15 @@ def record_messages(record: Any) -> list[Any]:
 
 
 def record_text(record: Any) -> str:
-    """The query of a record: its last user message's text."""
+    """The query of a record: its last user message's text (its text parts, joined by blank lines)."""
     messages = record_messages(record)
+    if not isinstance(messages, list):
+        raise ValueError(f"messages must be a list, not a JSON {type(messages).__name__}")
     users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    if not users or not isinstance(users[-1], str):
+    content = users[-1] if users else None
+    if isinstance(content, list):
+        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        content = "\n\n".join(t for t in texts if isinstance(t, str)) or None
+    if not isinstance(content, str):
         raise ValueError("no user message with text")
-    return users[-1]
+    return content

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -73,11 +75,24 @@ class ServeCluster:
         return url
 
     def delete(self, *names: str) -> None:
-        """Delete these apps (those that exist) and wait until their replicas are gone."""
+        """Delete these apps (those that exist) and wait until their replicas are gone; nothing once
+        this process has left the cluster (the multi-node scenarios stop it to start their own)."""
+        import ray
         from ray import serve
 
+        if not ray.is_initialized():
+            return
         for name in set(names) & set(serve.status().applications):
             serve.delete(name)
+
+    @contextmanager
+    def apps(self, *names: str) -> Iterator[ServeCluster]:
+        """Deletes the apps ``names`` when the block ends, however it ends (a module's setup that
+        fails must not leave its route prefix taken for the next module)."""
+        try:
+            yield self.start()
+        finally:
+            self.delete(*names)
 
 
 @pytest.fixture(scope="session")
@@ -87,9 +102,9 @@ def serve_cluster():
     import ray
     from ray import serve
 
-    if ray.is_initialized():
+    if ray.is_initialized():  # not if the multi-node scenarios stopped it
         serve.shutdown()
-    ray.shutdown()
+        ray.shutdown()
 
 
 TINY_APP = "tiny"
@@ -105,9 +120,8 @@ def tiny_server(serve_cluster):
     from deployments.app import build_app
 
     args = yaml.safe_load((REPO / "configs/tiny_cpu.yaml").read_text())["applications"][0]["args"]
-    url = serve_cluster.start().run(build_app(args), TINY_APP, f"/{TINY_APP}", ready=True)
-    yield url
-    serve_cluster.delete(TINY_APP)
+    with serve_cluster.apps(TINY_APP) as cluster:
+        yield cluster.run(build_app(args), TINY_APP, f"/{TINY_APP}", ready=True)
 
 
 def tiny_app_args(policy: dict | None = None, **ingress) -> dict:

@@ -76,7 +76,8 @@ def test_examples_route_like_queries_to_an_expert_from_a_list_or_any_file(tmp_pa
             for r in [
                 examples[0],
                 {"instruction": examples[1]},
-                {"messages": [{"role": "user", "content": examples[2]}]},
+                {"messages": [{"role": "user", "content": [{"type": "text", "text": examples[2]}]}]},
+                {"messages": None, "prompt": examples[0]},
             ]
         )
     )
@@ -99,6 +100,7 @@ def test_examples_route_like_queries_to_an_expert_from_a_list_or_any_file(tmp_pa
         ('{"answer": "no query here"}\n', "line 1: no query: an object needs 'messages'"),
         ("[1, 2]\n", "line 1: a query is a string or a JSON object, not a JSON list"),
         ('{"messages": [{"role": "system", "content": "x"}]}\n', "line 1: no user message with text"),
+        ('{"messages": 5}\n', "line 1: messages must be a list, not a JSON int"),
     ],
 )
 def test_a_bad_examples_file_is_a_clear_error_naming_its_line(tmp_path, content, message):

@@ -85,32 +85,32 @@ def servers(serve_cluster):
 
     args = yaml.safe_load((REPO / "configs/tiny_cpu.yaml").read_text())["applications"][0]["args"]
     alpha = next(e for e in args["experts"] if e["name"] == "alpha")
-    base = serve_cluster.start().base
-    args["experts"].append(
-        {
-            "name": "cloud",
-            "model": "tiny-ref",
-            "endpoint": {"base_url": f"{base}/reference/v1"},
-            "sampling": alpha["sampling"],
-        }
-    )
-    reference = expert_llm_config(EXPERT.validate_python({**alpha, "name": "tiny-ref"}))
-    serve_cluster.run(build_openai_app({"llm_configs": [reference]}), "reference", "/reference")
-    serve_cluster.run(build_app(args), "expert-router", "/")
-    router = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=120, max_retries=0)
-    direct = openai.OpenAI(base_url=f"{base}/reference/v1", api_key="unused", timeout=120, max_retries=0)
-    deadline = time.monotonic() + 600
-    while True:
-        try:
-            router.chat.completions.create(model="cloud", messages=ASK, max_tokens=1)
-            router.chat.completions.create(model="beta", messages=ASK, max_tokens=1)
-            break
-        except openai.APIError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
-    yield {"base": base, "router": router, "direct": direct}
-    serve_cluster.delete("expert-router", "reference")
+    with serve_cluster.apps("expert-router", "reference") as cluster:
+        base = cluster.base
+        args["experts"].append(
+            {
+                "name": "cloud",
+                "model": "tiny-ref",
+                "endpoint": {"base_url": f"{base}/reference/v1"},
+                "sampling": alpha["sampling"],
+            }
+        )
+        reference = expert_llm_config(EXPERT.validate_python({**alpha, "name": "tiny-ref"}))
+        cluster.run(build_openai_app({"llm_configs": [reference]}), "reference", "/reference")
+        cluster.run(build_app(args), "expert-router", "/")
+        router = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=120, max_retries=0)
+        direct = openai.OpenAI(base_url=f"{base}/reference/v1", api_key="unused", timeout=120, max_retries=0)
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                router.chat.completions.create(model="cloud", messages=ASK, max_tokens=1)
+                router.chat.completions.create(model="beta", messages=ASK, max_tokens=1)
+                break
+            except openai.APIError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        yield {"base": base, "router": router, "direct": direct}
 
 
 def fields_of(reply) -> dict:

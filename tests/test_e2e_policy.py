@@ -43,9 +43,8 @@ def app(serve_cluster):
         {"name": "translator", "model": "builtin:tiny-llama-lora-a", "base": "general", "sampling": sampling},
         {"name": "poet", "model": "builtin:tiny-llama-lora-b", "base": "general", "sampling": sampling},
     ]
-    base = serve_cluster.start().run(build_app(args), "expert-router", "/", ready=True)
-    yield base, args
-    serve_cluster.delete("expert-router")
+    with serve_cluster.apps("expert-router") as cluster:
+        yield cluster.run(build_app(args), "expert-router", "/", ready=True), args
 
 
 def shipped_policy(args: dict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -214,16 +215,30 @@ def test_pipeline_trains_a_router_that_the_app_then_serves(tiny_server, tmp_path
     assert json.loads((run / "router" / "router.json").read_text())["kind"] == result["router"]
 
     # The rollout as Serve applies the file: same args, the ingress's user_config changed in place.
-    rollout_app = bind_app(serving["args"], ingress["user_config"])
-    serve.run(rollout_app, name=APP, route_prefix=f"/{APP}", blocking=False)
-    policy = build_policy(PolicyConfig.model_validate(rollout), CONFIG.expert_names)
-    queries = ["Solve 12 * 7 and explain.", "Write a Python function that reverses a list.", "What is DNA?"]
-    for text in queries:
-        expected = policy.route([Message("user", text)]).expert
-        reply = httpx.post(
-            f"{tiny_server}/predict", json={"messages": [{"role": "user", "content": text}]}, timeout=120
+    try:
+        rollout_app = bind_app(serving["args"], ingress["user_config"])
+        serve.run(rollout_app, name=APP, route_prefix=f"/{APP}", blocking=False)
+        policy = build_policy(PolicyConfig.model_validate(rollout), CONFIG.expert_names)
+        queries = [
+            "Solve 12 * 7 and explain.",
+            "Write a Python function that reverses a list.",
+            "What is DNA?",
+        ]
+        for text in queries:
+            expected = policy.route([Message("user", text)]).expert
+            reply = httpx.post(
+                f"{tiny_server}/predict", json={"messages": [{"role": "user", "content": text}]}, timeout=120
+            )
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["expert"] == expected
+            status = httpx.get(f"{tiny_server}/status", timeout=30).json()
+            assert status["policy"]["kind"] == result["router"]
+    finally:  # the session's tiny app routes by its own policy again, for whichever module comes next
+        original = source["args"]["policy"]
+        serve.run(
+            bind_app(source["args"], {"policy": original}), name=APP, route_prefix=f"/{APP}", blocking=False
         )
-        assert reply.status_code == 200, reply.text
-        assert reply.json()["expert"] == expected
-        status = httpx.get(f"{tiny_server}/status", timeout=30).json()
-        assert status["policy"]["kind"] == result["router"]
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{tiny_server}/status", timeout=30).json()["policy"]["name"] != original["name"]:
+            assert time.monotonic() < deadline, "the tiny app's own policy did not come back"
+            time.sleep(0.5)

@@ -87,24 +87,24 @@ def server(serve_cluster):
     from deployments.experts.vllm import expert_llm_config
     from router.config import EXPERT, AppConfig
 
-    base = serve_cluster.start().base
-    args = router_args(serve_cluster.port)
-    remote = expert_llm_config(EXPERT.validate_python({**args["experts"][1], "name": "tiny-remote"}))
-    serve_cluster.run(build_openai_app({"llm_configs": [remote]}), "remote", "/remote")
-    serve_cluster.run(build_app(args), APP, "/")
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            up = httpx.post(
-                f"{base}/v1/chat/completions", json=ask("hi", model="cloud"), headers=AUTH, timeout=30
-            )
-            if up.status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    yield {"base": base, "metrics": serve_cluster.metrics, "config": AppConfig.parse(args), "remote": remote}
-    serve_cluster.delete(APP, "remote", "all-remote")
+    with serve_cluster.apps(APP, "remote", "all-remote") as cluster:
+        base = cluster.base
+        args = router_args(cluster.port)
+        remote = expert_llm_config(EXPERT.validate_python({**args["experts"][1], "name": "tiny-remote"}))
+        cluster.run(build_openai_app({"llm_configs": [remote]}), "remote", "/remote")
+        cluster.run(build_app(args), APP, "/")
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                up = httpx.post(
+                    f"{base}/v1/chat/completions", json=ask("hi", model="cloud"), headers=AUTH, timeout=30
+                )
+                if up.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        yield {"base": base, "metrics": cluster.metrics, "config": AppConfig.parse(args), "remote": remote}
 
 
 def ask(content: str, **extra) -> dict:

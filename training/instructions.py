@@ -93,8 +93,8 @@ def read_instructions(path: str | Path) -> pd.DataFrame:
     source = path.name.split(".")[0]
     try:
         records, _ = read_records(path)
-    except (OSError, EOFError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read it: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     rows, problems = [], []
     for number, record in records:
         try:
