@@ -253,6 +253,14 @@ def _macro_recall(truth: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean([np.mean(predicted[truth == d] == d) for d in np.unique(truth)]))
 
 
+def _classifier(c: float, weight: str):
+    """The skills classifier with regularisation ``c`` and class weighting ``weight`` (one of
+    :data:`CLASS_WEIGHTS`)."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c, max_iter=3000, class_weight=None if weight == "none" else weight)
+
+
 def choose_classifier(
     rows: list[dict],
     encoders: dict[bool, StaticEncoder],
@@ -261,23 +269,21 @@ def choose_classifier(
 ) -> tuple[dict, dict]:
     """The combination of an ``allowed`` feature set, one of ``augmentations``, C and class
     weighting with the best mean macro recall on unseen-source folds; the score of each one."""
-    from sklearn.linear_model import LogisticRegression
 
     labels = np.array([r["domain"] for r in rows])
     scores: dict[str, list[float]] = defaultdict(list)
     chosen: dict[str, dict] = {}
+    folds = unseen_source_folds(rows)
     for name in allowed:
         features = FEATURE_SETS[name]
+        held_inputs = [_design(encoders, features, [rows[i]["instruction"] for i in held]) for held in folds]
         for augmentation in augmentations:
-            for k, held in enumerate(unseen_source_folds(rows)):
+            for k, (held, x_held) in enumerate(zip(folds, held_inputs)):
                 train = augment([rows[i] for i in np.setdiff1d(np.arange(len(rows)), held)], augmentation)
                 x = _design(encoders, features, [r["instruction"] for r in train])
-                x_held = _design(encoders, features, [rows[i]["instruction"] for i in held])
                 for c in CS:
                     for weight in CLASS_WEIGHTS:
-                        model = LogisticRegression(
-                            C=c, max_iter=3000, class_weight=None if weight == "none" else weight
-                        ).fit(x, [r["domain"] for r in train])
+                        model = _classifier(c, weight).fit(x, [r["domain"] for r in train])
                         key = f"{name} | {augmentation} | C={c:g} | {weight}"
                         chosen[key] = {
                             "features": name,
@@ -342,7 +348,6 @@ def build(
     augmentations: tuple[str, ...] = ALLOWED_AUGMENTATIONS,
 ) -> dict:
     """Write the skills model to ``out``; returns its metadata."""
-    from sklearn.linear_model import LogisticRegression
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -359,8 +364,7 @@ def build(
     embedded = encoders[numbers].embed(texts)
     augmented = augment(rows, choice["augmentation"])
     augmented_texts = [r["instruction"] for r in augmented]
-    weight = None if choice["class_weight"] == "none" else choice["class_weight"]
-    classifier = LogisticRegression(C=choice["C"], max_iter=3000, class_weight=weight).fit(
+    classifier = _classifier(choice["C"], choice["class_weight"]).fit(
         _design(encoders, features, augmented_texts),
         [r["domain"] for r in augmented],
     )
