@@ -124,6 +124,29 @@ def tiny_server(serve_cluster):
         yield cluster.run(build_app(args), TINY_APP, f"/{TINY_APP}", ready=True)
 
 
+REFERENCE_APP = "reference"
+"""The session's own OpenAI server (``reference_server``; route ``/reference``)."""
+
+
+@pytest.fixture(scope="session")
+def reference_server(serve_cluster):
+    """A ``ray.serve.llm`` OpenAI app of its own running the tiny model as configs/tiny_cpu.yaml's
+    alpha does, under the model name ``tiny-ref``: the remote experts' endpoint, and the server the
+    router's answers are compared with. Started once for the modules that use it."""
+    import yaml
+    from ray.serve.llm import build_openai_app
+
+    from deployments.experts.vllm import expert_llm_config
+    from router.config import EXPERT
+
+    args = yaml.safe_load((REPO / "configs/tiny_cpu.yaml").read_text())["applications"][0]["args"]
+    alpha = next(e for e in args["experts"] if e["name"] == "alpha")
+    llm_config = expert_llm_config(EXPERT.validate_python({**alpha, "name": "tiny-ref"}))
+    with serve_cluster.apps(REFERENCE_APP) as cluster:
+        cluster.run(build_openai_app({"llm_configs": [llm_config]}), REFERENCE_APP, f"/{REFERENCE_APP}")
+        yield {"url": f"{cluster.base}/{REFERENCE_APP}/v1", "model": "tiny-ref", "llm_config": llm_config}
+
+
 def tiny_app_args(policy: dict | None = None, **ingress) -> dict:
     """The default app (serve_config.yaml) with its experts on the tiny model: the same expert
     names, declarations and routing policy (the shipped router, unless ``policy`` is given), real vLLM engines

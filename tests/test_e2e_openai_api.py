@@ -2,9 +2,10 @@
 structured outputs, logprobs, ``n``, agent conversations, text completions; routed, bypassed and
 through a remote expert, each compared with the same request sent to the expert's own OpenAI server.
 
-One local cluster: the router app (configs/tiny_cpu.yaml's alpha, which calls tools, and beta, which
-does not, plus ``cloud``, a remote expert) and a ``ray.serve.llm.build_openai_app`` of the same tiny
-engine as alpha (route /reference), which is also the cloud expert's endpoint.
+The session's cluster: the router app (configs/tiny_cpu.yaml's alpha, which calls tools, and beta,
+which does not, plus ``cloud``, a remote expert) and the session's reference server
+(``reference_server``: a ``ray.serve.llm.build_openai_app`` of the same tiny engine as alpha, model
+``tiny-ref``), which is also the cloud expert's endpoint.
 """
 
 from __future__ import annotations
@@ -75,31 +76,25 @@ PNG = (
 
 
 @pytest.fixture(scope="module")
-def servers(serve_cluster):
+def servers(serve_cluster, reference_server):
     import yaml
-    from ray.serve.llm import build_openai_app
 
     from deployments.app import build_app
-    from deployments.experts.vllm import expert_llm_config
-    from router.config import EXPERT
 
     args = yaml.safe_load((REPO / "configs/tiny_cpu.yaml").read_text())["applications"][0]["args"]
     alpha = next(e for e in args["experts"] if e["name"] == "alpha")
-    with serve_cluster.apps("expert-router", "reference") as cluster:
-        base = cluster.base
-        args["experts"].append(
-            {
-                "name": "cloud",
-                "model": "tiny-ref",
-                "endpoint": {"base_url": f"{base}/reference/v1"},
-                "sampling": alpha["sampling"],
-            }
-        )
-        reference = expert_llm_config(EXPERT.validate_python({**alpha, "name": "tiny-ref"}))
-        cluster.run(build_openai_app({"llm_configs": [reference]}), "reference", "/reference")
+    args["experts"].append(
+        {
+            "name": "cloud",
+            "model": reference_server["model"],
+            "endpoint": {"base_url": reference_server["url"]},
+            "sampling": alpha["sampling"],
+        }
+    )
+    with serve_cluster.apps("expert-router") as cluster:
         cluster.run(build_app(args), "expert-router", "/")
-        router = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=120, max_retries=0)
-        direct = openai.OpenAI(base_url=f"{base}/reference/v1", api_key="unused", timeout=120, max_retries=0)
+        router = openai.OpenAI(base_url=f"{cluster.base}/v1", api_key="unused", timeout=120, max_retries=0)
+        direct = openai.OpenAI(base_url=reference_server["url"], api_key="unused", timeout=120, max_retries=0)
         deadline = time.monotonic() + 600
         while True:
             try:
@@ -110,7 +105,7 @@ def servers(serve_cluster):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1)
-        yield {"base": base, "router": router, "direct": direct}
+        yield {"base": cluster.base, "router": router, "direct": direct}
 
 
 def fields_of(reply) -> dict:

@@ -1,9 +1,10 @@
 """Production serving against the real app: a remote expert on a second real OpenAI server, fallback
 from a dead endpoint, routing transparency, API keys, size caps, CORS and Prometheus metrics.
 
-One local cluster: a separate ray.serve.llm OpenAI app (route /remote, its own vLLM tiny engine) is
-the "cloud" expert's endpoint; the router app has a local tiny expert (alpha), the remote one
-(cloud) and one whose endpoint refuses connections (dead), with the fixed policy putting dead first.
+The session's cluster: its reference server (``reference_server``, a ray.serve.llm OpenAI app
+with its own vLLM tiny engine, model ``tiny-ref``) is the "cloud" expert's endpoint; the router app
+has a local tiny expert (alpha), the remote one (cloud) and one whose endpoint refuses connections
+(dead), with the fixed policy putting dead first.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic import ValidationError
 from schemathesis.generation.modes import GenerationMode
 
 from deployments.openai_api import ChatRequest, TextCompletionRequest
+from tests.conftest import REFERENCE_APP
 from tests.wrong_types import CHAT_BASES, COMPLETION_BASES, OVER_HTTP, body_keys, names_the_field
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -32,7 +34,7 @@ AUTH = {"Authorization": f"Bearer {KEYS[1]}"}
 ORIGIN = "https://app.example"
 
 
-def router_args(port: int) -> dict:
+def router_args(reference: dict) -> dict:
     tiny = {
         "model": "builtin:tiny-llama",
         "num_cpus": 0.5,
@@ -65,8 +67,8 @@ def router_args(port: int) -> dict:
             {"name": "alpha", **tiny, "price": {"input_per_1m": 0.1, "output_per_1m": 0.2}},
             {
                 "name": "cloud",
-                "model": "tiny-remote",
-                "endpoint": {"base_url": f"http://127.0.0.1:{port}/remote/v1", "api_key_env": "REMOTE_KEY"},
+                "model": reference["model"],
+                "endpoint": {"base_url": reference["url"], "api_key_env": "REMOTE_KEY"},
                 "price": {"input_per_1m": 3.0, "output_per_1m": 15.0},
                 "max_in_flight": 1,
                 "sampling": {"max_tokens": 8, "temperature": 0.0},
@@ -80,31 +82,33 @@ APP = "production"
 
 
 @pytest.fixture(scope="module")
-def server(serve_cluster):
-    from ray.serve.llm import build_openai_app
-
+def server(serve_cluster, reference_server):
     from deployments.app import build_app
-    from deployments.experts.vllm import expert_llm_config
-    from router.config import EXPERT, AppConfig
+    from router.config import AppConfig
 
-    with serve_cluster.apps(APP, "remote", "all-remote") as cluster:
-        base = cluster.base
-        args = router_args(cluster.port)
-        remote = expert_llm_config(EXPERT.validate_python({**args["experts"][1], "name": "tiny-remote"}))
-        cluster.run(build_openai_app({"llm_configs": [remote]}), "remote", "/remote")
+    args = router_args(reference_server)
+    with serve_cluster.apps(APP, "all-remote") as cluster:
         cluster.run(build_app(args), APP, "/")
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             try:
                 up = httpx.post(
-                    f"{base}/v1/chat/completions", json=ask("hi", model="cloud"), headers=AUTH, timeout=30
+                    f"{cluster.base}/v1/chat/completions",
+                    json=ask("hi", model="cloud"),
+                    headers=AUTH,
+                    timeout=30,
                 )
                 if up.status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             time.sleep(1)
-        yield {"base": base, "metrics": cluster.metrics, "config": AppConfig.parse(args), "remote": remote}
+        yield {
+            "base": cluster.base,
+            "metrics": cluster.metrics,
+            "config": AppConfig.parse(args),
+            "reference": reference_server,
+        }
 
 
 def ask(content: str, **extra) -> dict:
@@ -117,9 +121,10 @@ def test_remote_expert_answers_as_its_own_server_does(server):
         f"{base}/v1/chat/completions", json=ask("Name a color.", model="cloud"), headers=AUTH, timeout=60
     )
     assert reply.status_code == 200 and reply.json()["expert"] == "cloud"
+    reference = server["reference"]
     direct = httpx.post(
-        f"{base}/remote/v1/chat/completions",
-        json={**ask("Name a color."), "model": "tiny-remote", "max_tokens": 8, "temperature": 0.0},
+        f"{reference['url']}/chat/completions",
+        json={**ask("Name a color."), "model": reference["model"], "max_tokens": 8, "temperature": 0.0},
         timeout=60,
     ).json()
     assert reply.json()["choices"][0]["message"]["content"] == direct["choices"][0]["message"]["content"]
@@ -424,14 +429,14 @@ def test_all_experts_stopped_give_fast_503s_then_recover_when_they_return(server
 
     from deployments.app import build_app
 
-    args = router_args(int(server["base"].rsplit(":", 1)[1]))
+    args = router_args(server["reference"])
     args["experts"] = [e for e in args["experts"] if "endpoint" in e]
     args["policy"] = {"name": "random", "args": {"seed": 0}}
     serve.run(build_app(args), name="all-remote", route_prefix="/all-remote")
     url = f"{server['base']}/all-remote/v1/chat/completions"
     assert httpx.post(url, json=ask("hi"), headers=AUTH, timeout=60).json()["expert"] == "cloud"
 
-    serve.delete("remote")
+    serve.delete(REFERENCE_APP)
     first = httpx.post(url, json=ask("hi"), headers=AUTH, timeout=60)
     assert first.status_code == 503 and first.json()["error"]["code"] == "experts_unavailable"
     started = time.perf_counter()
@@ -441,7 +446,8 @@ def test_all_experts_stopped_give_fast_503s_then_recover_when_they_return(server
     main = f"{server['base']}/v1/chat/completions"
     assert httpx.post(main, json=ask("others still answer"), headers=AUTH, timeout=60).status_code == 200
 
-    serve.run(build_openai_app({"llm_configs": [server["remote"]]}), name="remote", route_prefix="/remote")
+    reference = build_openai_app({"llm_configs": [server["reference"]["llm_config"]]})
+    serve.run(reference, name=REFERENCE_APP, route_prefix=f"/{REFERENCE_APP}")
     deadline = time.monotonic() + 300
     while (reply := httpx.post(url, json=ask("back?"), headers=AUTH, timeout=60)).status_code != 200:
         assert time.monotonic() < deadline, reply.text
