@@ -121,3 +121,30 @@ def test_text_files_repeats_and_clashing_ids(tmp_path):
     )
     with pytest.raises(ValueError, match="ids used by different records: x"):
         read_instructions(path)
+
+
+@pytest.mark.parametrize("command", ["generate", "pipeline"])
+def test_phase1_commands_refuse_bad_data_or_config_before_starting_ray(
+    tmp_path, capsys, monkeypatch, command
+):
+    from tests.conftest import REPO
+    from training import cli
+    from training.cli import main
+
+    def no_ray() -> None:
+        raise AssertionError("Ray was started before the inputs were checked")
+
+    monkeypatch.setattr(cli, "_connect_ray", no_ray)
+
+    bad = tmp_path / "data.jsonl"
+    bad.write_text('{"instruction": "What is 2 + 2?"}\n')
+    for argv, says in (
+        (
+            ["--config", str(REPO / "configs/tiny_cpu.yaml"), "--data", str(bad)],
+            "data.jsonl:1: lacks a reference",
+        ),
+        (["--config", str(tmp_path / "none.yaml"), "--data", str(bad)], "none.yaml"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            main([command, *argv, "--out", str(tmp_path / "out")])
+        assert stop.value.code == 2 and says in capsys.readouterr().err

@@ -41,10 +41,24 @@ def _phase1_options(args: argparse.Namespace) -> dict:
     }
 
 
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Phase 1's config and data, checked before Ray starts: a clear error and exit status 2."""
+    from router.config import ConfigError, load_serve_config
+    from training.instructions import read_instructions
+
+    try:
+        load_serve_config(args.config)
+        read_instructions(args.data)
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"expert-router {args.command}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _generate(args: argparse.Namespace) -> None:
     from router.config import load_serve_config
     from training.generate import generate, summary
 
+    _check_inputs(args)
     _connect_ray()
     table = generate(
         load_serve_config(args.config),
@@ -60,6 +74,7 @@ def _generate(args: argparse.Namespace) -> None:
 def _pipeline(args: argparse.Namespace) -> None:
     from training.pipeline import run_pipeline
 
+    _check_inputs(args)
     _connect_ray()
     result = run_pipeline(
         args.config,
