@@ -62,6 +62,15 @@ def _text(path: Path) -> str:
         return f.read()
 
 
+def _split_lines(text: str) -> list[str]:
+    """Lines at ``\\n`` only (JSON strings may hold U+2028 and other breaks ``str.splitlines``
+    splits at), without a final ``\\r``."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
 def _parsed(text: str) -> Any:
     try:
         return json.loads(text)
@@ -105,7 +114,7 @@ def read_records(path: str | Path, fmt: str = "auto") -> tuple[list[tuple[int, A
         if isinstance(exc, ValueError):
             raise
         raise ValueError(f"cannot read it: {type(exc).__name__}: {exc}") from None
-    lines = text.splitlines()
+    lines = _split_lines(text)
     numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
     if fmt == "text":
         return numbered, len(lines) - len(numbered)
@@ -150,16 +159,21 @@ def record_messages(record: Any) -> list[Any]:
     )
 
 
+def content_text(content: Any) -> str | None:
+    """A message's text: its content string, or its text parts joined by blank lines."""
+    if isinstance(content, list):
+        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        content = "\n\n".join(t for t in texts if isinstance(t, str)) or None
+    return content if isinstance(content, str) else None
+
+
 def record_text(record: Any) -> str:
     """The query of a record: its last user message's text (its text parts, joined by blank lines)."""
     messages = record_messages(record)
     if not isinstance(messages, list):
         raise ValueError(f"messages must be a list, not a JSON {type(messages).__name__}")
     users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    content = users[-1] if users else None
-    if isinstance(content, list):
-        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-        content = "\n\n".join(t for t in texts if isinstance(t, str)) or None
-    if not isinstance(content, str):
+    content = content_text(users[-1]) if users else None
+    if content is None:
         raise ValueError("no user message with text")
     return content

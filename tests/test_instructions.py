@@ -85,6 +85,45 @@ def test_parquet_and_sampling_keep_their_contract(tmp_path):
     assert set(picked.split) == {"test"}
 
 
+def test_the_shared_mix_loads_whole_with_its_own_columns():
+    """router_mix.jsonl.gz as it is: every record (one holds U+2028 and one U+2029 inside a JSON
+    string: lines break at newlines only), its ids, splits and sources."""
+    from tests.conftest import SHARED_DATA
+
+    path = SHARED_DATA / "router_mix.jsonl.gz"
+    if not path.exists():
+        pytest.skip("shared datasets not found beside the repository")
+    table = read_instructions(path)
+    assert len(table) == 11905 and table.query_id.is_unique
+    assert table.split.value_counts().to_dict() == {"train": 9405, "test": 2500}
+    assert table.source.nunique() == 17 and "\u2028" in "".join(table["query"]) + "".join(table.reference)
+
+
+def test_other_shapes_real_datasets_have(tmp_path):
+    records = [
+        {"question": "What is 2 + 2?", "answer": 4},  # a numeric answer
+        {  # a prompt beside the conversation that holds the answer (UltraChat, No Robots)
+            "prompt": "Name a prime.",
+            "messages": [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "7"}],
+        },
+        {"instruction": "Say hi\u2028twice.", "output": "hi\u2029hi"},  # line separators inside strings
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Parts?"}]},
+                {"role": "assistant", "content": "Yes."},
+            ]
+        },
+    ]
+    write(tmp_path / "data.jsonl", records)
+    table = read_instructions(tmp_path / "data.jsonl")
+    assert list(zip(table["query"], table.reference)) == [
+        ("What is 2 + 2?", "4"),
+        ("Name a prime.", "7"),
+        ("Say hi\u2028twice.", "hi\u2029hi"),
+        ("Parts?", "Yes."),
+    ]
+
+
 @pytest.mark.parametrize(
     "line, error",
     [
@@ -100,6 +139,11 @@ def test_parquet_and_sampling_keep_their_contract(tmp_path):
         ),
         ({"instruction": ["a"], "output": "b"}, "must be strings"),
         ([1, 2], "not a JSON list"),
+        ({"messages": 5}, "messages must be a list, not a JSON int"),
+        (
+            {"instruction": "a", "output": "b", "split": "validation"},
+            "split 'validation': one of train, test",
+        ),
     ],
 )
 def test_a_bad_record_is_named_with_what_it_lacks(tmp_path, line, error):

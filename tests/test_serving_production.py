@@ -437,17 +437,18 @@ def test_all_experts_stopped_give_fast_503s_then_recover_when_they_return(server
     assert httpx.post(url, json=ask("hi"), headers=AUTH, timeout=60).json()["expert"] == "cloud"
 
     serve.delete(REFERENCE_APP)
-    first = httpx.post(url, json=ask("hi"), headers=AUTH, timeout=60)
-    assert first.status_code == 503 and first.json()["error"]["code"] == "experts_unavailable"
-    started = time.perf_counter()
-    again = httpx.post(url, json=ask("hi"), headers=AUTH, timeout=60)
-    assert again.status_code == 503 and "retry in" in again.json()["error"]["message"]
-    assert time.perf_counter() - started < 1.0  # fast: no expert is even called
-    main = f"{server['base']}/v1/chat/completions"
-    assert httpx.post(main, json=ask("others still answer"), headers=AUTH, timeout=60).status_code == 200
-
-    reference = build_openai_app({"llm_configs": [server["reference"]["llm_config"]]})
-    serve.run(reference, name=REFERENCE_APP, route_prefix=f"/{REFERENCE_APP}")
+    try:
+        first = httpx.post(url, json=ask("hi"), headers=AUTH, timeout=60)
+        assert first.status_code == 503 and first.json()["error"]["code"] == "experts_unavailable"
+        started = time.perf_counter()
+        again = httpx.post(url, json=ask("hi"), headers=AUTH, timeout=60)
+        assert again.status_code == 503 and "retry in" in again.json()["error"]["message"]
+        assert time.perf_counter() - started < 1.0  # fast: no expert is even called
+        main = f"{server['base']}/v1/chat/completions"
+        assert httpx.post(main, json=ask("others still answer"), headers=AUTH, timeout=60).status_code == 200
+    finally:  # the session's reference server comes back, whatever happened above
+        reference = build_openai_app({"llm_configs": [server["reference"]["llm_config"]]})
+        serve.run(reference, name=REFERENCE_APP, route_prefix=f"/{REFERENCE_APP}")
     deadline = time.monotonic() + 300
     while (reply := httpx.post(url, json=ask("back?"), headers=AUTH, timeout=60)).status_code != 200:
         assert time.monotonic() < deadline, reply.text

@@ -4,14 +4,15 @@ The file is any format of :mod:`router.query_files` but plain text (JSONL, a JSO
 gzipped or not), one record per query. A record names its parts in one of the usual ways:
 
 - the query: ``instruction`` (ours, Alpaca, Dolly), ``prompt``, ``question`` or ``query``, with
-  Alpaca's ``input`` or Dolly's ``context`` appended after a blank line when not empty; or a
-  conversation (OpenAI ``messages`` or ShareGPT ``conversations``) whose last turn is the answer:
-  its query is the user turn before it (phase 1 asks one turn);
+  Alpaca's ``input`` or Dolly's ``context`` appended after a blank line when not empty; or, where
+  the query or the reference is not given so, a conversation (OpenAI ``messages`` or ShareGPT
+  ``conversations``) whose last turn is the answer: its query is the user turn before it (phase 1
+  asks one turn);
 - the reference answer: ``reference`` (ours), ``output`` (Alpaca), ``response`` (Dolly),
-  ``answer`` or ``completion``; or that last assistant turn;
-- optional: ``id`` (else one derived from the query and reference, stable across runs and
-  orderings), ``domain`` (or Dolly's ``category``), ``source`` (default: the file's name),
-  ``split`` (``train``/``test``; default ``train``).
+  ``answer`` or ``completion`` (a number is read as text); or that last assistant turn;
+- optional: ``id`` (else a hash of the query and reference: the same for the same record in any
+  file, order or run), ``domain`` (or Dolly's ``category``), ``source`` (default: the file's name
+  up to its first dot), ``split`` (``train`` or ``test``; default ``train``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from router.query_files import Unreadable, read_records, record_messages
+from router.query_files import Unreadable, content_text, read_records, record_messages
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ QUERY_KEYS = ("instruction", "prompt", "question", "query")
 CONTEXT_KEYS = ("input", "context")
 REFERENCE_KEYS = ("reference", "output", "response", "answer", "completion")
 DOMAIN_KEYS = ("domain", "category")
+SPLITS = ("train", "test")
 COLUMNS = ["query_id", "query", "reference", "domain", "source", "split"]
 
 
@@ -38,14 +40,24 @@ def _first(record: dict, keys: tuple[str, ...]) -> tuple[str, Any] | None:
     return next(((key, record[key]) for key in keys if record.get(key) is not None), None)
 
 
-def _from_conversation(record: dict) -> tuple[str, str]:
-    messages = [m for m in record_messages(record) if isinstance(m, dict)]
+def _from_conversation(record: dict) -> tuple[Any, Any]:
+    messages = record_messages(record)
+    if not isinstance(messages, list):
+        raise ValueError(f"messages must be a list, not a JSON {type(messages).__name__}")
+    messages = [m for m in messages if isinstance(m, dict)]
     if len(messages) < 2 or messages[-1].get("role") != "assistant":
         raise ValueError("a conversation needs its answer as the last turn (an assistant's)")
     users = [m for m in messages[:-1] if m.get("role") == "user"]
     if not users:
         raise ValueError("a conversation needs a user turn before its answer")
-    return users[-1].get("content"), messages[-1].get("content")
+    return content_text(users[-1].get("content")), content_text(messages[-1].get("content"))
+
+
+def _text(value: Any) -> Any:
+    """A number as text (a numeric answer); text parts joined; anything else as it is."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return content_text(value) if isinstance(value, list) else value
 
 
 def instruction_row(record: Any, source: str) -> dict[str, str]:
@@ -57,7 +69,8 @@ def instruction_row(record: Any, source: str) -> dict[str, str]:
     if not isinstance(record, dict):
         raise ValueError(f"a record is a JSON object, not a JSON {type(record).__name__}")
     query, reference = _first(record, QUERY_KEYS), _first(record, REFERENCE_KEYS)
-    if query is None and ("messages" in record or "conversations" in record):
+    conversation = record.get("messages") is not None or record.get("conversations") is not None
+    if (query is None or reference is None) and conversation:
         query_text, reference_text = _from_conversation(record)
     elif query is None or reference is None:
         wanted = (
@@ -67,22 +80,25 @@ def instruction_row(record: Any, source: str) -> dict[str, str]:
         lacking = " and ".join(what for found, what in wanted if found is None)
         raise ValueError(f"lacks {lacking}; its fields: {', '.join(map(str, record)) or 'none'}")
     else:
-        query_text, reference_text = query[1], reference[1]
+        query_text, reference_text = _text(query[1]), _text(reference[1])
         context = _first(record, CONTEXT_KEYS)
         if isinstance(context, tuple) and isinstance(context[1], str) and context[1].strip():
             query_text = f"{query_text}\n\n{context[1]}" if isinstance(query_text, str) else query_text
     if not isinstance(query_text, str) or not isinstance(reference_text, str):
         raise ValueError("the query and the reference must be strings")
+    split = str(record.get("split") or "train")
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: one of {', '.join(SPLITS)}")
     domain = _first(record, DOMAIN_KEYS)
     given = record.get("id")
-    digest = hashlib.sha1(f"{query_text}\0{reference_text}".encode()).hexdigest()[:16]
+    derived = hashlib.sha1(f"{query_text}\0{reference_text}".encode()).hexdigest()[:16]
     return {
-        "query_id": str(given) if given is not None else f"{source}-{digest}",
+        "query_id": str(given) if given is not None else derived,
         "query": query_text,
         "reference": reference_text,
         "domain": str(domain[1]) if domain else "",
         "source": str(record.get("source") or source),
-        "split": str(record.get("split") or "train"),
+        "split": split,
     }
 
 
