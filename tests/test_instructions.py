@@ -192,3 +192,22 @@ def test_phase1_commands_refuse_bad_data_or_config_before_starting_ray(
         with pytest.raises(SystemExit) as stop:
             main([command, *argv, "--out", str(tmp_path / "out")])
         assert stop.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_bad_records_can_be_left_out_with_a_warning_naming_them(tmp_path, caplog):
+    path = tmp_path / "sharegpt.json"
+    conversations = [
+        [{"from": "human", "value": "Name a prime."}, {"from": "gpt", "value": "7"}],
+        [{"from": "human", "value": "Unanswered?"}],  # ends on the human turn
+        [{"from": "human", "value": "Who are you?"}, {"from": "bing", "value": "A search engine."}],
+    ]
+    write(path, [{"conversations": c} for c in conversations])
+    with pytest.raises(ValueError, match="sharegpt.json:2: a conversation needs its answer as the last turn"):
+        read_instructions(path)
+    with caplog.at_level("WARNING"):
+        table = read_instructions(path, skip_bad=True)
+    assert list(table["query"]) == ["Name a prime.", "Who are you?"]
+    assert "1 bad records left out" in caplog.text and "sharegpt.json:2:" in caplog.text
+    write(path, [{"conversations": conversations[1]}])
+    with pytest.raises(ValueError, match="sharegpt.json:1:"):  # nothing good: still an error
+        read_instructions(path, skip_bad=True)

@@ -38,6 +38,7 @@ def _phase1_options(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "max_tokens": args.max_tokens,
         "app_name": args.app,
+        "skip_bad": args.skip_bad_records,
     }
 
 
@@ -48,7 +49,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
     try:
         load_serve_config(args.config)
-        read_instructions(args.data)
+        read_instructions(args.data, args.skip_bad_records)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"expert-router {args.command}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -256,6 +257,12 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--max-tokens", type=int, help="answer length cap (default: each expert's)")
         q.add_argument("--seed", type=int, default=0, help="sampling of queries and of answers")
         q.add_argument("--app", help="use the experts of this running Serve app instead of deploying")
+        q.add_argument(
+            "--skip-bad-records",
+            action="store_true",
+            help="leave out --data records that lack a query or reference (named in a warning) instead of "
+            "stopping",
+        )
         q.add_argument("--out", type=Path, required=True)
     gen.add_argument("--batch-size", type=int, default=16, help="pairs in flight per actor")
     gen.add_argument("--actors", type=int, default=2, help="Ray Data actors calling the experts")

@@ -50,7 +50,11 @@ PHASE1_APP = "expert-router-phase1"
 
 
 def load_instructions(
-    path: str | Path, limit_per_domain: int | None = None, limit: int | None = None, seed: int = 0
+    path: str | Path,
+    limit_per_domain: int | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    skip_bad: bool = False,
 ) -> pd.DataFrame:
     """Instructions with references (any format of :mod:`training.instructions`) as columns
     query_id, query, reference, domain, source, split.
@@ -58,7 +62,7 @@ def load_instructions(
     Sampling is a seeded shuffle then the first ``limit_per_domain`` per domain (and ``limit`` in
     all), so a smaller limit picks a subset of a larger one.
     """
-    df = read_instructions(path).sample(frac=1.0, random_state=seed)
+    df = read_instructions(path, skip_bad).sample(frac=1.0, random_state=seed)
     if limit_per_domain is not None:
         df = df.groupby("domain", sort=False).head(limit_per_domain)
     if limit is not None:
@@ -307,6 +311,7 @@ def generate(
     app_name: str | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     nll_only: bool = False,
+    skip_bad: bool = False,
 ) -> pd.DataFrame:
     """Write the labelled table for ``config``'s experts over ``data`` to ``out``; return it.
 
@@ -322,7 +327,7 @@ def generate(
             f"phase 1 runs experts served here (vLLM, LoRA) only; remote experts: {', '.join(remote)}"
         )
     out = Path(out)
-    queries = load_instructions(data, limit_per_domain, limit, seed)
+    queries = load_instructions(data, limit_per_domain, limit, seed, skip_bad)
     parts = PartStore(out.with_name(out.name + ".parts"))
     fingerprints = {e.name: expert_fingerprint(e, config) for e in config.experts}
     todo = pending_pairs(queries, config.expert_names, parts.done(fingerprints))

@@ -102,9 +102,10 @@ def instruction_row(record: Any, source: str) -> dict[str, str]:
     }
 
 
-def read_instructions(path: str | Path) -> pd.DataFrame:
+def read_instructions(path: str | Path, skip_bad: bool = False) -> pd.DataFrame:
     """Every record of the file as phase 1's columns (strings); ValueError naming the bad records
-    (up to 10, with their count) or the duplicate ids."""
+    (up to 10, with their count) or the duplicate ids. ``skip_bad``: bad records are left out with
+    a warning naming them (an error still if none is good)."""
     path = Path(path)
     source = path.name.split(".")[0]
     try:
@@ -119,7 +120,10 @@ def read_instructions(path: str | Path) -> pd.DataFrame:
             problems.append(f"{path}:{number}: {exc}")
     if problems:
         more = f"\n... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise ValueError("instruction data:\n" + "\n".join(problems[:10]) + more)
+        said = "\n".join(problems[:10]) + more
+        if not skip_bad or not rows:
+            raise ValueError("instruction data:\n" + said)
+        log.warning("%s: %d bad records left out:\n%s", path, len(problems), said)
     table = pd.DataFrame(rows, columns=COLUMNS)
     repeated = table[table.duplicated(["query_id", "query", "reference"])]
     if len(repeated):  # the same query and reference twice: one row (phase 1 answers it once)

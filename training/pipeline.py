@@ -84,6 +84,7 @@ def run_pipeline(
     workers: int = 2,
     app_name: str | None = None,
     max_artifact_mb: float = 10.0,
+    skip_bad: bool = False,
 ) -> dict[str, Any]:
     """Run every step; return a summary (timings, table summary, test criteria, chosen router).
 
@@ -107,6 +108,7 @@ def run_pipeline(
         seed=seed,
         max_tokens=max_tokens,
         app_name=app_name,
+        skip_bad=skip_bad,
     )
     timings["generate_s"] = time.perf_counter() - started
 
