@@ -131,7 +131,7 @@ class Declaration(_Strict):
     examples: list[str] | str = Field(
         default_factory=list,
         description="Example queries this expert is for, or the path of a file of them (JSONL, JSON, "
-        "Parquet or a query a line; records with OpenAI messages, ShareGPT conversations or an "
+        "Parquet, CSV, TSV or a query a line; records with OpenAI messages, ShareGPT conversations or an "
         "instruction/query/prompt/question/text): policy 'declared' routes queries like them to it.",
     )
     default: bool = Field(

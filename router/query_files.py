@@ -3,23 +3,33 @@ queries (``examples: <file>``) and the traffic of a dry run (``expert-router rou
 
 Formats (``auto`` picks by the name, then by the first character): JSONL (``.jsonl``,
 ``.ndjson``: a record a line), JSON (``.json``: an array of records, one record, or JSONL), Parquet
-(``.parquet``: a record a row) and plain text (a query a line); all but Parquet may be gzipped
-(``.gz``). A record is a query as a string, or an object with a conversation (OpenAI ``messages``,
-or ShareGPT ``conversations`` of ``from``/``value`` turns) or a query under one of
-:data:`TEXT_KEYS`.
+(``.parquet``), CSV (``.csv``) and TSV (``.tsv``) with a header row (a record a row), and plain
+text (a query a line); all but Parquet may be gzipped (``.gz``). A record is a query as a string,
+or an object with a conversation (OpenAI ``messages``, or ShareGPT ``conversations`` of
+``from``/``value`` turns) or a query under one of :data:`TEXT_KEYS`.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FORMATS = ("auto", "jsonl", "json", "parquet", "text")
-BY_SUFFIX = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".txt": "text"}
+FORMATS = ("auto", "jsonl", "json", "parquet", "csv", "tsv", "text")
+BY_SUFFIX = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".txt": "text",
+}
 TEXT_KEYS = ("instruction", "query", "prompt", "question", "text")
 """Fields that hold a record's query when it has no conversation, in the order they are looked for."""
 SHAREGPT_ROLES = {
@@ -91,6 +101,16 @@ def _without_nulls(value: Any) -> Any:
     return value
 
 
+def _table_rows(text: str, delimiter: str) -> list[dict[str, str]]:
+    """The rows of a CSV/TSV file with a header, as objects (empty cells left out); quoted cells
+    may span lines and be of any length."""
+    csv.field_size_limit(2**31 - 1)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    if not reader.fieldnames:
+        return []
+    return [{key: value for key, value in row.items() if key is not None and value} for row in reader]
+
+
 def _parquet_rows(path: Path) -> list[dict[str, Any]]:
     try:
         import pyarrow.parquet as pq
@@ -101,8 +121,9 @@ def _parquet_rows(path: Path) -> list[dict[str, Any]]:
 
 def read_records(path: str | Path, fmt: str = "auto") -> tuple[list[tuple[int, Any]], int]:
     """``([(number, record), ...], blank)``: each record with its number from 1 (its line in JSONL and
-    text, its item in a JSON array, its row in Parquet), a record being a string (text), a JSON
-    value (JSON, JSONL, Parquet rows as objects) or :class:`Unreadable`; and how many blank lines
+    text, its item in a JSON array, its row in Parquet, CSV and TSV), a record being a string
+    (text), a JSON value (JSON, JSONL; Parquet, CSV and TSV rows as objects) or
+    :class:`Unreadable`; and how many blank lines
     were skipped. ValueError saying why when the file as a whole cannot be read."""
     path = Path(path)
     try:
@@ -116,6 +137,8 @@ def read_records(path: str | Path, fmt: str = "auto") -> tuple[list[tuple[int, A
         if isinstance(exc, ValueError):
             raise
         raise ValueError(f"cannot read it: {type(exc).__name__}: {exc}") from None
+    if fmt in ("csv", "tsv"):
+        return list(enumerate(_table_rows(text, "," if fmt == "csv" else "\t"), start=1)), 0
     lines = _split_lines(text)
     numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
     if fmt == "text":

@@ -40,6 +40,11 @@ FORMATS = {
         }
         for q, r in ROWS
     ],
+    "alpaca.csv": [
+        {"instruction": "What is 2 + 2?", "input": "", "output": "4"},
+        {"instruction": "Summarise the text.", "input": "Cats sleep a lot.", "output": "Cats sleep."},
+        {"instruction": "Name a prime.", "input": "", "output": "7"},
+    ],
     "sharegpt.json": [
         {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": r}]} for q, r in ROWS
     ],
@@ -47,7 +52,14 @@ FORMATS = {
 
 
 def write(path, records) -> None:
-    if path.suffix == ".json":
+    if path.suffix == ".csv":
+        import csv
+
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(records[0]))
+            writer.writeheader()
+            writer.writerows(records)
+    elif path.suffix == ".json":
         path.write_text(json.dumps(records, indent=1))
     elif path.suffix == ".parquet":
         pq.write_table(pa.Table.from_pylist(records), path)

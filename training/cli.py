@@ -249,8 +249,8 @@ def parser() -> argparse.ArgumentParser:
             "--data",
             type=Path,
             default=DEFAULT_INSTRUCTIONS,
-            help="instructions with references: JSONL, JSON or Parquet; ours, Alpaca, Dolly, OpenAI chat "
-            "or ShareGPT records (docs/training.md)",
+            help="instructions with references: JSONL, JSON, Parquet or CSV; ours, Alpaca, Dolly, "
+            "OpenAI chat or ShareGPT records (docs/training.md)",
         )
         q.add_argument("--limit-per-domain", type=int, help="seeded sample of N queries per domain")
         q.add_argument("--limit", type=int, help="at most N queries in all")
@@ -309,9 +309,9 @@ def parser() -> argparse.ArgumentParser:
         "--queries",
         type=Path,
         required=True,
-        help="JSONL, JSON, Parquet or plain text (a query a line), gzipped or not: each record OpenAI "
-        "'messages' (with any request fields), ShareGPT 'conversations', or an instruction/query/prompt/"
-        "question/text",
+        help="JSONL, JSON, Parquet, CSV/TSV or plain text (a query a line), gzipped or not: each record "
+        "OpenAI 'messages' (with any request fields), ShareGPT 'conversations', or an instruction/query/"
+        "prompt/question/text",
     )
     route.add_argument("--format", choices=FORMATS, default="auto", help="default: by the file's name")
     route.add_argument("--summary", action="store_true", help="end with the share per expert and the cost")
