@@ -508,11 +508,10 @@ class Dispatcher:
 
     def model(self, name: str) -> ModelCard:
         """``/v1/models/{name}``: the router's or an expert's card; UnknownModel for any other name."""
-        card = next((m for m in self.models().data if m.id == name), None)
-        if card is None:
-            known = ", ".join(m.id for m in self.models().data)
-            raise UnknownModel(f"The model '{name}' does not exist; known: {known}", param="model")
-        return card
+        cards = {card.id: card for card in self.models().data}
+        if name not in cards:
+            raise UnknownModel(f"The model '{name}' does not exist; known: {', '.join(cards)}", param="model")
+        return cards[name]
 
     async def expert_readiness(self, timeout_s: float = 5.0) -> dict[str, str]:
         """``ok`` per expert whose deployment passes its own health check within ``timeout_s``."""

@@ -15,7 +15,6 @@ import csv
 import gzip
 import io
 import json
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,20 +50,21 @@ class Unreadable:
     reason: str
 
 
-def file_format(path: Path, fmt: str = "auto") -> str:
-    """The format of ``path``: ``fmt`` unless ``auto``, else by the name, else by the content (a
-    first character ``[`` that starts a JSON document: JSON; ``{``: JSONL; else text)."""
+def named_format(path: Path, fmt: str = "auto") -> str:
+    """``fmt`` unless ``auto``, else the format the file's name says; ``auto`` when it says none."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: one of {', '.join(FORMATS)}")
     if fmt != "auto":
         return fmt
-    name = path.name.removesuffix(".gz")
-    if (suffix := Path(name).suffix) in BY_SUFFIX:
-        return BY_SUFFIX[suffix]
-    text = _text(path)
+    return BY_SUFFIX.get(Path(path.name.removesuffix(".gz")).suffix, "auto")
+
+
+def _sniffed(text: str) -> str:
+    """The format of a file whose name says none: JSON if it starts with ``[`` that begins a JSON
+    document (not "[INST] ..." prompts), JSONL with ``{``, else text."""
     first = text.lstrip()[:1]
     if first == "[":
-        return "text" if isinstance(_parsed(text), Unreadable) else "json"  # e.g. "[INST] ..." lines
+        return "text" if isinstance(_parsed(text), Unreadable) else "json"
     return "jsonl" if first == "{" else "text"
 
 
@@ -123,33 +123,34 @@ def read_records(path: str | Path, fmt: str = "auto") -> tuple[list[tuple[int, A
     """``([(number, record), ...], blank)``: each record with its number from 1 (its line in JSONL and
     text, its item in a JSON array, its row in Parquet, CSV and TSV), a record being a string
     (text), a JSON value (JSON, JSONL; Parquet, CSV and TSV rows as objects) or
-    :class:`Unreadable`; and how many blank lines
-    were skipped. ValueError saying why when the file as a whole cannot be read."""
+    :class:`Unreadable`; and how many blank lines were skipped. ValueError saying why when the
+    file as a whole cannot be read."""
     path = Path(path)
+    fmt = named_format(path, fmt)
     try:
-        fmt = file_format(path, fmt)
         if fmt == "parquet":
             return list(enumerate(_parquet_rows(path), start=1)), 0
         text = _text(path)
-    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
+    except Exception as exc:  # unreadable, not UTF-8, broken gzip, not Parquet, no pyarrow
         raise ValueError(f"cannot read it: {exc}") from None
-    except Exception as exc:  # pyarrow's errors on a file that is not Parquet
-        if isinstance(exc, ValueError):
-            raise
-        raise ValueError(f"cannot read it: {type(exc).__name__}: {exc}") from None
+    if fmt == "auto":
+        fmt = _sniffed(text)
     if fmt in ("csv", "tsv"):
         return list(enumerate(_table_rows(text, "," if fmt == "csv" else "\t"), start=1)), 0
+    if fmt == "json" and not isinstance(whole := _parsed(text), Unreadable):  # an array or one record
+        return list(enumerate(whole if isinstance(whole, list) else [whole], start=1)), 0
+    if fmt == "json" and text.lstrip().startswith("["):
+        raise ValueError(whole.reason)
     lines = _split_lines(text)
     numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
     if fmt == "text":
         return numbered, len(lines) - len(numbered)
     records = [(n, _parsed(line)) for n, line in numbered]
-    if fmt == "json" or (len(records) > 1 and all(isinstance(r, Unreadable) for _, r in records)):
-        whole = _parsed(text)  # an array of records or one record (pretty-printed), else JSON Lines
-        if not isinstance(whole, Unreadable):
-            return list(enumerate(whole if isinstance(whole, list) else [whole], start=1)), 0
-        if text.lstrip().startswith("[") or (records and all(isinstance(r, Unreadable) for _, r in records)):
-            raise ValueError(whole.reason)  # what is wrong with the document, not with each line
+    if len(records) > 1 and all(isinstance(r, Unreadable) for _, r in records):
+        whole = _parsed(text)  # not JSON Lines: one pretty-printed document, or what is wrong with it
+        if isinstance(whole, Unreadable):
+            raise ValueError(whole.reason)
+        return list(enumerate(whole if isinstance(whole, list) else [whole], start=1)), 0
     return records, len(lines) - len(numbered)
 
 

@@ -115,11 +115,10 @@ TINY_APP = "tiny"
 def tiny_server(serve_cluster):
     """The tiny-model app (configs/tiny_cpu.yaml: experts alpha and beta), deployed once for the
     modules that use it; its base URL."""
-    import yaml
-
     from deployments.app import build_app
+    from router.config import serve_config_args
 
-    args = yaml.safe_load((REPO / "configs/tiny_cpu.yaml").read_text())["applications"][0]["args"]
+    args = serve_config_args(REPO / "configs/tiny_cpu.yaml")
     with serve_cluster.apps(TINY_APP) as cluster:
         yield cluster.run(build_app(args), TINY_APP, f"/{TINY_APP}", ready=True)
 
@@ -133,13 +132,12 @@ def reference_server(serve_cluster):
     """A ``ray.serve.llm`` OpenAI app of its own running the tiny model as configs/tiny_cpu.yaml's
     alpha does, under the model name ``tiny-ref``: the remote experts' endpoint, and the server the
     router's answers are compared with. Started once for the modules that use it."""
-    import yaml
     from ray.serve.llm import build_openai_app
 
     from deployments.experts.vllm import expert_llm_config
-    from router.config import EXPERT
+    from router.config import EXPERT, serve_config_args
 
-    args = yaml.safe_load((REPO / "configs/tiny_cpu.yaml").read_text())["applications"][0]["args"]
+    args = serve_config_args(REPO / "configs/tiny_cpu.yaml")
     alpha = next(e for e in args["experts"] if e["name"] == "alpha")
     llm_config = expert_llm_config(EXPERT.validate_python({**alpha, "name": "tiny-ref"}))
     with serve_cluster.apps(REFERENCE_APP) as cluster:

@@ -125,11 +125,14 @@ def test_json_parquet_sharegpt_and_other_query_fields_route_as_their_text_does(t
     (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     pq.write_table(pa.table({"query": texts}), tmp_path / "q.parquet")
     (tmp_path / "q.log").write_text(json.dumps(records))  # no known suffix: a JSON array by its content
+    (tmp_path / "lines.log").write_text(
+        "".join(json.dumps(r) + "\n" for r in records)
+    )  # JSONL by its content
     (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "q.jsonl").read_bytes())
     cells = [f'"{t}"' for t in texts]  # quoted: a comma or a line break inside stays in its cell
     (tmp_path / "q.csv").write_text("id,prompt\n" + "".join(f"{i},{c}\n" for i, c in enumerate(cells)))
     (tmp_path / "q.tsv").write_text("question\tanswer\n" + "".join(f"{t}\t-\n" for t in texts))
-    for name in ("q.json", "q.jsonl", "q.parquet", "q.log", "bom.jsonl", "q.csv", "q.tsv"):
+    for name in ("q.json", "q.jsonl", "q.parquet", "q.log", "lines.log", "bom.jsonl", "q.csv", "q.tsv"):
         routed = route(capsys, config, tmp_path / name)[0]
         assert [(r["line"], r["expert"]) for r in routed] == list(enumerate(expected, start=1)), name
     (tmp_path / "one.json").write_text(

@@ -77,11 +77,10 @@ PNG = (
 
 @pytest.fixture(scope="module")
 def servers(serve_cluster, reference_server):
-    import yaml
-
     from deployments.app import build_app
+    from router.config import serve_config_args
 
-    args = yaml.safe_load((REPO / "configs/tiny_cpu.yaml").read_text())["applications"][0]["args"]
+    args = serve_config_args(REPO / "configs/tiny_cpu.yaml")
     alpha = next(e for e in args["experts"] if e["name"] == "alpha")
     args["experts"].append(
         {

@@ -150,6 +150,7 @@ def test_other_shapes_real_datasets_have(tmp_path):
             "a user turn",
         ),
         ({"instruction": ["a"], "output": "b"}, "must be strings"),
+        ({"instruction": [{"type": "image_url"}], "input": "context", "output": "b"}, "must be strings"),
         ([1, 2], "not a JSON list"),
         ({"messages": 5}, "messages must be a list, not a JSON int"),
         (

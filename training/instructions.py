@@ -53,7 +53,7 @@ def _from_conversation(record: dict) -> tuple[Any, Any]:
     return content_text(users[-1].get("content")), content_text(messages[-1].get("content"))
 
 
-def _text(value: Any) -> Any:
+def _as_text(value: Any) -> Any:
     """A number as text (a numeric answer); text parts joined; anything else as it is."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
@@ -80,10 +80,10 @@ def instruction_row(record: Any, source: str) -> dict[str, str]:
         lacking = " and ".join(what for found, what in wanted if found is None)
         raise ValueError(f"lacks {lacking}; its fields: {', '.join(map(str, record)) or 'none'}")
     else:
-        query_text, reference_text = _text(query[1]), _text(reference[1])
+        query_text, reference_text = _as_text(query[1]), _as_text(reference[1])
         context = _first(record, CONTEXT_KEYS)
-        if isinstance(context, tuple) and isinstance(context[1], str) and context[1].strip():
-            query_text = f"{query_text}\n\n{context[1]}" if isinstance(query_text, str) else query_text
+        if isinstance(query_text, str) and context and isinstance(context[1], str) and context[1].strip():
+            query_text = f"{query_text}\n\n{context[1]}"
     if not isinstance(query_text, str) or not isinstance(reference_text, str):
         raise ValueError("the query and the reference must be strings")
     split = str(record.get("split") or "train")
