@@ -173,6 +173,54 @@ def test_training_adds_each_question_in_the_other_format_and_code_answers_as_cod
         augment(rows, "paraphrase")
 
 
+def test_model_choice_folds_hold_out_whole_sources_and_score_every_skill():
+    import numpy as np
+
+    from training.skills import unseen_source_folds
+
+    rows = [
+        {"domain": domain, "source": source}
+        for domain, source, n in [
+            ("general", "dolly", 30),
+            ("math", "gsm8k", 5),
+            ("math", "math", 5),
+            ("math", "theorems", 5),
+            ("code", "mbpp", 5),
+            ("code", "alpaca", 5),
+        ]
+        for _ in range(n)
+    ]
+    folds = unseen_source_folds(rows)
+    held = np.concatenate(folds)
+    assert len(held) == len(set(held.tolist())) == len(rows)  # each row held out once
+    for fold in folds:
+        sources = {rows[i]["source"] for i in fold}
+        for source in sources - {"dolly"}:  # multi-source domains: whole sources
+            assert sum(rows[i]["source"] == source for i in fold) == 5
+        assert {"math", "code"} & {rows[i]["domain"] for i in fold}
+        assert any(rows[i]["domain"] == "general" for i in fold)  # the one-source skill is scored
+
+
+def test_training_adds_each_longer_question_again_with_most_of_its_words_dropped():
+    from training.skills import DROPPED_COPIES, augment
+
+    long = "Natalia sold clips to 48 of her friends in April and half as many in May. How many in all?"
+    rows = [
+        {"instruction": long, "domain": "math", "reference": "72"},
+        {"instruction": "Who wrote Hamlet?", "domain": "general", "reference": "Shakespeare"},
+    ]
+    extra = augment(rows, "words dropped")[len(rows) :]
+    assert len(extra) == DROPPED_COPIES and {r["domain"] for r in extra} == {"math"}
+    assert sum(r["weight"] for r in extra) == pytest.approx(1.0)  # together, as much as the query
+    words = long.split()
+    for row in extra:
+        kept = row["instruction"].split()
+        assert 3 <= len(kept) <= len(words) // 2
+        position = iter(words)  # the kept words in their order
+        assert all(word in position for word in kept)
+    assert augment(rows, "words dropped") == augment(rows, "words dropped")  # seeded
+
+
 def test_a_query_that_matches_nothing_declared_goes_to_the_default_expert_and_says_so():
     team = experts(
         {"name": "math", "skills": ["math"]},
