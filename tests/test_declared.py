@@ -201,6 +201,28 @@ def test_model_choice_folds_hold_out_whole_sources_and_score_every_skill():
         assert any(rows[i]["domain"] == "general" for i in fold)  # the one-source skill is scored
 
 
+def test_the_build_chooses_how_many_nearest_examples_a_match_averages():
+    """With examples as noisy as these, averaging more of them separates the kinds better; the build
+    measures that across sources and takes the best count."""
+    import numpy as np
+
+    from training.skills import NEAREST_CHOICES, SKILLS, choose_nearest
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(len(SKILLS), 32))
+    rows, vectors = [], []
+    for s, skill in enumerate(SKILLS):
+        for source in ("a", "b"):
+            for _ in range(20):
+                rows.append({"domain": skill, "source": f"{skill}-{source}"})
+                vectors.append(centres[s] + 3.0 * rng.normal(size=32))
+    embedded = np.array(vectors) / np.linalg.norm(vectors, axis=1, keepdims=True)
+    chosen, auc = choose_nearest(rows, embedded)
+    assert set(auc) == {str(k) for k in NEAREST_CHOICES}
+    assert auc[str(chosen)] == max(auc.values()) and chosen > 1
+    assert auc[str(chosen)] > auc["1"]
+
+
 def test_training_adds_each_longer_question_again_with_most_of_its_words_dropped():
     from training.skills import DROPPED_COPIES, augment
 

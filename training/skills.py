@@ -17,7 +17,9 @@ train split only: ``expert-router skills --out artifacts/skills``.
    training), so the choice rewards what transfers to new sources and formats.
 3. The calibration of similarity: a one-feature logistic regression from the mean cosine of a query
    to its nearest few of an expert's example queries (or to a one-line description) to whether the
-   query is of that kind, fitted on train-split queries against examples of each domain.
+   query is of that kind, fitted on train-split queries against examples of each domain. How many
+   nearest examples is chosen on the train split too: the number that best tells a skill's queries
+   from the rest when its examples all come from one other source.
 """
 
 from __future__ import annotations
@@ -100,7 +102,9 @@ CS = (1.0, 3.0, 10.0)
 CLASS_WEIGHTS = ("none", "balanced")
 """Class weighting candidates: ``balanced`` weighs each skill's training queries by the inverse of
 their count (the unseen-source folds leave the skills unevenly represented, as new traffic does)."""
-NEAREST = 1
+NEAREST_CHOICES = (1, 2, 3, 4, 6, 8)
+"""How many of an expert's examples nearest to a query an example match may average (see
+:func:`choose_nearest`)."""
 EXAMPLES_PER_EXPERT = 8
 
 
@@ -352,25 +356,61 @@ def _fit_sigmoid(similarity: np.ndarray, match: np.ndarray) -> list[float]:
     return [float(model.coef_[0, 0]), float(model.intercept_[0])]
 
 
+def choose_nearest(rows: list[dict], embedded: np.ndarray, seed: int = 0) -> tuple[int, dict[str, float]]:
+    """How many nearest examples an example match averages: of :data:`NEAREST_CHOICES`, the one whose
+    mean cosine best tells queries of an expert's kind from the rest (ROC AUC), on every train query
+    against :data:`EXAMPLES_PER_EXPERT` examples per skill taken from *one other source* of that
+    skill: users write their examples in one style, and traffic comes in others."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    labels = np.array([r["domain"] for r in rows])
+    sources = np.array([r["source"] for r in rows])
+    by_source = {
+        skill: {s: np.flatnonzero((labels == skill) & (sources == s)) for s in set(sources[labels == skill])}
+        for skill in SKILLS
+    }
+    top, match = [], []
+    for q in range(len(rows)):
+        for skill in SKILLS:
+            others = sorted(s for s in by_source[skill] if s != sources[q])
+            if not others:
+                continue
+            pool = by_source[skill][others[rng.integers(len(others))]]
+            examples = embedded[rng.choice(pool, size=EXAMPLES_PER_EXPERT, replace=False)]
+            top.append(np.sort(examples @ embedded[q])[::-1][: max(NEAREST_CHOICES)])
+            match.append(labels[q] == skill)
+    nearest, match = np.array(top), np.array(match)
+    auc = {k: float(roc_auc_score(match, nearest[:, :k].mean(axis=1))) for k in NEAREST_CHOICES}
+    best = max(auc, key=auc.get)
+    return best, {str(k): round(v, 4) for k, v in auc.items()}
+
+
 def calibrate(model: SkillModel, rows: list[dict], embedded: np.ndarray, seed: int = 0) -> dict:
-    """Sigmoid parameters for example and description matching (see the module docstring)."""
+    """The number of nearest examples (:func:`choose_nearest`) and sigmoid parameters for example and
+    description matching (see the module docstring)."""
     rng = np.random.default_rng(seed)
     labels = np.array([r["domain"] for r in rows])
     queries = rng.choice(len(rows), size=min(3000, len(rows)), replace=False)
     embedded = model.centred(embedded)
+    nearest, auc = choose_nearest(rows, embedded, seed)
     described = model.centred(model.encoder.embed([SKILL_DESCRIPTIONS[s] for s in SKILLS]))
     ex_sim, ex_match, de_sim, de_match = [], [], [], []
     for q in queries:
         for d, skill in enumerate(SKILLS):
             pool = np.flatnonzero((labels == skill) & (np.arange(len(rows)) != q))
             examples = embedded[rng.choice(pool, size=EXAMPLES_PER_EXPERT, replace=False)]
-            top = np.sort(examples @ embedded[q])[-NEAREST:].mean()
+            top = np.sort(examples @ embedded[q])[-nearest:].mean()
             ex_sim.append(top)
             ex_match.append(labels[q] == skill)
             de_sim.append(float(described[d] @ embedded[q]))
             de_match.append(labels[q] == skill)
     return {
-        "examples": {"nearest": NEAREST, "calibration": _fit_sigmoid(np.array(ex_sim), np.array(ex_match))},
+        "examples": {
+            "nearest": nearest,
+            "nearest_auc_across_sources": auc,
+            "calibration": _fit_sigmoid(np.array(ex_sim), np.array(ex_match)),
+        },
         "description": {"calibration": _fit_sigmoid(np.array(de_sim), np.array(de_match))},
     }
 
@@ -430,7 +470,7 @@ def build(
         "ngrams": list(features.ngrams),
         "classifier": choice | {"unseen_source_macro_recall": tried},
         "trained_on": {"file": data.name, "split": "train", "queries": len(rows)},
-        "examples": {"nearest": NEAREST, "calibration": [1.0, 0.0]},
+        "examples": {"nearest": 1, "calibration": [1.0, 0.0]},
         "description": {"calibration": [1.0, 0.0]},
     }
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
