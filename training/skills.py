@@ -13,8 +13,9 @@ train split only: ``expert-router skills --out artifacts/skills``.
    code and the training queries ask for it in words; each question again with most of its words
    dropped, since users ask in a few words what the sources ask at length; or combinations), C and
    class weighting are chosen by *unseen-source* folds of the train split: each fold holds out
-   whole sources of the domains that have several (general has one, Dolly, and stays in
-   training), so the choice rewards what transfers to new sources and formats.
+   whole sources of the domains that have several (and a random third of general's one source,
+   Dolly, so that every skill is scored), so the choice rewards what transfers to new sources and
+   formats.
 3. The calibration of similarity: a one-feature logistic regression from the mean cosine of a query
    to its nearest few of an expert's example queries (or to a one-line description) to whether the
    query is of that kind, fitted on train-split queries against examples of each domain. How many
@@ -95,9 +96,9 @@ against 0.68), which the folds cannot see: general has one training source, held
 in-source."""
 DROPPED_COPIES = 8
 DROPPED_KEEP = (0.15, 0.5)
-"""Words dropped: each query of :data:`DROPPED_MIN_WORDS` words or more this many more times, each
-keeping a random share of its words in this range (in order, 3 at least)."""
 DROPPED_MIN_WORDS = 6
+"""Words dropped: each query of ``DROPPED_MIN_WORDS`` words or more ``DROPPED_COPIES`` more times,
+each copy keeping a random share of its words in the range ``DROPPED_KEEP`` (in order, 3 at least)."""
 CS = (1.0, 3.0, 10.0)
 CLASS_WEIGHTS = ("none", "balanced")
 """Class weighting candidates: ``balanced`` weighs each skill's training queries by the inverse of
@@ -249,12 +250,12 @@ def _other_format(rows: list[dict], seed: int) -> list[dict]:
 
 def _words_dropped(rows: list[dict], seed: int) -> list[dict]:
     """Each query of :data:`DROPPED_MIN_WORDS` words or more, :data:`DROPPED_COPIES` more times with
-    a random 15–50 % of its words kept, in order; the copies together weigh as much as the query
-    (weighed fully, they crowd general out). The training sources ask at length (word problems,
-    vignettes, instructions with context) what users ask in a few words; a mean-pooled embedding
-    of a few of a question's words must still read as its skill, whatever the rest of the
-    source's format (dropout on the input, as word-dropout training of bag-of-embeddings
-    classifiers does)."""
+    a random share of its words kept (:data:`DROPPED_KEEP`), in order; the copies together weigh as
+    much as the query (weighed fully, they crowd general out). The training sources ask at length
+    (word problems, vignettes, instructions with context) what users ask in a few words; a
+    mean-pooled embedding of a few of a question's words must still read as its skill, whatever the
+    rest of the source's format (dropout on the input, as word-dropout training of
+    bag-of-embeddings classifiers does)."""
     rng = np.random.default_rng(seed)
     low, high = DROPPED_KEEP
     extra = []
