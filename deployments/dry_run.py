@@ -22,7 +22,7 @@ from deployments.dispatch import RoutingError, routing_question
 from deployments.openai_api import ChatRequest
 from router.config import AppConfig, ConfigError, field_path
 from router.policy import RouteRequest, RoutingPolicy, build_policy
-from router.query_files import read_records, record_messages
+from router.query_files import read_records, record_messages, request_of
 
 MAX_REPORTED = 20
 """Bad lines listed at most (their count is always given)."""
@@ -41,10 +41,12 @@ class Query:
 
 
 def _body(record: Any) -> dict[str, Any]:
-    """The chat request body of one record: an object's request fields (``routing``, ``tools``…)
-    with its conversation as ``messages`` (see :mod:`router.query_files`)."""
+    """The chat request body of one record: an object's request fields (``routing``, ``tools``…;
+    an OpenAI Batch API line's ``body``'s) with its conversation as ``messages`` (see
+    :mod:`router.query_files`)."""
     messages = record_messages(record)
-    fields = record.items() if isinstance(record, dict) else ()
+    request = request_of(record)
+    fields = request.items() if isinstance(request, dict) else ()
     return {**{key: value for key, value in fields if key in ChatRequest.model_fields}, "messages": messages}
 
 

@@ -6,7 +6,8 @@ Formats (``auto`` picks by the name, then by the first character): JSONL (``.jso
 (``.parquet``), CSV (``.csv``) and TSV (``.tsv``) with a header row (a record a row), and plain
 text (a query a line); all but Parquet may be gzipped (``.gz``). A record is a query as a string,
 or an object with a conversation (OpenAI ``messages``, or ShareGPT ``conversations`` of
-``from``/``value`` turns) or a query under one of :data:`TEXT_KEYS`.
+``from``/``value`` turns) or a query under one of :data:`TEXT_KEYS`; a line of an OpenAI Batch API
+input file holds that object under ``body``.
 """
 
 from __future__ import annotations
@@ -163,9 +164,19 @@ def _sharegpt(turns: Any) -> list[dict[str, Any]]:
     return [{"role": SHAREGPT_ROLES[t["from"]], "content": t.get("value")} for t in turns]
 
 
+def request_of(record: Any) -> Any:
+    """The request a record holds: an OpenAI Batch API input line (``custom_id``, ``method``,
+    ``url``, ``body``) holds it under ``body`` (a chat or a text completion request); any other
+    record is its own."""
+    if isinstance(record, dict) and "custom_id" in record and isinstance(record.get("body"), dict):
+        return record["body"]
+    return record
+
+
 def record_messages(record: Any) -> list[Any]:
     """The conversation of a record in OpenAI form (``messages`` as given: the request model
     validates them); ValueError saying what a record must hold."""
+    record = request_of(record)
     if isinstance(record, Unreadable):
         raise ValueError(record.reason)
     if isinstance(record, str):

@@ -139,6 +139,24 @@ def test_json_parquet_sharegpt_and_other_query_fields_route_as_their_text_does(t
         json.dumps({"messages": [{"role": "user", "content": texts[0]}]}, indent=2)
     )
     assert [r["expert"] for r in route(capsys, config, tmp_path / "one.json")[0]] == expected[:1]
+    batch = [  # an OpenAI Batch API input file: chat and text completion requests under "body"
+        {
+            "custom_id": f"request-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions" if i % 2 == 0 else "/v1/completions",
+            "body": {
+                "model": "gpt-4o-mini",
+                "messages": [{"role": "user", "content": text}],
+                "max_tokens": 64,
+            }
+            if i % 2 == 0
+            else {"model": "gpt-4o-mini", "prompt": text},
+        }
+        for i, text in enumerate(texts)
+    ]
+    (tmp_path / "batch.jsonl").write_text("".join(json.dumps(r) + "\n" for r in batch))
+    routed = route(capsys, config, tmp_path / "batch.jsonl")[0]
+    assert [(r["line"], r["expert"]) for r in routed] == list(enumerate(expected, start=1))
 
 
 @pytest.mark.parametrize(
