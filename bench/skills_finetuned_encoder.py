@@ -2,7 +2,8 @@
 classifier (mean pooling + a linear head), trained like the shipped model (router_mix train with
 code snippets, skills weighted evenly), measured on router_mix test and on the held-out sources of
 ``bench/declared_routing.py``. Hyper-parameters fixed beforehand (the usual BERT fine-tuning
-values: AdamW, lr 5e-5, 2 epochs, batch 32, 128 tokens, linear decay), none tuned on either set.
+values: AdamW, lr 5e-5, linear warm-up over 6 % of the steps then linear decay, 2 epochs, batch
+32, 128 tokens), none tuned on either set.
 
     .venv/bin/python bench/skills_finetuned_encoder.py --out docs/results/skills_finetuned_encoder
 

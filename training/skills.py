@@ -78,9 +78,9 @@ ALLOWED_FEATURES = ("static", "static, numbers as one")
 """Feature sets the build scores and may choose by default (``--features`` names others): hashed
 n-grams cost ~3 ms for a single query in scikit-learn (its per-call validation), over a decision's
 1 ms budget; the static embedding ~0.03 ms. Max pooling beside the mean won the unseen-source folds
-(0.724 against 0.715, 2026-12-05) but lost on short chat questions (held-out general 0.784 against
-0.813; "What are the side effects of metformin?" to general): left out by default, a choice informed
-by the held-out sets (docs/results/declared_routing)."""
+(four-skill folds: 0.724 against 0.715, 2026-12-05) but lost on short chat questions (held-out
+general 0.784 against 0.813; "What are the side effects of metformin?" to general): left out by
+default, a choice informed by the held-out sets (docs/results/declared_routing)."""
 OPTIONS = "options added and removed"
 SNIPPETS = "code snippets"
 DROPPED = "words dropped"
@@ -307,7 +307,9 @@ def _macro_recall(truth: np.ndarray, predicted: np.ndarray) -> float:
 def _fit_classifier(c: float, weight: str, x, rows: list[dict]):
     """The skills classifier, regularisation ``c`` and class weighting ``weight`` (one of
     :data:`CLASS_WEIGHTS`), fitted on inputs ``x`` of ``rows`` (each weighted by its ``weight``, 1 if
-    none: augmented copies may count for less than a query)."""
+    none: augmented copies may count for less than a query). ``balanced`` counts a skill's rows by
+    their weights in the scikit-learn this project installs (1.9); releases whose balanced weights
+    ignore sample weights count each copy as a row."""
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(C=c, max_iter=3000, class_weight=None if weight == "none" else weight)
@@ -361,7 +363,8 @@ def choose_nearest(rows: list[dict], embedded: np.ndarray, seed: int = 0) -> tup
     """How many nearest examples an example match averages: of :data:`NEAREST_CHOICES`, the one whose
     mean cosine best tells queries of an expert's kind from the rest (ROC AUC), on every train query
     against :data:`EXAMPLES_PER_EXPERT` examples per skill taken from *one other source* of that
-    skill: users write their examples in one style, and traffic comes in others."""
+    skill: users write their examples in one style, and traffic comes in others. (A skill with one
+    source, general, gives only negatives.)"""
     from sklearn.metrics import roc_auc_score
 
     rng = np.random.default_rng(seed)
