@@ -154,9 +154,11 @@ def test_json_parquet_sharegpt_and_other_query_fields_route_as_their_text_does(t
         }
         for i, text in enumerate(texts)
     ]
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    batch[0]["body"]["tools"] = tools  # the body's request fields count: only `remote` has tools
     (tmp_path / "batch.jsonl").write_text("".join(json.dumps(r) + "\n" for r in batch))
     routed = route(capsys, config, tmp_path / "batch.jsonl")[0]
-    assert [(r["line"], r["expert"]) for r in routed] == list(enumerate(expected, start=1))
+    assert [(r["line"], r["expert"]) for r in routed] == [(1, "remote"), *enumerate(expected[1:], start=2)]
 
 
 @pytest.mark.parametrize(
