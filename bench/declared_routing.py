@@ -40,7 +40,9 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from skills_generalization import DOMAINS, data, report  # noqa: E402
 
-from router.config import LocalExpert, PolicyConfig, load_serve_config  # noqa: E402
+from deployments.config import load_serve_config  # noqa: E402
+from deployments.experts.vllm import LocalExpert  # noqa: E402
+from router.config import PolicyConfig  # noqa: E402
 from router.policy import Message, RouteRequest, build_policy  # noqa: E402
 from tests.conftest import SHARED_DATA  # noqa: E402
 

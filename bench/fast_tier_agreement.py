@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from router.config import load_serve_config  # noqa: E402
+from deployments.config import load_serve_config  # noqa: E402
 from router.decisions import DistilledTier  # noqa: E402
 from router.encoder import set_inference_threads  # noqa: E402
 from router.policy import Message, RouteRequest, RoutingDecision, build_policy  # noqa: E402

@@ -33,8 +33,8 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from deployments.config import load_serve_config  # noqa: E402
 from ops.launch import APP_NAME, run_local, stop_local  # noqa: E402
-from router.config import load_serve_config  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 PROMPTS = ["What is 7 * 6?", "Name a river in Europe.", "Write a haiku about rain.", "What is DNA?"]

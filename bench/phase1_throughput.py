@@ -25,8 +25,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from deployments.config import load_serve_config  # noqa: E402
 from ops.launch import APP_NAME, run_local, stop_local  # noqa: E402
-from router.config import load_serve_config  # noqa: E402
 from tests.conftest import SHARED_DATA, free_port  # noqa: E402
 from training.generate import BertSim, ExpertCalls, generate, load_instructions, pending_pairs  # noqa: E402
 

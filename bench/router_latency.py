@@ -79,7 +79,7 @@ def measure(folder: Path, overrides: dict, texts: list[str], batch: list[str]) -
 
 def default_policy(texts: list[str], batch: list[str]) -> dict:
     """The shipped app's policy, as the router replica runs it (route_batch), from serve_config.yaml."""
-    from router.config import load_serve_config
+    from deployments.config import load_serve_config
     from router.policy import RouteRequest, build_policy
 
     config = load_serve_config(REPO / "serve_config.yaml")

@@ -33,10 +33,10 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from deployments.config import AppConfig  # noqa: E402
 from deployments.dispatch import expert_request  # noqa: E402
 from deployments.openai_api import ChatRequest  # noqa: E402
 from ops.launch import APP_NAME, run_local, stop_local  # noqa: E402
-from router.config import AppConfig  # noqa: E402
 from tests.conftest import tiny_app_args  # noqa: E402
 
 BODY = {"messages": [{"role": "user", "content": "Say one word."}], "max_tokens": 1}

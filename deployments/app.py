@@ -5,33 +5,28 @@ from __future__ import annotations
 from typing import Any
 
 from ray.serve.deployment import Application
-from ray.serve.llm import LLMConfig, build_llm_deployment
 
-from deployments.experts import EXPERT_PREFIX, deployment
-from deployments.experts.vllm import ExpertServer, expert_llm_config
+from deployments.config import AppConfig
+from deployments.experts import applications, check, deployment
 from deployments.ingress import RouterIngress
-from router.config import AppConfig, ConfigError
+from router.config import ConfigError
 from router.policy import build_policy
 
 
-def check_config(args: Any) -> tuple[AppConfig, dict[str, LLMConfig]]:
-    """Everything the start checks, without Ray: the config models, the policy and each local
-    expert's LLMConfig with the LoRA adapters its engine serves (remote experts, ``endpoint``, are
-    called by the router directly). Any mistake is a ConfigError naming its place; never another
-    exception."""
+def check_config(args: Any) -> AppConfig:
+    """Everything the start checks, without Ray: the config models, the policy and how each expert
+    is served (a vLLM expert's LLMConfig, with the LoRA adapters its engine serves). Any mistake is
+    a ConfigError naming its place; never another exception."""
     config = AppConfig.parse(args)
     try:
         build_policy(config.policy, config.experts)
     except Exception as exc:  # a policy's args of the wrong shape, an artifact that does not load...
         raise ConfigError(f"invalid expert-router configuration:\n  policy: {exc}") from None
-    engines = {}
-    for i, expert in enumerate(config.experts):
-        if expert.kind == "vllm":
-            try:
-                engines[expert.name] = expert_llm_config(expert, config.adapters(expert.name))
-            except Exception as exc:  # its model does not resolve, or LLMConfig refused llm_config
-                raise ConfigError(f"invalid expert-router configuration:\n  experts[{i}]: {exc}") from None
-    return config, engines
+    try:
+        check(config)
+    except ValueError as exc:
+        raise ConfigError(f"invalid expert-router configuration:\n  {exc}") from None
+    return config
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -41,17 +36,12 @@ def build_app(args: dict[str, Any]) -> Application:
 
 
 def bind_app(args: dict[str, Any], user_config: dict[str, Any] | None = None) -> Application:
-    """Check the config, then bind one LLMServer deployment per local expert into the router
-    ingress, under the name of every expert it answers for (a LoRA adapter expert: its base's).
+    """Check the config, then bind the experts' deployments (one LLMServer per local expert) into
+    the router ingress, under the name of every expert each answers for (a LoRA adapter: its base's).
     ``user_config``: the ingress deployment's, as a serve config's ``deployments:`` entry gives it
     (for ``serve.run`` from Python; Serve applies a config file's entries itself)."""
-    config, engines = check_config(args)
-    deployments = {
-        EXPERT_PREFIX + name: build_llm_deployment(
-            engine, name_prefix=EXPERT_PREFIX, deployment_cls=ExpertServer
-        )
-        for name, engine in engines.items()
-    }
+    config = check_config(args)
+    deployments = applications(config)
     experts = {
         e.name: deployments[name] for e in config.experts if (name := deployment(e, config)) is not None
     }

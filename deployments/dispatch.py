@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from deployments.config import AppConfig, ExpertConfig
 from deployments.experts import clients, deployment
 from deployments.metrics import RouterMetrics
 from deployments.openai_api import (
@@ -44,7 +45,7 @@ from deployments.openai_api import (
     RoutingOptions,
 )
 from router.balance import Attempt, LoadTracker, load_aware_ranking
-from router.config import ROUTER_MODEL_NAME, AppConfig, ExpertConfig, RouterUserConfig
+from router.config import ROUTER_MODEL_NAME, RouterUserConfig
 from router.decisions import Decider, LoadedPolicy
 from router.encoder import set_inference_threads
 from router.policy import RouteRequest, RoutingDecision

@@ -18,9 +18,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from deployments.config import AppConfig
 from deployments.dispatch import RoutingError, routing_question
 from deployments.openai_api import ChatRequest
-from router.config import AppConfig, ConfigError, field_path
+from router.config import ConfigError, field_path
 from router.policy import RouteRequest, RoutingPolicy, build_policy
 from router.query_files import read_records, record_messages, request_of
 

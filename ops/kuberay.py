@@ -27,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from router.config import AppConfig, ConfigError, LocalExpert, load_serve_config
+from deployments.config import AppConfig, load_serve_config
+from router.config import ConfigError, Replica
 
 REPO = Path(__file__).resolve().parent.parent
 RAY_VERSION = "2.60.0"
@@ -79,34 +80,27 @@ class GpuGroup:
     accelerator_type: str | None
 
 
-def replica_gpus(expert: LocalExpert) -> float:
-    """GPUs one replica of a GPU expert reserves, as ``deployments/experts/vllm.py`` places it: a bundle of
-    ``num_gpus`` (default 1) per tensor x pipeline parallel worker."""
-    kwargs = expert.engine_kwargs
-    workers = int(kwargs.get("tensor_parallel_size", 1)) * int(kwargs.get("pipeline_parallel_size", 1))
-    return (expert.num_gpus or 1) * workers
-
-
 def gpu_group(config: AppConfig, opts: Options) -> GpuGroup:
-    """Size the GPU worker group from the experts; ConfigError if they cannot fit it."""
-    experts = [e for e in config.experts if e.kind == "vllm" and e.accelerator == "gpu"]
-    if not experts:
+    """Size the GPU worker group from the replicas of the experts' own deployments; ConfigError if
+    they cannot fit it."""
+    replicas = [r for e in config.experts if (r := e.replica) is not None and r.gpus]
+    if not replicas:
         raise ConfigError("no GPU expert in the config: these manifests are for GPU clusters")
-    types = sorted({e.accelerator_type for e in experts if e.accelerator_type})
+    types = sorted({r.accelerator_type for r in replicas if r.accelerator_type})
     if len(types) > 1:
         raise ConfigError(f"experts ask for several accelerator types ({', '.join(types)}): one GPU group")
-    largest = math.ceil(max(map(replica_gpus, experts)))
+    largest = math.ceil(max(r.gpus for r in replicas))
     per_worker = opts.gpus_per_worker or largest
     if per_worker < largest:
         raise ConfigError(f"a GPU worker with {per_worker} GPUs cannot hold an expert needing {largest}")
 
-    def workers(replicas: Callable[[LocalExpert], int]) -> int:
-        return math.ceil(sum(replicas(e) * replica_gpus(e) for e in experts) / per_worker)
+    def workers(count: Callable[[Replica], int]) -> int:
+        return math.ceil(sum(count(r) * r.gpus for r in replicas) / per_worker)
 
     low = opts.gpu_min_workers
-    low = workers(lambda e: e.autoscaling.min_replicas) if low is None else low
+    low = workers(lambda r: r.min_replicas) if low is None else low
     high = opts.gpu_max_workers or max(
-        workers(lambda e: e.autoscaling.max_replicas), math.ceil(opts.train_workers / per_worker), low, 1
+        workers(lambda r: r.max_replicas), math.ceil(opts.train_workers / per_worker), low, 1
     )
     if high < low:
         raise ConfigError(f"GPU workers: max {high} < min {low}")
@@ -115,9 +109,9 @@ def gpu_group(config: AppConfig, opts: Options) -> GpuGroup:
 
 def check_cpus(config: AppConfig, opts: Options) -> None:
     """ConfigError unless every replica fits the CPUs of the worker pods it runs on."""
-    local = [e for e in config.experts if e.kind == "vllm"]  # remote and LoRA experts have no replica
-    on_gpu = [e.num_cpus for e in local if e.accelerator == "gpu"]
-    on_cpu = [config.ingress.num_cpus] + [e.num_cpus for e in local if e.accelerator == "cpu"]
+    replicas = [r for e in config.experts if (r := e.replica) is not None]  # remote, LoRA: none
+    on_gpu = [r.cpus for r in replicas if r.gpus]
+    on_cpu = [config.ingress.num_cpus] + [r.cpus for r in replicas if not r.gpus]
     for needs, cpus, kind in ((on_gpu, opts.gpu_worker_cpus, "GPU"), (on_cpu, opts.cpu_worker_cpus, "CPU")):
         if needs and max(needs) > cpus:
             raise ConfigError(f"a replica needs {max(needs)} CPUs, more than the {cpus} of a {kind} worker")
@@ -238,10 +232,9 @@ def cluster_spec(
         "ray-worker", opts.gpu_worker_cpus, opts.gpu_worker_memory, gpu.gpus_per_worker, serve, probe
     )
     accelerator = {f"accelerator_type:{gpu.accelerator_type}": "1"} if gpu.accelerator_type else {}
-    local = [e for e in config.experts if e.kind == "vllm"]
-    on_cpu = [e.resources for e in local if e.accelerator == "cpu"]
-    router_labels = advertised([config.ingress.resources, *on_cpu])
-    expert_labels = advertised([e.resources for e in local if e.accelerator == "gpu"])
+    replicas = [r for e in config.experts if (r := e.replica) is not None]
+    router_labels = advertised([config.ingress.resources, *(r.resources for r in replicas if not r.gpus)])
+    expert_labels = advertised([r.resources for r in replicas if r.gpus])
 
     def group(name: str, pod: Pod, low: int, high: int, extra: dict[str, str]) -> dict[str, Any]:
         resources = {"CPU": str(pod.cpus), **({"GPU": str(pod.gpus)} if pod.gpus else {}), **extra}

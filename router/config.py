@@ -1,25 +1,25 @@
-"""The one configuration model of expert-router: experts, routing policy and ingress.
+"""The configuration of expert-router without Ray: what every expert has (each kind's own fields are
+in its module, ``deployments/experts/<kind>.py``), the routing policy and the ingress.
 
-It is the ``args`` block of the application in ``serve_config.yaml`` (Ray Serve's own config
-format). Everything is validated at start; mistakes raise :class:`ConfigError` with one line per
-problem, naming the field that is wrong.
+``deployments/config.py`` puts them together as ``AppConfig``, the ``args`` block of the application
+in ``serve_config.yaml`` (Ray Serve's own config format). Everything is validated at start; mistakes
+raise :class:`ConfigError` with one line per problem, naming the field that is wrong.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
-    Discriminator,
     Field,
-    Tag,
-    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -36,11 +36,13 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message lists every problem found."""
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """A config model: unknown keys refused, frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Price(_Strict):
+class Price(Strict):
     """What an expert costs, in US dollars per one million tokens."""
 
     input_per_1m: float = Field(0.0, ge=0, description="Dollars per million input (prompt) tokens.")
@@ -51,7 +53,7 @@ class Price(_Strict):
         return (input_tokens * self.input_per_1m + output_tokens * self.output_per_1m) / 1e6
 
 
-class Autoscaling(_Strict):
+class Autoscaling(Strict):
     """Ray Serve autoscaling for one deployment (a subset of Serve's ``autoscaling_config``)."""
 
     min_replicas: int = Field(1, ge=0, description="Replicas kept running (0: scale to zero when idle).")
@@ -76,21 +78,13 @@ class Autoscaling(_Strict):
         return self
 
 
-class SamplingDefaults(_Strict):
+class SamplingDefaults(Strict):
     """Generation settings an expert uses when the request does not set them."""
 
     max_tokens: int = Field(256, ge=1, description="Tokens generated at most.")
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature (0: greedy).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     stop: list[str] = Field(default_factory=list, description="Strings that end the answer.")
-
-
-class RemoteEndpoint(_Strict):
-    """An OpenAI-compatible server that answers for an expert instead of a local vLLM deployment."""
-
-    base_url: str = Field(pattern=r"^https?://", description="e.g. https://api.example.com/v1")
-    api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
-    timeout_s: float = Field(120.0, gt=0, description="Seconds one call to the endpoint may take.")
 
 
 def _custom_only(resources: dict[str, float]) -> dict[str, float]:
@@ -115,7 +109,7 @@ Skill = Literal["general", "math", "code", "biomedical", "science"]
 """The builtin skills an expert may declare (router/skills.py; policy ``declared``)."""
 
 
-class Declaration(_Strict):
+class Declaration(Strict):
     """What an expert says it is for (policy ``declared`` routes on it; router/declared.py)."""
 
     description: str = Field(
@@ -141,8 +135,27 @@ class Declaration(_Strict):
     )
 
 
+@dataclass(frozen=True)
+class Replica:
+    """What one replica of an expert's own Serve deployment reserves (ops/kuberay.py sizes and
+    labels the Ray worker groups by it)."""
+
+    cpus: float
+    gpus: float
+    """0: it runs on CPU."""
+    accelerator_type: str | None
+    resources: Mapping[str, float]
+    min_replicas: int
+    max_replicas: int
+
+
 class ExpertBase(Declaration):
-    """What every expert has, whatever serves it."""
+    """What every expert has, whatever serves it. Each kind of expert (``deployments/experts/<kind>.py``)
+    subclasses it with ``kind: Literal["<kind>"]``, its own fields, and what differs among the hooks
+    below; the rest of the system sees experts only through them."""
+
+    implied_by: ClassVar[str | None] = None
+    """A field whose presence selects this kind when the config does not name one."""
 
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
@@ -185,156 +198,22 @@ class ExpertBase(Declaration):
         """The expert's capabilities: configured, or what serves it gives."""
         return frozenset(self.capabilities or ())
 
-
-class LocalExpert(ExpertBase):
-    """An expert that is its own autoscaled Ray Serve deployment running vLLM (``kind: vllm``, the
-    default)."""
-
-    kind: Literal["vllm"] = Field(
-        "vllm", description="How it is served (the default: neither endpoint nor base)."
-    )
-    accelerator: Literal["cpu", "gpu"] = Field("cpu", description="Where the engine runs.")
-    accelerator_type: str | None = Field(None, description="Ray accelerator type, e.g. 'A100' (GPU only).")
-    num_cpus: float = Field(0.5, gt=0, description="Ray CPUs reserved per replica (logical).")
-    num_gpus: float = Field(
-        0, ge=0, description="GPUs per replica (GPU only; default: tensor parallel size)."
-    )
-    engine_kwargs: dict[str, Any] = Field(
-        default_factory=dict,
-        description="vLLM engine arguments, including its OpenAI frontend's (e.g. enable_auto_tool_choice, "
-        "tool_call_parser), which ray.serve.llm hands to the frontend.",
-    )
-    llm_config: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Any other ray.serve.llm LLMConfig fields (e.g. lora_config), merged over what the "
-        "fields above produce (nested dicts merged key by key); LLMConfig validates the result at start.",
-    )
-    env_vars: dict[str, str] = Field(default_factory=dict, description="Environment of the engine process.")
-    resources: NodeResources = Field(
-        default_factory=dict,
-        description="Custom Ray resources each replica needs (its engine's placement bundle), e.g. "
-        "{expert_node: 1}: pins the expert to the nodes that offer them (a KubeRay worker group's "
-        "resources; ops/kuberay.py adds them to the GPU group).",
-    )
-    autoscaling: Autoscaling = Autoscaling()
-    max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica accepts at once (Serve).")
-
-    @model_validator(mode="after")
-    def _accelerator_consistent(self) -> LocalExpert:
-        if self.accelerator == "cpu" and (self.num_gpus or self.accelerator_type):
-            raise ValueError("num_gpus/accelerator_type need accelerator: gpu")
-        return self
-
-    @model_validator(mode="after")
-    def _tools_need_a_parser(self) -> LocalExpert:
-        if "tools" in (self.capabilities or ()) and not self.parses_tool_calls:
-            raise ValueError(
-                "capabilities: 'tools' needs engine_kwargs enable_auto_tool_choice: true and a "
-                "tool_call_parser (e.g. hermes, llama3_json), without which vLLM refuses tools"
-            )
-        return self
+    @property
+    def engine(self) -> str | None:
+        """The expert whose vLLM engine, run by this app, answers for this one (itself, or the one
+        it rides on); None: no engine of the app's (phase 1 needs one)."""
+        return None
 
     @property
-    def all_engine_kwargs(self) -> dict[str, Any]:
-        """``engine_kwargs`` with those given under ``llm_config`` on top."""
-        return {**self.engine_kwargs, **self.llm_config.get("engine_kwargs", {})}
+    def replica(self) -> Replica | None:
+        """What one replica of its own Serve deployment reserves; None: it has none."""
+        return None
 
-    @property
-    def parses_tool_calls(self) -> bool:
-        """Whether the expert's vLLM engine is set up for tool calling."""
-        kwargs = self.all_engine_kwargs
-        return bool(kwargs.get("enable_auto_tool_choice") and kwargs.get("tool_call_parser"))
-
-    @property
-    def abilities(self) -> frozenset[str]:
-        if self.capabilities is not None:
-            return frozenset(self.capabilities)
-        return frozenset({"json_schema", *(["tools"] if self.parses_tool_calls else [])})
+    def check_team(self, team: Mapping[str, ExpertBase]) -> None:
+        """Raise ValueError when it does not fit the app's experts (``team``, by name)."""
 
 
-class RemoteExpert(ExpertBase):
-    """An OpenAI-compatible endpoint the router calls itself (``kind: remote``, or just ``endpoint``)."""
-
-    kind: Literal["remote"] = Field("remote", description="How it is served (implied by endpoint).")
-    endpoint: RemoteEndpoint = Field(description="Where it answers; 'model' is the model name there.")
-
-    @property
-    def abilities(self) -> frozenset[str]:
-        return (
-            frozenset(self.capabilities)
-            if self.capabilities is not None
-            else frozenset({"tools", "json_schema"})
-        )
-
-
-class AdapterExpert(ExpertBase):
-    """A LoRA adapter served by another local expert's vLLM engine (``kind: lora``, or just ``base``);
-    ``model`` is the adapter: a PEFT folder, a hub id or ``builtin:<name>``."""
-
-    kind: Literal["lora"] = Field("lora", description="How it is served (implied by base).")
-    base: str = Field(
-        description="The name of the local expert whose vLLM engine serves this adapter beside its own "
-        "model. Many adapters share one engine; its engine settings are the base's."
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _runs_on_its_base(cls, data: Any) -> Any:
-        others = (
-            LocalExpert.model_fields.keys() | RemoteExpert.model_fields.keys()
-        ) - cls.model_fields.keys()
-        own = [key for key in data if key in others] if isinstance(data, dict) else []
-        if own:  # a friendlier error than "extra inputs": where these belong
-            raise ValueError(
-                f"a LoRA adapter expert (base: {data.get('base')}) runs on its base's engine: set "
-                f"{', '.join(own)} on expert '{data.get('base')}' instead"
-            )
-        return data
-
-
-EXPERT_KINDS: dict[str, type[ExpertBase]] = {
-    "vllm": LocalExpert,
-    "remote": RemoteExpert,
-    "lora": AdapterExpert,
-}
-"""Each expert kind's config model (``deployments/experts/<kind>.py`` serves it): the members of
-:data:`ExpertConfig`. A new kind is its model here (``kind: Literal["<name>"]``) and this one line."""
-
-
-def _expert_kind(value: Any) -> str | None:
-    """The config model of an expert: its ``kind``, else ``lora`` with a base, ``remote`` with an
-    endpoint, ``vllm`` otherwise (the union's tag is the model's name, so error places skip it)."""
-    if isinstance(value, dict):
-        implied = (
-            "lora"
-            if value.get("base") is not None
-            else "remote"
-            if value.get("endpoint") is not None
-            else "vllm"
-        )
-        kind = value.get("kind") or implied
-    elif isinstance(value, ExpertBase):
-        kind = value.kind
-    else:  # not an object: the default kind's model says so
-        kind = "vllm"
-    model = EXPERT_KINDS.get(kind) if isinstance(kind, str) else None
-    return model.__name__ if model else None
-
-
-ExpertConfig = Annotated[
-    Union[tuple(Annotated[model, Tag(model.__name__)] for model in EXPERT_KINDS.values())],  # noqa: UP007
-    Discriminator(
-        _expert_kind,
-        custom_error_type="expert_kind",
-        custom_error_message=f"kind must be one of {', '.join(EXPERT_KINDS)}",
-    ),
-]
-"""One expert, of the kind its config selects (a pydantic discriminated union)."""
-EXPERT = TypeAdapter(ExpertConfig)
-"""Validates one expert's config: ``EXPERT.validate_python({...})``."""
-
-
-class PolicyConfig(_Strict):
+class PolicyConfig(Strict):
     """Which routing policy picks the expert (see ``router.policy``), and its arguments."""
 
     name: str = Field(
@@ -348,7 +227,7 @@ class PolicyConfig(_Strict):
     )
 
 
-class SecurityConfig(_Strict):
+class SecurityConfig(Strict):
     """What the ingress accepts: keys, sizes, caps; and what it logs. Defaults are safe to expose."""
 
     api_keys_env: str | None = Field(
@@ -365,7 +244,7 @@ class SecurityConfig(_Strict):
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins (none: off).")
 
 
-class LoadConfig(_Strict):
+class LoadConfig(Strict):
     """Load-aware routing (``router/balance.py``): each candidate's policy score minus ``load_weight``
     x its expected wait in seconds, from what this router replica measures on the answers."""
 
@@ -385,7 +264,7 @@ class LoadConfig(_Strict):
     replicas_refresh_s: float = Field(5.0, gt=0, description="How often running replica counts are read.")
 
 
-class DecisionConfig(_Strict):
+class DecisionConfig(Strict):
     """How routing decisions run in a router replica.
 
     Policies that do real compute per decision (encoder routers: BERT, 1NN) run in a worker thread,
@@ -430,7 +309,7 @@ class DecisionConfig(_Strict):
     )
 
 
-class IngressConfig(_Strict):
+class IngressConfig(Strict):
     """The ingress deployment (Serve deployment `ingress`): it routes, and is the HTTP ingress."""
 
     num_cpus: float = Field(0.1, gt=0, description="Ray CPUs reserved per router replica (logical).")
@@ -471,7 +350,7 @@ class IngressConfig(_Strict):
         return self.decisions.threads or max(1, math.ceil(self.num_cpus))
 
 
-class RouterUserConfig(_Strict):
+class RouterUserConfig(Strict):
     """The ingress deployment's Ray Serve ``user_config`` (``deployments: [{name: ingress,
     user_config: ...}]`` in the serve config): what changes on the running router replicas in place,
     without restarting them or the experts. (A change of the app's ``args`` makes Serve redeploy
@@ -480,81 +359,6 @@ class RouterUserConfig(_Strict):
     policy: PolicyConfig | None = Field(
         None, description="Routing policy to use instead of args' policy (unset: args' policy)."
     )
-
-
-class AppConfig(_Strict):
-    """The whole system: experts, routing policy and ingress."""
-
-    experts: list[ExpertConfig] = Field(min_length=1, description="The experts, at least one.")
-    policy: PolicyConfig = PolicyConfig()
-    ingress: IngressConfig = IngressConfig()
-
-    @model_validator(mode="after")
-    def _unique_names(self) -> AppConfig:
-        names = [e.name for e in self.experts]
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
-            raise ValueError(f"expert names must be unique; repeated: {', '.join(duplicated)}")
-        defaults = [e.name for e in self.experts if e.default]
-        if len(defaults) > 1:
-            raise ValueError(f"at most one expert may be the default; marked: {', '.join(defaults)}")
-        return self
-
-    @field_validator("experts")
-    @classmethod
-    def _adapters_have_local_bases(cls, experts: list[ExpertConfig]) -> list[ExpertConfig]:
-        engines = {e.name: e for e in experts if isinstance(e, LocalExpert)}
-        for e in experts:
-            if not isinstance(e, AdapterExpert):
-                continue
-            if e.base not in engines:
-                raise ValueError(
-                    f"expert '{e.name}': base '{e.base}' must name a local (vLLM) expert of this "
-                    f"app; local experts: {', '.join(sorted(engines)) or 'none'}"
-                )
-            if "tools" in (e.capabilities or ()) and not engines[e.base].parses_tool_calls:
-                raise ValueError(
-                    f"expert '{e.name}': capabilities 'tools' needs its base '{e.base}' to parse tool "
-                    "calls (engine_kwargs enable_auto_tool_choice: true and a tool_call_parser)"
-                )
-        return experts
-
-    def serving(self, name: str) -> LocalExpert | None:
-        """The local expert whose engine answers for expert ``name``: itself, a LoRA adapter's base;
-        None for a remote expert."""
-        expert = self.expert(name)
-        if isinstance(expert, AdapterExpert):
-            return self.expert(expert.base)  # type: ignore[return-value]  # checked: a local expert
-        return expert if isinstance(expert, LocalExpert) else None
-
-    def adapters(self, name: str) -> list[AdapterExpert]:
-        """The LoRA adapter experts served by local expert ``name``'s engine."""
-        return [e for e in self.experts if isinstance(e, AdapterExpert) and e.base == name]
-
-    def abilities(self, name: str) -> frozenset[str]:
-        """What expert ``name`` can answer: its own capabilities, else what serves it gives."""
-        expert = self.expert(name)
-        engine = self.serving(name)
-        return expert.abilities if expert.capabilities is not None or engine is None else engine.abilities
-
-    @property
-    def expert_names(self) -> list[str]:
-        return [e.name for e in self.experts]
-
-    def expert(self, name: str) -> ExpertConfig:
-        """The expert called ``name`` (KeyError if none)."""
-        for e in self.experts:
-            if e.name == name:
-                return e
-        raise KeyError(name)
-
-    @classmethod
-    def parse(cls, args: Any) -> AppConfig:
-        """Validate application args; raise ConfigError listing every problem."""
-        try:
-            return cls.model_validate(args)
-        except ValidationError as exc:
-            raise ConfigError(describe_errors(exc, args)) from None
 
 
 def field_path(loc: tuple[str | int, ...], document: Any = None) -> str:
@@ -610,9 +414,9 @@ def serve_config_args(path: str | Path, app_name: str | None = None) -> Any:
     return serve_config_app(path, app_name).get("args") or {}
 
 
-def served_policy(app: dict[str, Any], config: AppConfig) -> PolicyConfig:
+def served_policy(app: dict[str, Any], policy: PolicyConfig) -> PolicyConfig:
     """The policy the router replicas of ``app`` route by: the ingress deployment's ``user_config``
-    policy (a live rollout) where one is set, else the args' policy."""
+    policy (a live rollout) where one is set, else the args' ``policy``."""
     for deployment in app.get("deployments") or []:
         if isinstance(deployment, dict) and deployment.get("name") == "router":
             raise ConfigError(
@@ -626,10 +430,5 @@ def served_policy(app: dict[str, Any], config: AppConfig) -> PolicyConfig:
                 raise ConfigError(
                     describe_errors(exc).replace("\n  ", f"\n  {INGRESS_DEPLOYMENT} user_config.", 1)
                 ) from None
-            return rollout.policy or config.policy
-    return config.policy
-
-
-def load_serve_config(path: str | Path, app_name: str | None = None) -> AppConfig:
-    """The AppConfig of an application in a Ray Serve config file (the first one by default)."""
-    return AppConfig.parse(serve_config_args(path, app_name))
+            return rollout.policy or policy
+    return policy

@@ -37,7 +37,7 @@ import numpy as np
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import SGDClassifier
 
-from router.config import DecisionConfig, ExpertConfig, PolicyConfig
+from router.config import DecisionConfig, ExpertBase, PolicyConfig
 from router.policy import Message, RouteRequest, RoutingDecision, RoutingPolicy, build_policy, query_text
 from router.skills import warm_queries
 
@@ -193,7 +193,7 @@ class LoadedPolicy:
     """The warm-up queries and decisions: the fast tier's first lesson."""
 
     @classmethod
-    def load(cls, config: PolicyConfig, experts: Sequence[ExpertConfig]) -> LoadedPolicy:
+    def load(cls, config: PolicyConfig, experts: Sequence[ExpertBase]) -> LoadedPolicy:
         """The policy of ``config`` with its lazily built parts loaded now (not on the first user
         request), decided on the warm-up queries (``router.skills.warm_queries``); -inf stays -inf
         in the prior, so experts the policy never routes to stay last. Blocking."""

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from router.config import Declaration, ExpertConfig
+from router.config import Declaration, ExpertBase
 from router.policy import Message, RouteRequest, RoutingDecision, RoutingPolicy, query_text
 from router.query_files import read_records, record_text
 from router.skills import SKILLS, load_skill_model
@@ -65,7 +65,7 @@ class DeclaredPolicy(RoutingPolicy):
     def __init__(
         self,
         experts: Sequence[str],
-        declarations: Mapping[str, ExpertConfig] | None = None,
+        declarations: Mapping[str, ExpertBase] | None = None,
         skills_model: str | None = None,
         threshold: float = 0.5,
         cost_weight: float = 0.0,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from router import kinds
-from router.config import ExpertConfig, PolicyConfig
+from router.config import ExpertBase, PolicyConfig
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ def available_policies() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_policy(config: PolicyConfig, experts: Sequence[str] | Sequence[ExpertConfig]) -> RoutingPolicy:
+def build_policy(config: PolicyConfig, experts: Sequence[str] | Sequence[ExpertBase]) -> RoutingPolicy:
     """The policy named in ``config``, over ``experts`` (names, or configs: policies that route on
     what experts declare need those); ValueError with a clear message if wrong."""
     factory = _REGISTRY.get(config.name)

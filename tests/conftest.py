@@ -134,8 +134,9 @@ def reference_server(serve_cluster):
     router's answers are compared with. Started once for the modules that use it."""
     from ray.serve.llm import build_openai_app
 
+    from deployments.config import EXPERT
     from deployments.experts.vllm import expert_llm_config
-    from router.config import EXPERT, serve_config_args
+    from router.config import serve_config_args
 
     args = serve_config_args(REPO / "configs/tiny_cpu.yaml")
     alpha = next(e for e in args["experts"] if e["name"] == "alpha")
@@ -151,7 +152,7 @@ def tiny_app_args(policy: dict | None = None, **ingress) -> dict:
     that start in seconds. Contexts of 2,048 tokens, so a long answer can be asked for."""
     import yaml
 
-    from router.config import load_serve_config
+    from deployments.config import load_serve_config
 
     default = yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"][0]["args"]
     tiny = load_serve_config(REPO / "configs/tiny_cpu.yaml").experts

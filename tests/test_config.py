@@ -4,18 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from router.config import (
-    EXPERT,
-    AdapterExpert,
-    AppConfig,
-    ConfigError,
-    LocalExpert,
-    Price,
-    RemoteEndpoint,
-    RemoteExpert,
-    field_path,
-    load_serve_config,
-)
+from deployments.config import EXPERT, AppConfig, load_serve_config
+from deployments.experts.lora import AdapterExpert
+from deployments.experts.remote import RemoteEndpoint, RemoteExpert
+from deployments.experts.vllm import LocalExpert
+from router.config import ConfigError, Price, field_path
 from tests.wrong_types import JSON_VALUES, config_places, set_at
 
 REPO = Path(__file__).resolve().parent.parent
@@ -143,8 +136,7 @@ def test_expert_capabilities_follow_the_engine_settings_unless_configured(expert
 
 
 def test_llm_config_reaches_ray_serve_llm_merged_and_validated_by_it():
-    from deployments.experts.vllm import expert_llm_config
-    from router.config import LocalExpert
+    from deployments.experts.vllm import LocalExpert, expert_llm_config
 
     expert = LocalExpert(
         name="a",
@@ -173,8 +165,7 @@ def test_a_wrong_llm_config_stops_the_start_naming_the_expert():
 
 
 def test_hub_models_may_download_local_ones_stay_offline():
-    from deployments.experts.vllm import expert_llm_config
-    from router.config import LocalExpert
+    from deployments.experts.vllm import LocalExpert, expert_llm_config
 
     def env(model: str) -> dict:
         return expert_llm_config(LocalExpert(name="a", model=model)).runtime_env["env_vars"]
@@ -191,8 +182,7 @@ def test_the_gpu_config_turns_tools_on_for_the_models_that_call_tools():
 
 def test_placement_resources_reach_the_expert_bundle_and_the_router_replicas():
     from deployments.app import build_app
-    from deployments.experts.vllm import expert_llm_config
-    from router.config import LocalExpert
+    from deployments.experts.vllm import LocalExpert, expert_llm_config
 
     cpu = LocalExpert(name="a", model="builtin:tiny-llama", resources={"expert_node": 1})
     assert expert_llm_config(cpu).placement_group_config == {"bundles": [{"CPU": 0.5, "expert_node": 1}]}
@@ -308,7 +298,7 @@ def test_serving_a_config_of_the_wrong_shape_stops_with_the_place_not_a_tracebac
 
 
 def test_the_configuration_reference_is_generated_from_the_models():
-    from router.config_reference import reference
+    from ops.config_reference import reference
 
     written = (REPO / "docs" / "configuration.md").read_text()
     assert written == reference(), (
@@ -356,6 +346,8 @@ def test_every_config_example_in_the_docs_validates(block, tmp_path):
 
 def test_lora_adapter_experts_run_on_their_base_engine():
     from deployments.app import check_config
+    from deployments.experts import deployment
+    from deployments.experts.vllm import expert_llm_config
 
     tools = {"enable_auto_tool_choice": True, "tool_call_parser": "hermes"}
     args = minimal(
@@ -371,10 +363,12 @@ def test_lora_adapter_experts_run_on_their_base_engine():
             {"name": "far", "model": "m", "endpoint": {"base_url": "https://example.com/v1"}},
         ]
     )
-    config, engines = check_config(args)
+    config = check_config(args)
     assert [e.kind for e in config.experts] == ["vllm", "lora", "lora", "remote"]
-    assert list(engines) == ["base"]  # one engine serves three experts
-    kwargs = engines["base"].engine_kwargs
+    answering = [deployment(e, config) for e in config.experts]
+    assert answering == ["expert:base"] * 3 + [None]  # one engine serves three experts
+    assert [config.serving(e).name for e in ("base", "tutor", "poet")] == ["base"] * 3
+    kwargs = expert_llm_config(config.expert("base"), config.adapters("base")).engine_kwargs
     assert kwargs["enable_lora"] and kwargs["max_loras"] == 2 and kwargs["max_lora_rank"] == 8  # rank 4
     assert [(m.name, Path(m.path).name) for m in kwargs["lora_modules"]] == [
         ("tutor", "tiny-llama-lora-a"),
@@ -399,7 +393,7 @@ def test_lora_adapter_experts_run_on_their_base_engine():
             "set engine_kwargs on expert 'base' instead",
         ),
         ({"base": "base", "num_cpus": 2, "autoscaling": {"max_replicas": 3}}, "set num_cpus, autoscaling on"),
-        ({"base": "base", "endpoint": {"base_url": "https://x.org"}}, "set endpoint on expert 'base'"),
+        ({"base": "base", "endpoint": {"base_url": "https://x.org"}}, "Extra inputs are not permitted"),
         (
             {"base": "base", "capabilities": ["tools"]},
             "capabilities 'tools' needs its base 'base' to parse tool",

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from router.config import EXPERT, AppConfig, ConfigError, ExpertConfig, PolicyConfig
+from deployments.config import EXPERT, AppConfig, ExpertConfig
+from router.config import ConfigError, PolicyConfig
 from router.policy import Message, RouteRequest, build_policy
 
 MODEL = "builtin:tiny"

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router.config import load_serve_config
+from deployments.config import load_serve_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1200)]
 

@@ -48,7 +48,7 @@ def app(serve_cluster):
 
 
 def shipped_policy(args: dict):
-    from router.config import AppConfig
+    from deployments.config import AppConfig
     from router.policy import build_policy
 
     config = AppConfig.parse(args)

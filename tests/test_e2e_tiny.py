@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router.config import load_serve_config
+from deployments.config import load_serve_config
 from tests.conftest import TINY_APP
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]

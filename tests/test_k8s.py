@@ -15,8 +15,10 @@ import jsonschema
 import pytest
 import yaml
 
-from ops.kuberay import CONFIG_DIR, GPU_RESOURCE, Options, main, render, replica_gpus
-from router.config import AppConfig, ConfigError, LocalExpert, load_serve_config
+from deployments.config import AppConfig, load_serve_config
+from deployments.experts.vllm import LocalExpert
+from ops.kuberay import CONFIG_DIR, GPU_RESOURCE, Options, main, render
+from router.config import ConfigError
 from tests.conftest import REPO, SHARED_DATA
 
 SCHEMAS = SHARED_DATA.parent / "k8s-schemas"
@@ -245,7 +247,7 @@ def test_replica_gpus_is_what_ray_serve_llm_reserves():
     experts = APP.experts + [LocalExpert(name="x", model="m", accelerator="gpu", **s) for s in shapes]
     for expert in experts:
         bundles = expert_llm_config(expert).get_engine_config().placement_bundles
-        assert sum(b.get("GPU", 0) for b in bundles) == replica_gpus(expert), expert.name
+        assert sum(b.get("GPU", 0) for b in bundles) == expert.replica.gpus, expert.name
         typed = {k for b in bundles for k in b if k.startswith("accelerator_type:")}
         assert typed == (
             {f"accelerator_type:{expert.accelerator_type}"} if expert.accelerator_type else set()
@@ -266,17 +268,17 @@ def test_every_expert_fits_one_gpu_worker_and_groups_agree_with_limits(name):
         assert 0 <= g["minReplicas"] <= g["replicas"] <= g["maxReplicas"], g["groupName"]
     gpu, cpu = group(cluster, "gpu"), group(cluster, "cpu")
     gpus, cpus = int(gpu["resources"]["GPU"]), int(gpu["resources"]["CPU"])
-    assert all(replica_gpus(e) <= gpus and e.num_cpus <= cpus for e in gpu_experts)
+    assert all(e.replica.gpus <= gpus and e.num_cpus <= cpus for e in gpu_experts)
     types = {f"accelerator_type:{e.accelerator_type}" for e in gpu_experts if e.accelerator_type}
     assert {k for k in gpu["resources"] if k.startswith("accelerator_type:")} == types
     assert GPU_RESOURCE not in cpu["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert APP.ingress.num_cpus <= int(cpu["resources"]["CPU"])
     if name == "rayservice.yaml":  # serving keeps the experts' minimum up and can reach their maximum
         assert gpu["minReplicas"] * gpus >= sum(
-            e.autoscaling.min_replicas * replica_gpus(e) for e in gpu_experts
+            e.autoscaling.min_replicas * e.replica.gpus for e in gpu_experts
         )
         assert gpu["maxReplicas"] * gpus >= sum(
-            e.autoscaling.max_replicas * replica_gpus(e) for e in gpu_experts
+            e.autoscaling.max_replicas * e.replica.gpus for e in gpu_experts
         )
     else:  # job clusters scale from zero
         assert gpu["minReplicas"] == cpu["minReplicas"] == 0

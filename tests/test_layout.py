@@ -64,3 +64,31 @@ def test_the_routers_serving_modules_import_no_torch():
         if name.split(".")[0] == "torch"
     ]
     assert not found, "\n".join(found)
+
+
+SERVING_HOOKS = ("check", "application", "deployment", "client")
+"""What an expert kind's module exports besides its config model (deployments/experts/__init__.py)."""
+
+
+def test_each_expert_kind_is_one_module_that_nothing_else_names():
+    """A kind's config model and its serving live in one module of deployments/experts/; the rest of
+    the code sees experts through the hooks, never by comparing a kind's name."""
+    import importlib
+
+    from deployments.config import EXPERT_KINDS
+
+    kinds = {model.model_fields["kind"].default: model for model in EXPERT_KINDS}
+    for name, model in kinds.items():
+        module = importlib.import_module(model.__module__)
+        assert module.__name__ == f"deployments.experts.{name}", name
+        missing = [hook for hook in SERVING_HOOKS if not callable(getattr(module, hook, None))]
+        assert not missing, f"{name}: {missing}"
+    named = [
+        f"{path.relative_to(REPO)}:{node.lineno}"
+        for package in ABOVE
+        for path in modules(package)
+        if path.parent != REPO / "deployments" / "experts"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and node.value in kinds
+    ]
+    assert not named, "names an expert kind outside its module:\n" + "\n".join(named)

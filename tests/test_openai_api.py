@@ -6,8 +6,9 @@ import pytest
 from pydantic import ValidationError
 
 from deployments.dispatch import expert_request, with_profile
+from deployments.experts.vllm import LocalExpert
 from deployments.openai_api import ChatRequest, TextCompletionRequest
-from router.config import LocalExpert, SecurityConfig, field_path
+from router.config import SecurityConfig, field_path
 from tests.wrong_types import CHAT_BASES, COMPLETION_BASES, names_the_field, wrong_typed
 
 TOOLS = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]

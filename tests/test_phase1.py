@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from router.config import PolicyConfig, load_serve_config
+from deployments.config import load_serve_config
+from router.config import PolicyConfig
 from tests.conftest import REPO, SHARED_DATA, TINY_APP
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
@@ -150,7 +151,7 @@ def test_a_run_whose_expert_calls_actors_are_killed_completes_every_pair_once(ti
 
 
 def test_a_changed_config_generates_only_the_pairs_of_new_or_changed_experts(tiny_server, tmp_path, capsys):
-    from router.config import AppConfig
+    from deployments.config import AppConfig
     from training.generate import generate
 
     data, n = instructions(tmp_path / "data.jsonl", per_domain=1)

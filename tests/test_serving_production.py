@@ -84,7 +84,7 @@ APP = "production"
 @pytest.fixture(scope="module")
 def server(serve_cluster, reference_server):
     from deployments.app import build_app
-    from router.config import AppConfig
+    from deployments.config import AppConfig
 
     args = router_args(reference_server)
     with serve_cluster.apps(APP, "all-remote") as cluster:

@@ -44,7 +44,8 @@ def _phase1_options(args: argparse.Namespace) -> dict:
 
 def _check_inputs(args: argparse.Namespace) -> None:
     """Phase 1's config and data, checked before Ray starts: a clear error and exit status 2."""
-    from router.config import ConfigError, load_serve_config
+    from deployments.config import load_serve_config
+    from router.config import ConfigError
     from training.instructions import read_instructions
 
     try:
@@ -56,7 +57,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from router.config import load_serve_config
+    from deployments.config import load_serve_config
     from training.generate import generate, summary
 
     _check_inputs(args)
@@ -187,13 +188,14 @@ def _export_onnx(args: argparse.Namespace) -> None:
 
 
 def _route(args: argparse.Namespace) -> None:
+    from deployments.config import AppConfig
     from deployments.dry_run import QueryFileError, read_queries, route_file, summarize
-    from router.config import AppConfig, ConfigError, serve_config_app, served_policy
+    from router.config import ConfigError, serve_config_app, served_policy
 
     try:
         app = serve_config_app(args.config)
         config = AppConfig.parse(app.get("args") or {})
-        config = config.model_copy(update={"policy": served_policy(app, config)})
+        config = config.model_copy(update={"policy": served_policy(app, config.policy)})
         queries, blank = read_queries(args.queries, config, args.format)
         records = []
         for record in route_file(config, queries):

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from router.config import AppConfig, ExpertConfig
+from deployments.config import AppConfig, ExpertConfig
 from router.encoder import DEFAULT_ENCODER
 from training.instructions import read_instructions
 from training.table import conform, write_table
@@ -84,7 +84,7 @@ def expert_fingerprint(expert: ExpertConfig, config: AppConfig) -> str:
     """A short hash of the expert's :data:`ANSWER_FIELDS` (a LoRA adapter's: with its base's, from
     ``config``): rows made under another one are stale."""
     fields = _answer_fields(expert)
-    if expert.kind == "lora":
+    if expert.engine not in (None, expert.name):  # it rides another expert's engine
         fields["engine"] = _answer_fields(config.serving(expert.name))
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -321,10 +321,11 @@ def generate(
     """
     import ray
 
-    remote = [e.name for e in config.experts if e.kind == "remote"]
-    if remote:  # the reference NLL needs the engine's prompt logprobs and the model's tokenizer
+    engineless = [e.name for e in config.experts if e.engine is None]
+    if engineless:  # the reference NLL needs the engine's prompt logprobs and the model's tokenizer
         raise ValueError(
-            f"phase 1 runs experts served here (vLLM, LoRA) only; remote experts: {', '.join(remote)}"
+            "phase 1 runs experts served by the app's vLLM engines (vllm, lora) only; not these: "
+            + ", ".join(engineless)
         )
     out = Path(out)
     queries = load_instructions(data, limit_per_domain, limit, seed, skip_bad)

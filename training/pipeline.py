@@ -22,8 +22,9 @@ from typing import Any
 
 import yaml
 
+from deployments.config import load_serve_config
 from router import kinds
-from router.config import INGRESS_DEPLOYMENT, load_serve_config
+from router.config import INGRESS_DEPLOYMENT
 from router.trained import REPO_ROOT
 from training.generate import generate, summary
 from training.harness import evaluate_table

@@ -1,6 +1,6 @@
-"""A remote expert: any OpenAI-compatible endpoint, called the way the router calls a local
-expert's DeploymentHandle (``.options(stream=True).chat.remote(request)``, ``.completions``,
-``.check_health.remote()``).
+"""Expert kind ``remote`` (or just ``endpoint:``): any OpenAI-compatible endpoint, called the way
+the router calls a local expert's DeploymentHandle (``.options(stream=True).chat.remote(request)``,
+``.completions``, ``.check_health.remote()``).
 
 The request is the one a local expert gets (every field the client sent), with ``model`` = the
 endpoint's model name. Non-streamed answers come back as the endpoint's JSON body (a dict, whole),
@@ -16,20 +16,55 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import httpx
+from pydantic import Field
 
-from router.config import AppConfig
-from router.config import RemoteExpert as RemoteConfig
+from router.config import ExpertBase, Strict
+
+if TYPE_CHECKING:
+    from deployments.config import AppConfig
 
 
-def deployment(expert: RemoteConfig, config: AppConfig) -> None:
+class RemoteEndpoint(Strict):
+    """An OpenAI-compatible server that answers for an expert instead of a local vLLM deployment."""
+
+    base_url: str = Field(pattern=r"^https?://", description="e.g. https://api.example.com/v1")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds one call to the endpoint may take.")
+
+
+class RemoteExpert(ExpertBase):
+    """An OpenAI-compatible endpoint the router calls itself (``kind: remote``, or just ``endpoint``)."""
+
+    implied_by: ClassVar[str | None] = "endpoint"
+    kind: Literal["remote"] = Field("remote", description="How it is served (implied by endpoint).")
+    endpoint: RemoteEndpoint = Field(description="Where it answers; 'model' is the model name there.")
+
+    @property
+    def abilities(self) -> frozenset[str]:
+        return (
+            frozenset(self.capabilities)
+            if self.capabilities is not None
+            else frozenset({"tools", "json_schema"})
+        )
+
+
+def deployment(expert: RemoteExpert, config: AppConfig) -> None:
     return None
 
 
-def client(expert: RemoteConfig) -> RemoteExpert:
-    return RemoteExpert(expert)
+def check(expert: RemoteExpert, config: AppConfig) -> None:
+    return None
+
+
+def application(expert: RemoteExpert, config: AppConfig) -> None:
+    return None
+
+
+def client(expert: RemoteExpert) -> RemoteClient:
+    return RemoteClient(expert)
 
 
 class _Method:
@@ -74,10 +109,10 @@ class _Replies:
         asyncio.ensure_future(close())
 
 
-class RemoteExpert:
+class RemoteClient:
     """Handle-like client of one remote expert."""
 
-    def __init__(self, expert: RemoteConfig):
+    def __init__(self, expert: RemoteExpert):
         endpoint = expert.endpoint
         key = os.environ.get(endpoint.api_key_env, "") if endpoint.api_key_env else ""
         self.model = expert.model
@@ -90,7 +125,7 @@ class RemoteExpert:
         self.completions = _Method(lambda request: _Replies(self._call("completions", request)))
         self.check_health = _Method(lambda: asyncio.ensure_future(self._check_health()))
 
-    def options(self, **_: Any) -> RemoteExpert:
+    def options(self, **_: Any) -> RemoteClient:
         return self
 
     async def _call(self, path: str, request: Any) -> AsyncIterator[Any]:

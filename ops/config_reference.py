@@ -1,7 +1,8 @@
 """The configuration reference (``docs/configuration.md``), generated from the pydantic models of
-``router/config.py``; a test fails when the file is stale. Regenerate with::
+``deployments/config.py`` (the experts' kinds in ``deployments/experts/``, the rest in
+``router/config.py``); a test fails when the file is stale. Regenerate with::
 
-    .venv/bin/python -m router.config_reference > docs/configuration.md
+    .venv/bin/python -m ops.config_reference > docs/configuration.md
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from router.config import AppConfig, RouterUserConfig
+from deployments.config import AppConfig
+from router.config import RouterUserConfig
 
 HEADER = """# Configuration reference
 
-Generated from the pydantic models of `router/config.py` by
-`.venv/bin/python -m router.config_reference > docs/configuration.md` (a test fails when this file
-is stale). An app's configuration is the `args` of the `expert-router` application in a Serve
+Generated from the pydantic models of `deployments/config.py` (each expert kind's in its module of
+`deployments/experts/`, the rest in `router/config.py`) by
+`.venv/bin/python -m ops.config_reference > docs/configuration.md` (a test fails when this file is
+stale). An app's configuration is the `args` of the `expert-router` application in a Serve
 config file (`serve_config.yaml`, `configs/*.yaml`); the ingress deployment's `user_config` takes
 `RouterUserConfig` (a live policy rollout, docs/operations.md). Unknown keys are errors everywhere.
 """
