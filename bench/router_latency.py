@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from router import kinds  # noqa: E402
 from router.encoder import set_inference_threads  # noqa: E402
 from router.policy import Message, RandomPolicy  # noqa: E402
-from router.trained import load_router  # noqa: E402
+from router.trained import load_model  # noqa: E402
 from tests.conftest import domain_table  # noqa: E402
 from training.table import to_matrices  # noqa: E402
 from training.train import fit_local  # noqa: E402
@@ -63,12 +63,12 @@ def measure(folder: Path, overrides: dict, texts: list[str], batch: list[str]) -
 
     set_inference_threads(1)
     torch.set_num_threads(1)
-    single = load_router(folder, overrides)
+    single = load_model(folder, overrides)
     single.scores(texts[:8])  # warm up
     result = stats(per_query_ms(lambda t: single.scores([t]), texts))
     set_inference_threads(2)
     torch.set_num_threads(2)
-    batched = load_router(folder, overrides)
+    batched = load_model(folder, overrides)
     batched.scores(batch[:64])
     t0 = time.perf_counter()
     for s in range(0, len(batch), 64):

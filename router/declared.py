@@ -152,7 +152,7 @@ class DeclaredPolicy(RoutingPolicy):
         shift = np.zeros((len(texts), len(self.experts)))
         if self.outcomes is None:
             return shift
-        raw, _ = self.outcomes.router.predict(texts)
+        raw, _ = self.outcomes.model.predict(texts)
         predicted = raw[:, self.outcomes.columns]
         centred = predicted - predicted.mean(axis=1, keepdims=True)
         for k, name in enumerate(self.outcomes.scored):

@@ -3,7 +3,7 @@ routing policy.
 
 A trained router maps query texts to an (n, m) score matrix (higher = better expected quality for
 that expert). The artifact folder holds ``router.json`` (kind, expert names, expected cost per
-expert, training settings, metrics) plus the kind's weights; :func:`load_router` reads any kind back.
+expert, training settings, metrics) plus the kind's weights; :func:`load_model` reads any kind back.
 
 :class:`TrainedPolicy` serves an artifact. Config:
 ``policy: {name: trained, args: {artifact: artifacts/mlp, cost_weight: 0.0, window: 1}}`` (the kind
@@ -39,8 +39,10 @@ logger = logging.getLogger(__name__)
 META_FILE = "router.json"
 
 
-class TrainedRouter(ABC):
-    """Scores experts for query texts; each kind is a module of ``router.kinds``."""
+class RoutingModel(ABC):
+    """A trained router: scores experts for query texts. Each kind is a module of ``router.kinds``;
+    their classes keep the paper's names (``MLPRouter`` is its MLP-Router, ``BertRouter`` its
+    BERT-Router)."""
 
     kind: ClassVar[str]
     blocking: ClassVar[bool] = True
@@ -72,7 +74,7 @@ class TrainedRouter(ABC):
     @abstractmethod
     def load_weights(
         cls, folder: Path, experts: list[str], expected_costs: np.ndarray, config: Any
-    ) -> TrainedRouter:
+    ) -> RoutingModel:
         """Rebuild the router from ``folder`` (``config``: its kind's settings)."""
 
     def predict(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -125,11 +127,11 @@ def read_meta(
     return meta, kind, kind.configure(known)
 
 
-def load_router(folder: str | Path, overrides: dict[str, Any] | None = None) -> TrainedRouter:
+def load_model(folder: str | Path, overrides: dict[str, Any] | None = None) -> RoutingModel:
     """Any trained router from its artifact folder; ``overrides`` of :data:`INFERENCE_OPTIONS`."""
     folder = Path(folder)
     meta, kind, settings = read_meta(folder, overrides)
-    router = kind.router.load_weights(folder, meta["experts"], np.asarray(meta["expected_costs"]), settings)
+    router = kind.model.load_weights(folder, meta["experts"], np.asarray(meta["expected_costs"]), settings)
     router.metrics = meta.get("metrics", {})
     return router
 
@@ -155,7 +157,7 @@ def export_onnx(folder: str | Path) -> Path:
     if bundled_onnx(folder):
         return folder / ONNX_FOLDER
     _, kind, settings = read_meta(folder)
-    source = kind.router.encoder_source(folder, settings)
+    source = kind.model.encoder_source(folder, settings)
     if source is None:
         raise ValueError(f"a '{kind.name}' router has no encoder to export")
     return copy_bundle(cached_bundle(resolve_encoder(source)), folder / ONNX_FOLDER)
@@ -187,18 +189,18 @@ class TrainedPolicy(RoutingPolicy):
         super().__init__(experts)
         path = Path(artifact) if Path(artifact).is_absolute() else REPO_ROOT / artifact
         overrides = {k: v for k, v in (("backend", backend), ("quantize", quantize)) if v is not None}
-        self.router = load_router(path, overrides)
-        self.blocking, self.kind = self.router.blocking, self.router.kind
-        if kind and self.router.kind != kind:
-            raise ValueError(f"artifact {artifact} holds a '{self.router.kind}' router, not '{kind}'")
-        removed = [e for e in self.router.experts if e not in self.experts]
+        self.model = load_model(path, overrides)
+        self.blocking, self.kind = self.model.blocking, self.model.kind
+        if kind and self.model.kind != kind:
+            raise ValueError(f"artifact {artifact} holds a '{self.model.kind}' router, not '{kind}'")
+        removed = [e for e in self.model.experts if e not in self.experts]
         if removed:
             logger.warning("router artifact %s: experts no longer configured, dropped: %s", artifact, removed)
-        self.columns = [i for i, e in enumerate(self.router.experts) if e in self.experts]
+        self.columns = [i for i, e in enumerate(self.model.experts) if e in self.experts]
         if not self.columns:
             raise ValueError(f"router artifact {artifact} knows none of the configured experts")
-        self.scored = [self.router.experts[i] for i in self.columns]
-        self.reference = self.router.expected_costs[self.columns]
+        self.scored = [self.model.experts[i] for i in self.columns]
+        self.reference = self.model.expected_costs[self.columns]
         """The scale of relative costs: the scored experts' expected costs (see router.knob)."""
         self.unscored = tuple(e for e in self.experts if e not in self.scored)
         if self.unscored:
@@ -213,7 +215,7 @@ class TrainedPolicy(RoutingPolicy):
         self.cost_weight, self.window = cost_weight, window
 
     def scores(self, messages: Sequence[Message], cost_weight: float | None = None) -> dict[str, float]:
-        raw, costs = self.router.predict([conversation_text(list(messages), self.window)])
+        raw, costs = self.model.predict([conversation_text(list(messages), self.window)])
         return self._utilities(raw[0], costs[0], cost_weight)
 
     def expected_costs(self) -> dict[str, float]:
@@ -221,7 +223,7 @@ class TrainedPolicy(RoutingPolicy):
 
     def route_batch(self, requests: Sequence[RouteRequest]) -> list[RoutingDecision]:
         """One forward pass of the router for every request's text."""
-        raw, costs = self.router.predict([conversation_text(list(r.messages), self.window) for r in requests])
+        raw, costs = self.model.predict([conversation_text(list(r.messages), self.window) for r in requests])
         return [
             self.rank(self._utilities(row, cost, r.cost_weight), r.candidates)
             for row, cost, r in zip(raw, costs, requests)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from router.encoder import DEFAULT_ENCODER, embed, load_encoder, resolve_encoder
-from router.trained import export_onnx, load_router
+from router.trained import export_onnx, load_model
 from tests.conftest import REPO, SHARED_DATA, domain_table
 from training.table import to_matrices
 from training.train import fit_local
@@ -90,8 +90,8 @@ def trained(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["bert", "knn"])
 def test_onnx_scores_equal_torch_scores(trained, kind):
     folder, queries = trained
-    onnx = load_router(folder / kind).scores(queries[:40])
-    torch_ = load_router(folder / kind, {"backend": "torch"}).scores(queries[:40])
+    onnx = load_model(folder / kind).scores(queries[:40])
+    torch_ = load_model(folder / kind, {"backend": "torch"}).scores(queries[:40])
     assert np.abs(onnx - torch_).max() < 1e-4
 
 
@@ -99,8 +99,8 @@ def test_onnx_scores_equal_torch_scores(trained, kind):
 def test_int8_picks_the_same_expert_as_fp32_on_held_out_queries(trained, kind):
     folder, _ = trained
     queries = held_out_queries()
-    fp32 = load_router(folder / kind).scores(queries).argmax(1)
-    int8 = load_router(folder / kind, {"quantize": "int8"}).scores(queries).argmax(1)
+    fp32 = load_model(folder / kind).scores(queries).argmax(1)
+    int8 = load_model(folder / kind, {"quantize": "int8"}).scores(queries).argmax(1)
     assert np.mean(fp32 == int8) >= 0.95
 
 
@@ -137,8 +137,8 @@ def test_the_shipped_router_int8_routes_like_fp32_and_sends_domains_where_they_b
     records = [json.loads(line) for line in gzip.open(SHARED_DATA / "router_mix.jsonl.gz", "rt")]
     test = [r for r in records if r["split"] == "test"]
     queries = [r["instruction"] for r in test]
-    fp32 = load_router(artifact)
-    int8 = load_router(artifact, {"quantize": "int8"})
+    fp32 = load_model(artifact)
+    int8 = load_model(artifact, {"quantize": "int8"})
     picks = int8.scores(queries).argmax(1)
     assert np.mean(fp32.scores(queries).argmax(1) == picks) >= 0.95
 
@@ -160,8 +160,8 @@ class Block:
         if name.split(".")[0] in {"torch", "transformers", "sentence_transformers", "sklearn"}:
             raise ImportError("not on this edge device: " + name)
 sys.meta_path.insert(0, Block())
-from router.trained import load_router
-router = load_router(sys.argv[1], {"quantize": sys.argv[2]} if sys.argv[2] != "none" else None)
+from router.trained import load_model
+router = load_model(sys.argv[1], {"quantize": sys.argv[2]} if sys.argv[2] != "none" else None)
 print(json.dumps(router.scores(json.loads(sys.argv[3])).tolist()))
 """
 
@@ -180,15 +180,15 @@ def test_an_exported_artifact_serves_with_onnxruntime_and_tokenizers_alone(train
             timeout=300,
         )
         assert run.returncode == 0, run.stderr[-2000:]
-        here = load_router(folder / kind, None if quantize == "none" else {"quantize": quantize})
+        here = load_model(folder / kind, None if quantize == "none" else {"quantize": quantize})
         assert np.abs(np.array(json.loads(run.stdout)) - here.scores(queries[:10])).max() < 1e-5
 
 
 def test_bad_inference_options_are_refused(trained):
     folder, _ = trained
     with pytest.raises(ValueError, match="knn settings: quantize: Input should be 'int8'"):
-        load_router(folder / "knn", {"quantize": "int4"})
+        load_model(folder / "knn", {"quantize": "int4"})
     with pytest.raises(ValueError, match="only backend, quantize"):
-        load_router(folder / "knn", {"k": 3})
+        load_model(folder / "knn", {"k": 3})
     with pytest.raises(ValueError, match="backend must be one of"):
         load_encoder(DEFAULT_ENCODER, backend="tensorflow")

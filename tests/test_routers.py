@@ -14,7 +14,7 @@ import pytest
 from router.config import PolicyConfig
 from router.knob import calibrate, choose
 from router.policy import Message, build_policy
-from router.trained import load_router
+from router.trained import load_model
 from tests.conftest import domain_table
 from training.soft_labels import soft_labels
 from training.table import to_matrices, write_table
@@ -107,7 +107,7 @@ def test_an_mlp_artifact_saved_with_torch_weights_still_loads(tmp_path):
     import torch
 
     from router.kinds import mlp
-    from router.trained import load_router
+    from router.trained import load_model
     from training.neural import fit_epochs
 
     texts = [f"question {i} about {topic}" for i in range(20) for topic in ("maths", "code")]
@@ -120,7 +120,7 @@ def test_an_mlp_artifact_saved_with_torch_weights_still_loads(tmp_path):
     (folder / "mlp.npz").unlink()
     state = {k: v for k, v in model.state_dict().items()}
     torch.save(state, folder / "mlp.pt")
-    assert np.allclose(load_router(folder).scores(texts[:5]), router.scores(texts[:5]), atol=1e-6)
+    assert np.allclose(load_model(folder).scores(texts[:5]), router.scores(texts[:5]), atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_each_router_learns_the_domain_signal_and_round_trips(kind, config, matr
     chance = 1 / len(test_m.experts)
     assert accuracy > chance + 0.3, f"{kind}: accuracy {accuracy:.2f} vs chance {chance:.2f}"
     # One self-describing artifact: the same predictions after save/load.
-    loaded = load_router(router.save(tmp_path / "artifact"))
+    loaded = load_model(router.save(tmp_path / "artifact"))
     assert loaded.kind == kind and loaded.experts == router.experts
     assert np.allclose(loaded.scores(test_m.queries[:25]), scores[:25], atol=1e-3)
     assert np.allclose(loaded.expected_costs, train_m.cost.mean(0))
@@ -204,7 +204,7 @@ def test_ray_train_job_on_two_cpu_workers_survives_a_killed_worker(tmp_path, ser
     # every epoch reported once: the restart went on from the checkpoint, not from scratch
     assert [e["epoch"] for e in epochs] == list(range(30))
     assert epochs[-1]["loss"] < epochs[0]["loss"]
-    loaded = load_router(tmp_path / "mlp")
+    loaded = load_model(tmp_path / "mlp")
     test_m = to_matrices(domain_table(600, 150)).split("test")
     accuracy = np.mean(loaded.scores(test_m.queries).argmax(1) == test_m.quality.argmax(1))
     assert accuracy > 0.5, accuracy
@@ -216,7 +216,7 @@ def test_trained_artifact_is_a_serving_policy(matrices, tmp_path):
     router.save(tmp_path / "mlp")
     experts = [*train_m.experts, "extra"]
     policy = build_policy(PolicyConfig(name="trained", args={"artifact": str(tmp_path / "mlp")}), experts)
-    assert policy.router.kind == "mlp"  # read from the artifact
+    assert policy.model.kind == "mlp"  # read from the artifact
     texts = test_m.queries[:20]
     expected = [router.experts[i] for i in router.scores(texts).argmax(1)]
     decisions = [policy.route([Message("system", "Be brief."), Message("user", t)]) for t in texts]
@@ -238,7 +238,7 @@ def test_policy_follows_changed_experts_with_warnings_instead_of_failing(matrice
 
     train_m, test_m = matrices
     fit_local("knn", train_m).save(tmp_path / "knn")
-    router = load_router(tmp_path / "knn")
+    router = load_model(tmp_path / "knn")
     removed, kept = train_m.experts[0], list(train_m.experts[1:])
     args = {"artifact": str(tmp_path / "knn")}
     with caplog.at_level(logging.WARNING):
@@ -263,7 +263,7 @@ def test_every_kind_is_one_registered_module_and_every_list_comes_from_the_regis
     assert {"mlp", "bert", "knn", "knn_weighted", "cluster"} <= set(kinds.names())
     for name in kinds.names():
         spec = kinds.load(name)
-        assert spec.name == spec.router.kind == name and spec.targets in ("soft_labels", "quality")
+        assert spec.name == spec.model.kind == name and spec.targets in ("soft_labels", "quality")
         assert (spec.fit is None) == spec.neural and issubclass(spec.settings, kinds.Settings)
         if kinds.is_neural(name):
             assert all(callable(f) for f in (spec.prepare, spec.build_model, spec.from_model))
@@ -328,7 +328,7 @@ def test_cluster_router_predicts_each_experts_cost_on_queries_like_this_one(matr
     elsewhere = predicted[test_m.domains != "math", dear].mean()
     assert on_math > 2 * elsewhere  # clusters mix domains (math beside physics): not all 20x
     assert np.allclose(router.expected_costs, np.nanmean(cost, axis=0))
-    loaded = load_router(router.save(tmp_path / "cluster"))
+    loaded = load_model(router.save(tmp_path / "cluster"))
     assert np.allclose(loaded.predict(test_m.queries)[1], predicted, atol=1e-6)
     # Served: the knob weighs the math expert's cost on math queries, not its average.
     args = {"artifact": str(tmp_path / "cluster")}
@@ -397,13 +397,13 @@ def test_a_kinds_settings_are_typed_and_a_wrong_one_is_named_before_any_training
 def test_an_artifact_keeps_its_settings_and_one_from_an_older_version_still_loads(matrices, tmp_path):
     import json
 
-    from router.trained import META_FILE, load_router
+    from router.trained import META_FILE, load_model
 
     train_m, _ = matrices
     folder = fit_local("knn_weighted", train_m, config={"k": 7}).save(tmp_path / "knn")
-    assert load_router(folder).config.k == 7 and load_router(folder).config.temperature == 0.1
+    assert load_model(folder).config.k == 7 and load_model(folder).config.temperature == 0.1
     meta = json.loads((folder / META_FILE).read_text())
     meta["config"]["retired_setting"] = 1
     (folder / META_FILE).write_text(json.dumps(meta))
-    loaded = load_router(folder, {"quantize": "int8"})  # the retired setting is ignored, with a warning
+    loaded = load_model(folder, {"quantize": "int8"})  # the retired setting is ignored, with a warning
     assert loaded.config.quantize == "int8" and loaded.config.k == 7

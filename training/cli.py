@@ -166,10 +166,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _calibrate(args: argparse.Namespace) -> None:
     from router.knob import calibrate, choose
-    from router.trained import load_router
+    from router.trained import load_model
     from training.table import read_table, to_matrices
 
-    router = load_router(args.router)
+    router = load_model(args.router)
     m = to_matrices(read_table(args.table), args.quality_column)
     m = m.split("train") if (m.splits == "train").any() else m
     scores, costs = router.predict(m.queries)

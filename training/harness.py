@@ -19,7 +19,7 @@ from sklearn.model_selection import KFold
 from router import kinds
 from router.encoder import embedding_cache
 from router.knob import choose
-from router.trained import load_router
+from router.trained import load_model
 from training.evaluate import (
     apgr_interval,
     expected_costs,
@@ -50,7 +50,7 @@ def cross_validated_predictions(
     grid: dict[str, list[Any]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold (n, m) scores and expected costs of router ``kind`` trained on the other folds
-    (see :meth:`router.trained.TrainedRouter.predict`). With ``inner_folds``,
+    (see :meth:`router.trained.RoutingModel.predict`). With ``inner_folds``,
     the settings of :func:`search_grid` are chosen per outer fold by cross-validation on that fold's
     training part only (nested); the choices are appended to ``chosen``."""
     scores, costs = np.zeros_like(m.quality), np.zeros_like(m.quality)
@@ -181,7 +181,7 @@ def evaluate_table(
                 )
     else:
         m = m_all.split("test") if (m_all.splits == "test").any() else m_all
-        loaded = [load_router(path) for path in routers]
+        loaded = [load_model(path) for path in routers]
         predictions = {}
         for router in loaded:
             order = [router.experts.index(e) for e in m.experts]

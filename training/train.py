@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from router import kinds
-from router.trained import TrainedRouter
+from router.trained import RoutingModel
 from training.soft_labels import soft_labels
 from training.table import Matrices, conform, read_table, to_matrices
 
@@ -33,7 +33,7 @@ def training_queries(table: pd.DataFrame, quality_column: str = "quality", split
 
 def fit_local(
     kind: str, m: Matrices, temperature: float = 0.1, config: dict[str, Any] | None = None
-) -> TrainedRouter:
+) -> RoutingModel:
     """Train ``kind`` in this process on matrices ``m`` (also what cross-validation uses);
     ``config``: settings of the kind (ValueError naming any it does not have)."""
     spec = kinds.load(kind)
@@ -49,7 +49,7 @@ def fit(
     experts: list[str],
     costs: np.ndarray,
     settings: kinds.Settings,
-) -> TrainedRouter:
+) -> RoutingModel:
     """Fit a kind in this process: its own ``fit``, or, for a kind trained by gradient, its model
     by :func:`training.neural.fit_epochs`."""
     if spec.fit is not None:
@@ -116,7 +116,7 @@ def fit_ray(
     use_gpu: bool = False,
     storage_path: str | Path | None = None,
     max_failures: int = 3,
-) -> TrainedRouter:
+) -> RoutingModel:
     """Train a neural router (mlp, bert) as a Ray Train job over ``num_workers`` workers; a run whose
     worker dies (node lost, OOM) restarts up to ``max_failures`` times from its last epoch's
     checkpoint (model and optimizer state)."""
@@ -180,7 +180,7 @@ def train(
     use_gpu: bool = False,
     storage_path: str | Path | None = None,
     max_failures: int = 3,
-) -> TrainedRouter:
+) -> RoutingModel:
     """Train router ``kind`` on the table's train split and save the artifact to ``out``
     (Ray Train's run folder with its checkpoints goes to ``storage_path``, default a temp folder)."""
     if use_ray and kinds.is_neural(kind):

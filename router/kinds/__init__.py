@@ -2,7 +2,7 @@
 imported only when used (serving an ONNX kNN artifact imports no torch).
 
 A kind module exports one :class:`Kind`, ``KIND``: its name, its settings (a pydantic model,
-unknown keys refused), its :class:`router.trained.TrainedRouter` subclass (scores, save and load),
+unknown keys refused), its :class:`router.trained.RoutingModel` subclass (scores, save and load),
 what it fits (``"soft_labels"``, the softmax of quality / T, or ``"quality"``, the raw per-expert
 quality), the grid nested cross-validation chooses among, and how it is fitted: either
 ``fit(texts, targets, experts, costs, settings)`` (``costs``: the training queries' (n, m) costs; a
@@ -55,8 +55,8 @@ class Kind:
 
     name: str
     settings: type[Settings]
-    router: type
-    """Its ``TrainedRouter`` subclass: scores, saves and loads the artifact."""
+    model: type
+    """Its ``RoutingModel`` subclass: scores, saves and loads the artifact."""
     fit: Callable[..., Any] | None
     """``None`` for a kind trained by gradient (``build_model``)."""
     targets: Literal["soft_labels", "quality"]

@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from router.encoder import DEFAULT_ENCODER, check_inference_options, embed
 from router.kinds import Settings
-from router.trained import TrainedRouter, bundled_onnx
+from router.trained import RoutingModel, bundled_onnx
 
 
 class EncoderSettings(Settings):
@@ -27,7 +27,7 @@ class EncoderSettings(Settings):
         return self
 
 
-class EmbeddingRouter(TrainedRouter):
+class EmbeddingRouter(RoutingModel):
     """Queries are embedded with the configured backend and quantization (int8 query embeddings
     against the stored fp32 vectors); the encoder is the artifact's own ONNX bundle if it has one."""
 

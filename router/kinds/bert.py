@@ -14,7 +14,7 @@ from router.encoder import Encoder, load_encoder
 from router.kinds import Kind, NeuralSettings
 from router.kinds._embedding import EncoderSettings
 from router.onnx_encoder import bundle_beside
-from router.trained import ONNX_FOLDER, TrainedRouter, bundled_onnx
+from router.trained import ONNX_FOLDER, RoutingModel, bundled_onnx
 
 
 class BertSettings(EncoderSettings, NeuralSettings):
@@ -31,7 +31,7 @@ GRID = {"epochs": [1, 2, 4]}
 """What nested cross-validation chooses among (``--inner-folds 0`` keeps the defaults: ~8x cheaper)."""
 
 
-class BertRouter(TrainedRouter):
+class BertRouter(RoutingModel):
     """Scores = softmax(head(pooled encoder states)); the encoder runs in torch or ONNX Runtime."""
 
     kind = "bert"

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 from router import kinds
 from router.encoder import embedding_cache
 from router.kinds import Kind, _embedding
-from router.trained import TrainedRouter, bundled_onnx, load_router
+from router.trained import RoutingModel, bundled_onnx, load_model
 
 
 class EnsembleSettings(_embedding.EncoderSettings):
@@ -40,7 +40,7 @@ SHARED = ("encoder", "backend", "quantize")
 """Settings every member takes from the ensemble's (one encoder pass per query for all)."""
 
 
-class EnsembleRouter(TrainedRouter):
+class EnsembleRouter(RoutingModel):
     """Scores = the mean of the members' scores (same experts, same order)."""
 
     kind = "ensemble"
@@ -50,7 +50,7 @@ class EnsembleRouter(TrainedRouter):
         experts: list[str],
         expected_costs: np.ndarray,
         config: EnsembleSettings,
-        members: list[TrainedRouter],
+        members: list[RoutingModel],
     ):
         super().__init__(experts, expected_costs, config)
         self.members = list(members)
@@ -77,7 +77,7 @@ class EnsembleRouter(TrainedRouter):
         cls, folder: Path, experts: list[str], expected_costs: np.ndarray, config: EnsembleSettings
     ) -> EnsembleRouter:
         overrides = {"backend": config.backend, "quantize": config.quantize}
-        members = [load_router(path, overrides) for path in sorted((folder / MEMBERS_FOLDER).iterdir())]
+        members = [load_model(path, overrides) for path in sorted((folder / MEMBERS_FOLDER).iterdir())]
         bundle = bundled_onnx(folder) if config.backend == "onnx" else None
         for member in members:
             if bundle and getattr(member, "encoder", None) is not None:

@@ -21,7 +21,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from router.kinds import Kind, NeuralSettings
 from router.kinds._tfidf import fit_vectorizer
-from router.trained import TrainedRouter
+from router.trained import RoutingModel
 
 
 class MLPSettings(NeuralSettings):
@@ -61,7 +61,7 @@ WEIGHTS = ("bag", "bias", "out_weight", "out_bias")
 """The MLP's arrays: bag (vocabulary, hidden), bias (hidden), out_weight (experts, hidden), out_bias."""
 
 
-class MLPRouter(TrainedRouter):
+class MLPRouter(RoutingModel):
     kind = "mlp"
     # ~0.03 ms a decision (numpy; 0.05 ms with the torch module): inline it holds the event loop
     # well under 1% of the time at 60 requests/s, while the worker-thread hop would add ~0.05 ms:

@@ -18,7 +18,7 @@ from pydantic import Field
 from router.encoder import embed
 from router.kinds import Kind, _embedding
 from router.kinds._tfidf import fit_vectorizer
-from router.trained import TrainedRouter, bundled_onnx
+from router.trained import RoutingModel, bundled_onnx
 
 
 class PointwiseSettings(_embedding.EncoderSettings):
@@ -46,7 +46,7 @@ def text_statistics(texts: list[str]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32).reshape(len(texts), 6)
 
 
-class PointwiseRouter(TrainedRouter):
+class PointwiseRouter(RoutingModel):
     """``weights`` (experts, features) and ``bias`` (experts,) of one linear model per expert;
     ``binary``: logistic (scores = sigmoid) or ridge (scores = the linear prediction);
     ``stats_scale`` (2, 6): the training mean and deviation the text statistics are standardised by."""
