@@ -302,7 +302,7 @@ def test_the_configuration_reference_is_generated_from_the_models():
 
     written = (REPO / "docs" / "configuration.md").read_text()
     assert written == reference(), (
-        "stale: run .venv/bin/python -m router.config_reference > docs/configuration.md"
+        "stale: run .venv/bin/python -m ops.config_reference > docs/configuration.md"
     )
 
 
