@@ -80,6 +80,8 @@ class AppConfig(Strict):
     @classmethod
     def _fit_together(cls, experts: list[ExpertConfig]) -> list[ExpertConfig]:
         team = {e.name: e for e in experts}
+        if len(team) < len(experts):
+            return experts  # repeated names: _unique_names says so
         for e in experts:
             e.check_team(team)
         return experts

@@ -200,8 +200,9 @@ class ExpertBase(Declaration):
 
     @property
     def engine(self) -> str | None:
-        """The expert whose vLLM engine, run by this app, answers for this one (itself, or the one
-        it rides on); None: no engine of the app's (phase 1 needs one)."""
+        """The ``vllm`` expert whose engine, run by this app, answers for this one (itself, or the
+        one it rides on: phase 1, load records and the engine's settings are read from it); None: no
+        engine of the app's (phase 1 needs one)."""
         return None
 
     @property

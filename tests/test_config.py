@@ -34,6 +34,16 @@ def test_minimal_config_gets_defaults():
         ({"experts": []}, "experts: List should have at least 1 item"),
         ({}, "experts: Field required"),
         (minimal(experts=[{"name": "a", "model": "m"}, {"name": "a", "model": "m"}]), "repeated: a"),
+        (  # a base named twice: the repetition is the error, not the base
+            minimal(
+                experts=[
+                    {"name": "a", "model": "m"},
+                    {"name": "a", "model": "m", "endpoint": {"base_url": "https://x.org/v1"}},
+                    {"name": "l", "model": "m", "base": "a"},
+                ]
+            ),
+            "repeated: a",
+        ),
         (minimal(experts=[{"name": "router", "model": "m"}]), "'router' is reserved"),
         (minimal(experts=[{"name": "bad name!", "model": "m"}]), "experts[0].name"),
         (

@@ -235,7 +235,7 @@ def test_the_generate_entrypoint_parses_with_the_cli():
     assert parser().parse_args(words).command == "generate"
 
 
-def test_replica_gpus_is_what_ray_serve_llm_reserves():
+def test_an_experts_replica_gpus_are_what_ray_serve_llm_reserves():
     """The sizing rule against the placement bundles ray.serve.llm builds for the experts (imports vLLM)."""
     from deployments.experts.vllm import expert_llm_config
 
@@ -243,6 +243,7 @@ def test_replica_gpus_is_what_ray_serve_llm_reserves():
         {"engine_kwargs": {"tensor_parallel_size": 2}},
         {"num_gpus": 0.5},
         {"num_gpus": 1, "engine_kwargs": {"tensor_parallel_size": 2, "pipeline_parallel_size": 2}},
+        {"llm_config": {"engine_kwargs": {"tensor_parallel_size": 4}}},
     ]
     experts = APP.experts + [LocalExpert(name="x", model="m", accelerator="gpu", **s) for s in shapes]
     for expert in experts:

@@ -1,7 +1,8 @@
 """The floors of the code: ``router/`` (routing, no Ray) < ``deployments/`` (Ray Serve) <
 ``training/`` (data, training, evaluation) and ``ops/`` (launcher, KubeRay manifests). Nothing
 imports a floor above its own, anywhere in a module (function-level imports included), and the
-router's serving modules import no torch."""
+router's serving modules import no torch. An expert kind is one module of ``deployments/experts/``
+plus its line in ``EXPERT_KINDS``, and no other module names a kind."""
 
 from __future__ import annotations
 

@@ -324,7 +324,7 @@ def generate(
     engineless = [e.name for e in config.experts if e.engine is None]
     if engineless:  # the reference NLL needs the engine's prompt logprobs and the model's tokenizer
         raise ValueError(
-            "phase 1 runs experts served by the app's vLLM engines (vllm, lora) only; not these: "
+            "phase 1 runs only experts that a vLLM engine of the app serves; these have none: "
             + ", ".join(engineless)
         )
     out = Path(out)

@@ -67,7 +67,7 @@ def check(config: AppConfig) -> None:
     for i, expert in enumerate(config.experts):
         try:
             kind(expert).check(expert, config)
-        except Exception as exc:  # its model does not resolve, or LLMConfig refused llm_config
+        except Exception as exc:  # e.g. a model that does not resolve, an llm_config LLMConfig refuses
             raise ValueError(f"experts[{i}]: {exc}") from None
 
 
